@@ -1,0 +1,1 @@
+"""Benchmarks of the bridge (run one with `python -m bench.<name>`)."""

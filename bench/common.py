@@ -1,0 +1,209 @@
+"""Shared parts of the benchmark suite: figures, scales, percentiles, processes, databases.
+
+A benchmark returns `Figure`s: one measured value, the baseline measured in the same run,
+their ratio and the target from issue 11. Benchmarks never fail: a missed target is printed
+as `MISS`, a benchmark that cannot run here (no PostgreSQL) as `SKIP` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import secrets
+import socket
+import subprocess
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each benchmark is. `FULL` is `make bench`; `TINY` only proves they run."""
+
+    name: str
+    ingest_seconds: float  # one throughput run per target (bare, bridge) and endpoint
+    latency_seconds: float  # one fixed-rate run per target and endpoint
+    connections: int
+    e2a_events: int  # event-to-action: events sent at `e2a_rate`
+    e2a_rate: float
+    drain_actions: int
+    drain_speedup: float  # rate-limit drain: both buckets' rates multiplied by this
+    links: int
+    lookups: int
+    rules_events: int
+    backends: tuple[str, ...]
+
+
+FULL = Scale("full", 6.0, 6.0, 32, 1000, 100.0, 3000, 10.0, 1_000_000, 5000, 10_000, ("sqlite", "postgresql"))
+QUICK = Scale("quick", 3.0, 3.0, 32, 300, 100.0, 1000, 10.0, 100_000, 2000, 3000, ("sqlite", "postgresql"))
+TINY = Scale("tiny", 0.5, 0.5, 4, 10, 50.0, 60, 10.0, 500, 50, 100, ("sqlite",))
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One reported number, its same-run baseline, and the issue's target for it."""
+
+    name: str  # e.g. "ingest.sqlite.incident_io"
+    metric: str  # e.g. "throughput"
+    value: float | None
+    unit: str
+    baseline: float | None = None
+    baseline_label: str = "bare"
+    ratio: float | None = None
+    target: str = ""
+    ok: bool | None = None  # None: informational, or skipped
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "SKIP"
+        if self.ok is None:
+            return "-"
+        return "OK" if self.ok else "MISS"
+
+    def line(self) -> str:
+        parts = [f"{self.name:<30}", f"{self.metric} {fmt(self.value)} {self.unit}".rstrip()]
+        if self.baseline is not None:
+            parts.append(f"{self.baseline_label} {fmt(self.baseline)} {self.unit}".rstrip())
+        if self.ratio is not None:
+            parts.append(f"ratio {self.ratio:.3g}")
+        if self.target:
+            parts.append(f"target {self.target}")
+        parts.append(self.verdict)
+        if self.note:
+            parts.append(f"({self.note})")
+        return "  ".join(parts)
+
+
+def skipped(name: str, metric: str, reason: str) -> Figure:
+    """A figure that could not be measured on this machine."""
+    return Figure(name, metric, None, "", note=reason)
+
+
+def fmt(value: float | None) -> str:
+    """Three significant digits, no exponent for everyday magnitudes."""
+    if value is None:
+        return "-"
+    if value == 0 or not math.isfinite(value):
+        return str(value)
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    digits = max(0, 2 - math.floor(math.log10(abs(value))))
+    return f"{value:.{digits}f}"
+
+
+def ratio(value: float, baseline: float) -> float | None:
+    return value / baseline if baseline > 0 else None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by nearest rank; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now (for a server started in another process)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on: API calls to it fail fast (connection refused)."""
+    return free_port()
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size (VmHWM) of a live process, in MiB; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+async def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:  # noqa: ASYNC109
+    """Poll `url` until it answers 200; raise RuntimeError on timeout or if `proc` exits."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"server exited with code {proc.returncode} before it was ready")
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM the process we started, then SIGKILL it if it does not stop in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def pg_url() -> str:
+    return os.environ.get("BRIDGE_TEST_PG_URL", DEFAULT_PG_URL)
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+@contextlib.asynccontextmanager
+async def fresh_pg_database() -> AsyncIterator[str]:
+    """Create `bench_<random>` on the PostgreSQL server, yield its URL, drop it afterwards.
+
+    Raises OSError / asyncpg errors when the server cannot be reached (the caller reports a
+    SKIP). The database is dropped even if the benchmark fails.
+    """
+    admin_url = pg_url()
+    name = f"bench_{secrets.token_hex(5)}"
+    conn = await asyncpg.connect(admin_url, timeout=5)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield with_database(admin_url, name)
+    finally:
+        conn = await asyncpg.connect(admin_url, timeout=5)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+async def pg_reachable() -> str | None:
+    """None if the benchmark PostgreSQL server answers, else the reason it does not."""
+    try:
+        conn = await asyncpg.connect(pg_url(), timeout=3)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return f"PostgreSQL unavailable: {type(exc).__name__}; set BRIDGE_TEST_PG_URL"
+    await conn.close()
+    return None

@@ -1,0 +1,325 @@
+"""Benchmarks 1 and 6: webhook ingest throughput and latency, and the bridge's peak memory.
+
+The bridge runs as `python -m bridge serve` in its own process (SQLite file or a fresh
+PostgreSQL database), with rules that match nothing (`rules: []`) so only ingest and the
+dispatcher's bookkeeping run; the platform API URLs point at a dead loopback port and are
+never called. The baseline is `bench.bare_server` (aiohttp, reads the body, answers 200) in
+its own process. Requests are pre-signed with real secrets, one unique delivery ID each,
+timestamps taken when built (well within the 300 s window).
+
+Per store and endpoint: peak throughput (closed loop, `wrk` if installed else the Python
+generator), then p99 latency at a fixed 50% of the bridge's peak (Python generator, open
+loop) for both the bridge and the bare server. Between runs the dispatcher is allowed to
+finish the backlog so each run starts from an idle bridge. Peak RSS is the bridge process's
+VmHWM after all its runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.common import (
+    Figure,
+    Scale,
+    dead_port,
+    free_port,
+    fresh_pg_database,
+    peak_rss_mb,
+    pg_reachable,
+    ratio,
+    skipped,
+    stop_process,
+    wait_http_ok,
+)
+from bench.loadgen import LoadResult, raw_request, run_python, run_wrk, wrk_path, write_requests
+from bridge.platforms.incident_io.webhook import sign as sign_incident_io
+from bridge.platforms.rootly.webhook import sign as sign_rootly
+from bridge.store.sql import SqlStore
+
+HOST = "127.0.0.1"
+ENDPOINTS = {"incident_io": "/webhooks/incident-io", "rootly": "/webhooks/rootly"}
+# Upper bound on the rate we pre-build unique requests for; more is replayed (duplicates).
+MAX_EXPECTED_RPS = 6000
+EMPTY_RULES = "version: 1\nrules: []\n"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    rootly: str
+    incident_io: str
+
+    @staticmethod
+    def generate() -> Secrets:
+        return Secrets(
+            rootly=secrets.token_hex(32),
+            incident_io="whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        )
+
+
+def rootly_request(port: int, secret: str, n: int, now: int) -> bytes:
+    body = json.dumps(
+        {
+            "event": {"id": str(uuid.uuid4()), "type": "alert.created", "issued_at": datetime.now(UTC).isoformat()},
+            "data": {
+                "id": f"al-{n}",
+                "source": "datadog",
+                "status": "triggered",
+                "summary": f"Checkout error rate above 5% ({n})",
+                "description": "p99 latency and 5xx rate on checkout-api are above their SLO.",
+                "external_url": f"https://app.datadoghq.com/monitors/{n}",
+                "incident_ids": [],
+                "labels": [{"key": "service", "value": "checkout-api"}, {"key": "env", "value": "prod"}],
+                "created_at": datetime.now(UTC).isoformat(),
+            },
+        }
+    ).encode()
+    headers = {"Content-Type": "application/json", "X-Rootly-Signature": sign_rootly(secret, now, body)}
+    return raw_request(HOST, port, ENDPOINTS["rootly"], headers, body)
+
+
+def incident_io_request(port: int, secret: str, n: int, now: int) -> bytes:
+    event_type = "public_incident.incident_created_v2"
+    body = json.dumps(
+        {
+            "event_type": event_type,
+            event_type: {
+                "id": f"01HBENCH{n:018d}",
+                "name": f"Checkout errors ({n})",
+                "reference": f"INC-{n}",
+                "summary": "p99 latency and 5xx rate on checkout-api are above their SLO.",
+                "incident_status": {"id": "01STATUS", "name": "Investigating", "category": "live"},
+                "severity": {"id": "01SEV", "name": "Major", "rank": 2},
+                "mode": "standard",
+                "visibility": "public",
+                "permalink": f"https://app.incident.io/acme/incidents/{n}",
+                "created_at": datetime.now(UTC).isoformat(),
+                "updated_at": datetime.now(UTC).isoformat(),
+            },
+        }
+    ).encode()
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(now),
+        "webhook-signature": sign_incident_io(secret, msg_id, now, body),
+    }
+    return raw_request(HOST, port, ENDPOINTS["incident_io"], headers, body)
+
+
+def build_requests(path: Path, endpoint: str, port: int, keys: Secrets, count: int) -> Path:
+    """Write `count` freshly signed, unique requests for `endpoint` to `path`."""
+    now = int(time.time())
+    make: Callable[[int], bytes]
+    if endpoint == "rootly":
+        make = lambda n: rootly_request(port, keys.rootly, n, now)  # noqa: E731
+    else:
+        make = lambda n: incident_io_request(port, keys.incident_io, n, now)  # noqa: E731
+    write_requests(path, [make(n) for n in range(count)])
+    return path
+
+
+@contextlib.asynccontextmanager
+async def store_url(backend: str, tmp: Path) -> AsyncIterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp / 'bridge.db'}"
+        return
+    async with fresh_pg_database() as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def bridge_process(url: str, keys: Secrets, tmp: Path) -> AsyncIterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`python -m bridge serve` on a free port; yields (port, process); stops it after."""
+    port = free_port()
+    dead = dead_port()
+    rules = tmp / "rules.yaml"
+    rules.write_text(EMPTY_RULES)
+    # Configured through the environment only (the documented BRIDGE_* interface), with the
+    # working directory in `tmp` so no config/bridge.yaml is picked up.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_SERVER__HOST=HOST,
+        BRIDGE_SERVER__PORT=str(port),
+        BRIDGE_SERVER__SHUTDOWN_GRACE_SECONDS="5",
+        BRIDGE_STORE__URL=url,
+        BRIDGE_ROOTLY__API_URL=f"http://{HOST}:{dead}",
+        BRIDGE_ROOTLY__API_TOKEN="rootly_" + secrets.token_hex(16),
+        BRIDGE_ROOTLY__WEBHOOK_SECRET=keys.rootly,
+        BRIDGE_INCIDENT_IO__API_URL=f"http://{HOST}:{dead}",
+        BRIDGE_INCIDENT_IO__API_KEY="inc_" + secrets.token_hex(16),
+        BRIDGE_INCIDENT_IO__WEBHOOK_SECRET=keys.incident_io,
+        BRIDGE_RULES_FILE=str(rules),
+        BRIDGE_RULES__RELOAD="false",
+        BRIDGE_LOGGING__LEVEL="info",
+        BRIDGE_LOGGING__FORMAT="json",
+    )
+    log = (tmp / "bridge.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve"],
+        cwd=tmp,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        await wait_http_ok(f"http://{HOST}:{port}/readyz", 60, proc)
+        yield port, proc
+    except RuntimeError as exc:
+        log.flush()
+        tail = (tmp / "bridge.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"{exc}; bridge log tail:\n{tail}") from exc
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+async def wait_dispatched(url: str, timeout: float = 120.0) -> None:  # noqa: ASYNC109
+    """Wait until the bridge's dispatcher has processed every stored delivery."""
+    store = SqlStore(url, pool_size=1)
+    await store.open()
+    try:
+        deadline = time.monotonic() + timeout
+        while (await store.counts()).inbox_pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+    finally:
+        await store.close()
+
+
+def throughput(port: int, requests: Path, scale: Scale) -> LoadResult:
+    if wrk_path() is not None:
+        return run_wrk(HOST, port, requests, connections=scale.connections, seconds=scale.ingest_seconds)
+    return run_python(HOST, port, requests, connections=scale.connections, seconds=scale.ingest_seconds)
+
+
+def latency(port: int, requests: Path, scale: Scale, rate: float) -> LoadResult:
+    return run_python(
+        HOST, port, requests, connections=scale.connections, seconds=scale.latency_seconds, rate=rate
+    )
+
+
+async def run(scale: Scale, progress: Callable[[str], None] = print) -> list[Figure]:
+    """Measure ingest on every backend of `scale`; return the figures."""
+    figures: list[Figure] = []
+    keys = Secrets.generate()
+    generator = "wrk" if wrk_path() else "python (apt-get install wrk for a faster one)"
+    progress(f"ingest: throughput generator {generator}; latency generator python (fixed rate)")
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp_name:
+        tmp = Path(tmp_name)
+        bare_port = free_port()
+        bare = subprocess.Popen(
+            [sys.executable, "-m", "bench.bare_server", "--port", str(bare_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await wait_http_ok(f"http://{HOST}:{bare_port}/readyz", 30, bare)
+            bare_peak: dict[str, LoadResult] = {}
+            for endpoint in ENDPOINTS:
+                reqs = build_requests(tmp / f"bare-{endpoint}.req", endpoint, bare_port, keys, 2000)
+                bare_peak[endpoint] = throughput(bare_port, reqs, scale)
+                progress(f"ingest: bare {endpoint} {bare_peak[endpoint].rps:.0f} req/s")
+            for backend in scale.backends:
+                reason = await pg_reachable() if backend == "postgresql" else None
+                if reason is not None:
+                    figures += [skipped(f"ingest.{backend}.{e}", "throughput", reason) for e in ENDPOINTS]
+                    continue
+                work = tmp / backend
+                work.mkdir()
+                async with store_url(backend, work) as url, bridge_process(url, keys, work) as (port, proc):
+                    for endpoint in ENDPOINTS:
+                        figures += await _measure(scale, tmp, keys, backend, endpoint, url, port, bare_port, bare_peak[endpoint], progress)
+                    rss = peak_rss_mb(proc.pid)
+                    figures.append(
+                        Figure(
+                            f"memory.{backend}",
+                            "peak RSS",
+                            rss,
+                            "MB",
+                            target="<=150 MB",
+                            ok=None if rss is None else rss <= 150,
+                            note="bridge process VmHWM after the ingest runs",
+                        )
+                    )
+        finally:
+            stop_process(bare)
+    return figures
+
+
+async def _measure(
+    scale: Scale,
+    tmp: Path,
+    keys: Secrets,
+    backend: str,
+    endpoint: str,
+    url: str,
+    port: int,
+    bare_port: int,
+    bare_peak: LoadResult,
+    progress: Callable[[str], None],
+) -> list[Figure]:
+    name = f"ingest.{backend}.{endpoint}"
+    unique = int(MAX_EXPECTED_RPS * scale.ingest_seconds)
+    reqs = build_requests(tmp / f"{backend}-{endpoint}-peak.req", endpoint, port, keys, unique)
+    peak = throughput(port, reqs, scale)
+    await wait_dispatched(url)
+    notes = [f"{peak.generator}, {scale.connections} conns"]
+    if peak.ok_fraction < 0.999:
+        notes.append(f"only {peak.ok_fraction:.1%} answered 2xx")
+    if peak.sent > unique:
+        notes.append(f"{peak.sent - unique} requests were repeats (duplicates)")
+    progress(f"{name}: peak {peak.rps:.0f} req/s")
+    value = peak.rps
+    figs = [
+        Figure(
+            name,
+            "throughput",
+            value,
+            "req/s",
+            baseline=bare_peak.rps,
+            ratio=ratio(value, bare_peak.rps),
+            target=">=0.5",
+            ok=value / bare_peak.rps >= 0.5 if bare_peak.rps else None,
+            note="; ".join(notes),
+        )
+    ]
+    rate = max(1.0, 0.5 * peak.rps)
+    count = int(rate * scale.latency_seconds * 1.2) + 10
+    reqs = build_requests(tmp / f"{backend}-{endpoint}-lat.req", endpoint, port, keys, count)
+    lat = latency(port, reqs, scale, rate)
+    await wait_dispatched(url)
+    bare_reqs = build_requests(tmp / f"bare-{endpoint}-lat.req", endpoint, bare_port, keys, count)
+    bare_lat = latency(bare_port, bare_reqs, scale, rate)
+    p99 = lat.latency_ms["p99"]
+    note = f"at {rate:.0f} req/s = 50% of peak; p50 {lat.latency_ms['p50']:.2f} ms"
+    if lat.ok_fraction < 0.999:
+        note += f"; only {lat.ok_fraction:.1%} answered 2xx"
+    progress(f"{name}: p99 {p99:.2f} ms at {rate:.0f} req/s")
+    figs.append(
+        Figure(
+            name,
+            "p99",
+            p99,
+            "ms",
+            baseline=bare_lat.latency_ms["p99"],
+            ratio=ratio(p99, bare_lat.latency_ms["p99"]),
+            target="<=10 ms",
+            ok=p99 <= 10.0,
+            note=note,
+        )
+    )
+    return figs

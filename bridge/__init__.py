@@ -1,0 +1,3 @@
+"""bridge: keeps Rootly and incident.io in step."""
+
+__version__ = "0.1.0"

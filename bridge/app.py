@@ -1,0 +1,320 @@
+"""The composition root: builds every part from `Settings`, runs it, stops it cleanly.
+
+Nothing else in the package constructs long-lived objects or reads the environment; this
+module does, once, and passes each part what it needs. Start-up order: store (migrations),
+rules, clients, pipeline workers, scheduler, and last the HTTP listener, so a webhook is
+never accepted before the bridge can act on it. Shutdown runs the other way: stop
+accepting webhooks (503, senders retry), let the dispatcher finish the event in hand and
+the executor its in-flight actions within the grace period, stop the scheduler, close
+clients and the store. Unfinished actions stay leased in the outbox and are picked up
+again after the lease expires: a drain that runs out of time loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from bridge import __version__
+from bridge.config import Settings
+from bridge.events import Platform
+from bridge.logging import Logger, get_logger
+from bridge.metrics import Metrics, create_metrics
+from bridge.pipeline.dispatcher import Dispatcher
+from bridge.pipeline.echo import EchoGuard
+from bridge.pipeline.executor import Executor
+from bridge.pipeline.ingest import InboxWriter, Ingest, SourceConfig
+from bridge.pipeline.rulebook import Rulebook
+from bridge.platforms.base import PlatformClient
+from bridge.platforms.incident_io.client import IncidentIoClient
+from bridge.platforms.ratelimit import RateLimiters
+from bridge.platforms.rootly.client import RootlyClient
+from bridge.scheduler import Reconciler, Scheduler
+from bridge.store.base import Store
+from bridge.store.sql import SqlStore
+from bridge.tasks import Supervisor
+from bridge.web import AdminApi, Readiness, build_app
+
+USER_AGENT = f"bridge/{__version__} (+https://github.com/bridge-sre/bridge)"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def build_clients(
+    settings: Settings, metrics: Metrics, limiters: RateLimiters, logger: Logger
+) -> dict[Platform, PlatformClient]:
+    clients: dict[Platform, PlatformClient] = {}
+    if settings.rootly.enabled and settings.rootly.api_token is not None:
+        r = settings.rootly
+        token = r.api_token.get_secret_value() if r.api_token else ""
+        clients["rootly"] = RootlyClient(
+            token=token,
+            limiter=limiters.get("rootly", token, r.rate_limit_per_minute, r.burst),
+            metrics=metrics,
+            base_url=str(r.api_url).rstrip("/"),
+            connect_timeout=r.connect_timeout_seconds,
+            total_timeout=r.request_timeout_seconds,
+            user_agent=USER_AGENT,
+            logger=logger.bind(platform="rootly"),
+        )
+    if settings.incident_io.enabled and settings.incident_io.api_key is not None:
+        i = settings.incident_io
+        key = i.api_key.get_secret_value() if i.api_key else ""
+        source_token = i.alert_source_token.get_secret_value() if i.alert_source_token else None
+        clients["incident_io"] = IncidentIoClient(
+            token=key,
+            limiter=limiters.get("incident_io", key, i.rate_limit_per_minute, i.burst),
+            metrics=metrics,
+            base_url=str(i.api_url).rstrip("/"),
+            alert_source_config_id=i.alert_source_config_id,
+            alert_source_token=source_token,
+            alert_source_limiter=(
+                limiters.get("incident_io", source_token, i.rate_limit_per_minute, i.burst)
+                if source_token
+                else None
+            ),
+            connect_timeout=i.connect_timeout_seconds,
+            total_timeout=i.request_timeout_seconds,
+            user_agent=USER_AGENT,
+            logger=logger.bind(platform="incident_io"),
+        )
+    return clients
+
+
+class Bridge:
+    """One running bridge: every part, built from settings, owned here."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        env: Mapping[str, str] | None = None,
+        registry: CollectorRegistry | None = None,
+        logger: Logger | None = None,
+        instance_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.log = logger or get_logger("bridge")
+        self.instance_id = (
+            instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.metrics = create_metrics(registry or CollectorRegistry())
+        self.store: Store = SqlStore(
+            settings.store.url,
+            pool_size=settings.store.pool_size,
+            logger=self.log.bind(component="store"),
+        )
+        self.rulebook = Rulebook(
+            settings.rules.file,
+            dict(os.environ if env is None else env),
+            self.metrics,
+            self.log.bind(component="rules"),
+        )
+        self.supervisor = Supervisor(self.log)
+        self.readiness = Readiness()
+        self.clients = build_clients(settings, self.metrics, RateLimiters(), self.log)
+        self.dispatcher = Dispatcher(
+            store=self.store,
+            rules=self.rulebook.current,
+            clients=self.clients,
+            echo_guard=EchoGuard(self.store, settings.incident_io.api_key_id),
+            metrics=self.metrics,
+            logger=self.log.bind(component="dispatcher"),
+            owner=self.instance_id,
+            on_actions=self._wake_executor,
+            lease_seconds=settings.executor.lease_seconds,
+            poll_interval=settings.executor.poll_interval_seconds,
+        )
+        self.executor = Executor(
+            store=self.store,
+            clients=self.clients,
+            settings=settings.executor,
+            concurrency={
+                "rootly": settings.rootly.max_concurrency,
+                "incident_io": settings.incident_io.max_concurrency,
+            },
+            metrics=self.metrics,
+            logger=self.log.bind(component="executor"),
+            owner=self.instance_id,
+        )
+        self.writer = InboxWriter(self.store, self.supervisor, self._on_inbox_write)
+        sources: dict[Platform, SourceConfig] = {}
+        if settings.rootly.enabled:
+            sources["rootly"] = SourceConfig(
+                "rootly",
+                tuple(settings.rootly.webhook_secrets()),
+                settings.rootly.signature_tolerance_seconds,
+            )
+        if settings.incident_io.enabled:
+            sources["incident_io"] = SourceConfig(
+                "incident_io",
+                tuple(settings.incident_io.webhook_secrets()),
+                settings.incident_io.signature_tolerance_seconds,
+            )
+        self.ingest = Ingest(
+            sources=sources,
+            writer=self.writer,
+            metrics=self.metrics,
+            logger=self.log.bind(component="ingest"),
+            max_body_bytes=settings.server.max_body_bytes,
+        )
+        self.scheduler = Scheduler(
+            store=self.store,
+            settings=settings.scheduler,
+            metrics=self.metrics,
+            logger=self.log.bind(component="scheduler"),
+            wake=self.wake,
+            reconciler=Reconciler(
+                store=self.store,
+                clients=self.clients,
+                writer=self.writer,
+                settings=settings.scheduler,
+                logger=self.log.bind(component="reconcile"),
+            ),
+        )
+        admin = None
+        if settings.admin.token is not None:
+            admin = AdminApi(
+                self.store,
+                settings.admin.token.get_secret_value(),
+                self.log.bind(component="admin"),
+                self._wake_executor,
+            )
+        self.app = build_app(
+            ingest=self.ingest,
+            store=self.store,
+            metrics=self.metrics,
+            readiness=self.readiness,
+            logger=self.log,
+            admin=admin,
+        )
+        self._runner: web.AppRunner | None = None
+        self.endpoint: Endpoint | None = None
+        self._stopped = asyncio.Event()
+        self._started = False
+
+    # -- wiring -----------------------------------------------------------------------
+    def _on_inbox_write(self) -> None:
+        self.dispatcher.wake()
+        # Other replicas learn about new work through LISTEN/NOTIFY (PostgreSQL only).
+        self.supervisor.spawn("store.notify", self._notify())
+
+    async def _notify(self) -> None:
+        await self.store.notify_work()
+
+    def _wake_executor(self) -> None:
+        self.executor.wake()
+
+    def wake(self) -> None:
+        self.dispatcher.wake()
+        self.executor.wake()
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bring everything up; raises StoreError / RulesError with a clear message."""
+        await self.store.open()
+        self.rulebook.load()
+        self.readiness.rules_loaded = True
+        for client in self.clients.values():
+            await client.start()
+        await self.store.listen_work(self.wake)
+        self.supervisor.spawn_loop("dispatcher", self.dispatcher.run)
+        for platform in self.executor.platforms:
+            self.supervisor.spawn_loop(f"executor.{platform}", self._executor_loop(platform))
+        if self.settings.rules.reload:
+            self.supervisor.spawn_loop("rules.watch", self.rulebook.watch)
+        self.scheduler.start()
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.settings.server.shutdown_grace_seconds,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.settings.server.host, self.settings.server.port, reuse_address=True
+        )
+        await site.start()
+        # With port 0 the OS picks the port; the runner knows which one it got.
+        address = self._runner.addresses[0]
+        self.endpoint = Endpoint(str(address[0]), int(address[1]))
+        self._started = True
+        self.log.info(
+            "bridge.started",
+            version=__version__,
+            url=self.endpoint.url,
+            store=self.store.backend,
+            platforms=sorted(self.clients),
+            instance=self.instance_id,
+        )
+
+    def _executor_loop(self, platform: Platform) -> Any:
+        async def loop() -> None:
+            await self.executor.run(platform)
+
+        return loop
+
+    async def stop(self) -> None:
+        """Graceful stop within `server.shutdown_grace_seconds`."""
+        if not self._started:
+            await self._close_resources()
+            return
+        self._started = False
+        grace = self.settings.server.shutdown_grace_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self.log.info("bridge.stopping", grace_seconds=grace)
+        self.readiness.accepting = False
+        self.ingest.stop_accepting()
+        self.dispatcher.stop()
+        self.executor.stop()
+        await self.scheduler.stop()
+        # Webhook requests already being handled finish; new ones got 503.
+        if self._runner is not None:
+            await self._runner.shutdown()
+        drained = await self.executor.drain(max(0.1, deadline - loop.time()))
+        if not drained:
+            self.log.warning("bridge.drain_timeout", in_flight=self.executor.in_flight())
+        await self.supervisor.stop(timeout=max(0.5, deadline - loop.time()))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self._close_resources()
+        self._stopped.set()
+        self.log.info("bridge.stopped", drained=drained)
+
+    async def _close_resources(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+        await self.store.close()
+
+    async def run_until_signalled(self) -> None:
+        """Serve until SIGTERM/SIGINT, then stop gracefully. SIGHUP reloads the rules."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.rulebook.reload)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        await self.stop()

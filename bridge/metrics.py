@@ -1,0 +1,176 @@
+"""Every Prometheus metric the bridge exposes, declared once.
+
+The names are part of the public interface (dashboards and alerts use them; see README).
+Nothing here registers into the global default registry: `Metrics` takes the
+`CollectorRegistry` the composition root hands it, so tests and several bridges in one
+process never collide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from bridge import __version__
+
+# Outcome labels are a closed set; counters are pre-initialised with them so that a
+# dashboard shows 0 rather than "no data" before the first event of a kind.
+WEBHOOK_OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "rejected_signature",
+    "rejected_payload",
+    "too_large",
+    "ignored",
+    "unavailable",
+)
+ACTION_OUTCOMES = ("done", "skipped", "retried", "rate_limited", "dead_lettered")
+OUTBOX_STATES = ("pending", "claimed", "done", "skipped", "dead")
+SOURCES = ("rootly", "incident_io")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    build_info: Info
+    webhooks_received: Counter
+    webhook_rejections: Counter
+    actions: Counter
+    action_duration: Histogram
+    upstream_requests: Counter
+    upstream_request_duration: Histogram
+    event_to_action: Histogram
+    outbox_depth: Gauge
+    dead_letters: Gauge
+    links: Gauge
+    echoes_suppressed: Counter
+    events_dispatched: Counter
+    rules_reloads: Counter
+    rules_loaded: Gauge
+    leader: Gauge
+    scheduler_job_runs: Counter
+    ratelimit_wait: Histogram
+
+
+def create_metrics(registry: CollectorRegistry) -> Metrics:
+    """Declare every bridge metric in `registry` and return handles to them."""
+    build_info = Info("bridge_build", "Version of the running bridge.", registry=registry)
+    build_info.info({"version": __version__})
+    metrics = Metrics(
+        registry=registry,
+        build_info=build_info,
+        webhooks_received=Counter(
+            "bridge_webhooks_received_total",
+            "Webhook deliveries received, by source platform, event type and outcome.",
+            ("source", "event_type", "outcome"),
+            registry=registry,
+        ),
+        webhook_rejections=Counter(
+            "bridge_webhook_rejections_total",
+            "Webhook deliveries refused before storage, by source and reason "
+            "(signature, timestamp, missing_header, payload, too_large, content_type).",
+            ("source", "reason"),
+            registry=registry,
+        ),
+        actions=Counter(
+            "bridge_actions_total",
+            "Outbox actions attempted, by target platform, operation and outcome.",
+            ("platform", "action", "outcome"),
+            registry=registry,
+        ),
+        action_duration=Histogram(
+            "bridge_action_duration_seconds",
+            "Time spent performing one outbox action attempt against the platform API.",
+            ("platform", "action"),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        upstream_requests=Counter(
+            "bridge_upstream_requests_total",
+            "HTTP requests sent to the platforms, by platform and HTTP status "
+            "(or 'timeout' / 'connection_error').",
+            ("platform", "status"),
+            registry=registry,
+        ),
+        upstream_request_duration=Histogram(
+            "bridge_upstream_request_duration_seconds",
+            "Latency of HTTP requests sent to the platforms.",
+            ("platform",),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        event_to_action=Histogram(
+            "bridge_event_to_action_seconds",
+            "Time from a webhook being accepted to the resulting action completing upstream.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        outbox_depth=Gauge(
+            "bridge_outbox_depth",
+            "Outbox rows by state.",
+            ("state",),
+            registry=registry,
+        ),
+        dead_letters=Gauge(
+            "bridge_dead_letters",
+            "Actions in the dead-letter queue, waiting for an operator.",
+            registry=registry,
+        ),
+        links=Gauge(
+            "bridge_links",
+            "ID links between the platforms, by kind ('rootly:incident~incident_io:escalation').",
+            ("kind",),
+            registry=registry,
+        ),
+        echoes_suppressed=Counter(
+            "bridge_echoes_suppressed_total",
+            "Events recognised as echoes of the bridge's own writes and not mirrored back.",
+            ("source",),
+            registry=registry,
+        ),
+        events_dispatched=Counter(
+            "bridge_events_dispatched_total",
+            "Inbox events processed by the dispatcher, by source and result "
+            "(actions, no_match, echo, ignored, error).",
+            ("source", "result"),
+            registry=registry,
+        ),
+        rules_reloads=Counter(
+            "bridge_rules_reloads_total",
+            "Rules file reloads, by outcome (ok, failed).",
+            ("outcome",),
+            registry=registry,
+        ),
+        rules_loaded=Gauge(
+            "bridge_rules_loaded",
+            "Number of enabled rules in the active rule set.",
+            registry=registry,
+        ),
+        leader=Gauge(
+            "bridge_leader",
+            "1 while this replica holds scheduler leadership, else 0.",
+            registry=registry,
+        ),
+        scheduler_job_runs=Counter(
+            "bridge_scheduler_job_runs_total",
+            "Scheduled job runs, by job and outcome (ok, failed).",
+            ("job", "outcome"),
+            registry=registry,
+        ),
+        ratelimit_wait=Histogram(
+            "bridge_ratelimit_wait_seconds",
+            "Time a request waited for the client-side rate limiter.",
+            ("platform",),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        ),
+    )
+    for state in OUTBOX_STATES:
+        metrics.outbox_depth.labels(state=state).set(0)
+    for source in SOURCES:
+        metrics.echoes_suppressed.labels(source=source)
+    metrics.dead_letters.set(0)
+    return metrics

@@ -1,0 +1,101 @@
+"""What each operation a rule may name takes: its target and its parameters, declared once.
+
+Parameter names are the platforms' own field names (`cancellation_message`, `title`,
+`severity_id`, ...), so a rule author who knows the APIs needs nothing else. The rules loader
+checks every rule's parameters against this table at load time (so a typo is an error with
+file, line and rule, not a dead letter at 3 a.m.), and the clients read the same table when
+they build requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from bridge.events import Operation
+
+# `update_incident.data.attributes` in Rootly's official spec (additionalProperties: false).
+ROOTLY_INCIDENT_ATTRIBUTES: Final = frozenset(
+    {
+        "title", "kind", "parent_incident_id", "duplicate_incident_id", "summary", "status",
+        "private", "severity_id", "public_title", "alert_ids", "environment_ids",
+        "incident_type_ids", "service_ids", "functionality_ids", "muted_service_ids",
+        "group_ids", "cause_ids", "labels", "slack_channel_id", "slack_channel_name",
+        "slack_channel_url", "slack_channel_archived", "google_drive_parent_id",
+        "google_drive_url", "jira_issue_key", "jira_issue_id", "jira_issue_url",
+        "scheduled_for", "scheduled_until", "in_triage_at", "started_at", "detected_at",
+        "acknowledged_at", "mitigated_at", "resolved_at", "closed_at", "cancelled_at",
+        "mitigation_message", "resolution_message", "cancellation_message",
+    }
+)  # fmt: skip
+
+# `IncidentEditPayloadV2` fields of incident.io's `POST /v2/incidents/{id}/actions/edit`.
+INCIDENT_IO_EDIT_FIELDS: Final = frozenset(
+    {
+        "call_url",
+        "custom_field_entries",
+        "incident_role_assignments",
+        "incident_status_id",
+        "incident_timestamp_values",
+        "name",
+        "severity_id",
+        "slack_channel_name_override",
+        "summary",
+    }
+)
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    """Target type (``platform:kind``, None for operations that create) and parameters."""
+
+    target: str | None
+    required: frozenset[str] = field(default_factory=frozenset)
+    optional: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        return self.required | self.optional
+
+
+def _spec(
+    target: str | None,
+    required: tuple[str, ...] = (),
+    optional: frozenset[str] | tuple[str, ...] = (),
+) -> OperationSpec:
+    return OperationSpec(target, frozenset(required), frozenset(optional))
+
+
+OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
+    "rootly.cancel_incident": _spec("rootly:incident", optional=("cancellation_message",)),
+    # The parameters are the incident attributes to set.
+    "rootly.update_incident": _spec("rootly:incident", optional=ROOTLY_INCIDENT_ATTRIBUTES),
+    "rootly.restart_incident": _spec("rootly:incident"),
+    "rootly.resolve_incident": _spec("rootly:incident", optional=("resolution_message",)),
+    "rootly.mitigate_incident": _spec("rootly:incident", optional=("mitigation_message",)),
+    "rootly.acknowledge_alert": _spec("rootly:alert"),
+    "rootly.resolve_alert": _spec(
+        "rootly:alert", optional=("resolution_message", "resolve_related_incidents")
+    ),
+    "incident_io.create_escalation": _spec(
+        None,
+        required=("title",),
+        optional=("escalation_path_id", "user_ids", "description", "incident_id"),
+    ),
+    "incident_io.cancel_escalation": _spec("incident_io:escalation"),
+    "incident_io.send_alert_event": _spec(
+        None,
+        required=("title", "status", "deduplication_key"),
+        optional=("description", "source_url", "metadata"),
+    ),
+    # The parameters are the incident fields to edit, plus whether to tell the channel.
+    "incident_io.edit_incident": _spec(
+        "incident_io:incident", optional=INCIDENT_IO_EDIT_FIELDS | {"notify_incident_channel"}
+    ),
+}
+
+
+def unknown_params(operation: Operation, names: frozenset[str] | set[str]) -> list[str]:
+    """Parameter names `operation` does not take (sorted)."""
+    return sorted(set(names) - OPERATIONS[operation].allowed)

@@ -1,0 +1,1 @@
+"""From accepted webhook to effect: ingest, dispatcher, echo guard, executor."""

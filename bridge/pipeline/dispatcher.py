@@ -1,0 +1,282 @@
+"""The dispatcher: inbox event -> typed event -> (hydrate, echo guard, rules) -> outbox.
+
+For each stored delivery, in arrival order: parse it; drop it (with a trace) if it is an
+echo of the bridge's own write; fetch fresh state from the platform when the event is
+`private_*`, when a matching rule asks for it, or when it reports a status change (incident.io
+does not order webhooks: if the object's current status is no longer the one the event
+reports, the event is stale and must not undo the newer state); evaluate the rules against
+the links around the event's objects; and write the resulting actions and link changes to
+the store together with "processed", in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bridge.events import Event, ObjectKind, ObjectRef, Platform, freeze
+from bridge.logging import Logger
+from bridge.metrics import Metrics
+from bridge.pipeline.echo import EchoGuard
+from bridge.platforms.base import PlatformClient
+from bridge.platforms.errors import RateLimited, Retryable, TargetMissing, UpstreamError
+from bridge.platforms.incident_io import webhook as incident_io_webhook
+from bridge.platforms.rootly import webhook as rootly_webhook
+from bridge.platforms.webhooks import EventParser, PayloadError
+from bridge.rules import LinkGraph, RuleSet, evaluate, refs_to_resolve
+from bridge.store.base import InboxRow, Store, StoreError
+
+PARSERS: Mapping[Platform, EventParser] = {
+    "rootly": rootly_webhook.parse,
+    "incident_io": incident_io_webhook.parse,
+}
+MAX_DISPATCH_ATTEMPTS = 8
+_RELATED_KEYS: tuple[tuple[str, ObjectKind], ...] = (
+    ("related_alerts", "alert"),
+    ("related_incidents", "incident"),
+)
+
+
+def _status_of(platform: Platform, resource: Mapping[str, Any]) -> str | None:
+    if platform == "incident_io":
+        status = resource.get("incident_status")
+        if isinstance(status, Mapping) and isinstance(status.get("category"), str):
+            return str(status["category"])
+    value = resource.get("status")
+    return value if isinstance(value, str) else None
+
+
+def is_status_event(event: Event) -> bool:
+    return event.source == "incident_io" and "status_updated" in event.type
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        rules: Callable[[], RuleSet],
+        clients: Mapping[Platform, PlatformClient],
+        echo_guard: EchoGuard,
+        metrics: Metrics,
+        logger: Logger,
+        owner: str,
+        on_actions: Callable[[], None],
+        batch_size: int = 50,
+        lease_seconds: float = 60.0,
+        poll_interval: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._rules = rules
+        self._clients = clients
+        self._echo = echo_guard
+        self._metrics = metrics
+        self._log = logger
+        self._owner = owner
+        self._on_actions = on_actions
+        self._batch = batch_size
+        self._lease = lease_seconds
+        self._poll = poll_interval
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the event in hand, then stop claiming."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                rows = await self._store.claim_inbox(self._owner, self._batch, self._lease)
+            except StoreError as exc:
+                self._log.warning("dispatcher.store_unavailable", error=str(exc))
+                rows = []
+                await asyncio.sleep(self._poll)
+            for row in rows:
+                if self.stopping:
+                    break
+                await self._process_guarded(row)
+            if not rows:
+                self._idle.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                self._idle.clear()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def _process_guarded(self, row: InboxRow) -> None:
+        """One event's failure must not stop the others: it is retried later, visibly."""
+        try:
+            await self.process(row)
+        except StoreError as exc:
+            # The row stays claimed until its lease ends, then it is processed again.
+            self._log.warning("dispatcher.store_unavailable", inbox_id=row.id, error=str(exc))
+            await asyncio.sleep(self._poll)
+        except Exception as exc:  # noqa: BLE001 - a bug in one event is logged and retried
+            self._log.exception("event.dispatch_crashed", inbox_id=row.id, error=repr(exc))
+            await self._retry_later(row, f"dispatch crashed: {exc!r}", exc)
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def _count(self, source: Platform, result: str) -> None:
+        self._metrics.events_dispatched.labels(source, result).inc()
+
+    async def process(self, row: InboxRow) -> None:
+        """Decide what one stored delivery means; never raises for a bad event."""
+        now = datetime.now(UTC)
+        try:
+            event = PARSERS[row.source](row.body, row.delivery_id)
+        except PayloadError as exc:
+            # Ingest checked the envelope, so this is a body we cannot use at all.
+            await self._store.fail_inbox(row.id, f"unparseable: {exc}", None)
+            self._count(row.source, "error")
+            self._log.error("event.unparseable", inbox_id=row.id, error=str(exc))
+            return
+        base: dict[str, Any] = {
+            "event_type": event.type,
+            "subject": str(event.subject) if event.subject else None,
+        }
+        if not event.known_type or event.subject is None:
+            await self._complete(
+                row, event, "ignored", {**base, "ignored": "event type not mapped"}
+            )
+            return
+        echo = await self._echo.verdict(event, now)
+        if echo is not None:
+            self._metrics.echoes_suppressed.labels(event.source).inc()
+            await self._complete(row, event, "echo", {**base, "echo": echo})
+            return
+        rules = self._rules()
+        try:
+            if event.needs_hydration or rules.needs_hydration(event) or is_status_event(event):
+                fresh = await self._hydrate(event)
+                if fresh is None:
+                    await self._complete(
+                        row,
+                        event,
+                        "ignored",
+                        {**base, "ignored": f"{event.subject} no longer exists"},
+                    )
+                    return
+                if (
+                    is_status_event(event)
+                    and event.new_status
+                    and fresh.new_status != event.new_status
+                ):
+                    reason = (
+                        f"stale: reports {event.new_status!r}"
+                        f" but {event.subject} is now {fresh.new_status!r}"
+                    )
+                    await self._complete(row, event, "stale", {**base, "ignored": reason})
+                    return
+                event = fresh
+        except (Retryable, RateLimited) as exc:
+            await self._retry_later(row, f"hydration failed: {exc}", exc)
+            return
+        except UpstreamError as exc:
+            await self._store.fail_inbox(row.id, f"hydration failed: {exc}", None)
+            self._count(row.source, "error")
+            self._log.error("event.hydration_failed", inbox_id=row.id, error=str(exc))
+            return
+        links = await self._links_around(refs_to_resolve(event))
+        evaluation = evaluate(rules, event, links, now)
+        trace = {**base, **dict(evaluation.trace)}
+        result = "actions" if evaluation.actions else "no_match"
+        await self._complete(row, event, result, trace, evaluation.actions, evaluation.link_changes)
+        if evaluation.actions:
+            self._on_actions()
+
+    async def _complete(
+        self,
+        row: InboxRow,
+        event: Event,
+        result: str,
+        trace: Mapping[str, Any],
+        actions: tuple[Any, ...] = (),
+        link_changes: tuple[Any, ...] = (),
+    ) -> None:
+        ids = await self._store.complete_inbox(row.id, actions, link_changes, trace)
+        self._count(row.source, result)
+        self._log.info(
+            "event.dispatched",
+            inbox_id=row.id,
+            source=row.source,
+            event_type=event.type,
+            subject=str(event.subject) if event.subject else None,
+            result=result,
+            actions=len(ids),
+            links=len(link_changes),
+        )
+
+    async def _retry_later(self, row: InboxRow, error: str, exc: Exception) -> None:
+        if row.attempts + 1 >= MAX_DISPATCH_ATTEMPTS:
+            await self._store.fail_inbox(row.id, error, None)
+            self._count(row.source, "error")
+            self._log.error("event.failed", inbox_id=row.id, error=error, attempts=row.attempts + 1)
+            return
+        if isinstance(exc, RateLimited):
+            retry_at = datetime.fromtimestamp(exc.retry_at, UTC)
+        else:
+            delay = self._rng.uniform(0, min(60.0, 0.5 * 2**row.attempts))
+            retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+        await self._store.fail_inbox(row.id, error, retry_at)
+        self._log.warning(
+            "event.retry_later", inbox_id=row.id, error=error, retry_at=retry_at.isoformat()
+        )
+
+    async def _hydrate(self, event: Event) -> Event | None:
+        """The event with its object's current state, or None if the object is gone."""
+        assert event.subject is not None
+        client = self._clients[event.source]
+        try:
+            fresh = await client.fetch(event.subject)
+        except TargetMissing:
+            return None
+        new_status = _status_of(event.source, fresh)
+        related = event.related
+        if event.subject.kind == "escalation":
+            related = tuple(
+                dict.fromkeys(
+                    related
+                    + tuple(
+                        ObjectRef("incident_io", kind, str(item["id"]))
+                        for key, kind in _RELATED_KEYS
+                        for item in fresh.get(key) or ()
+                        if isinstance(item, Mapping) and item.get("id")
+                    )
+                )
+            )
+        return dataclasses.replace(
+            event,
+            resource=freeze(dict(fresh)),
+            new_status=new_status
+            if event.needs_hydration or is_status_event(event)
+            else event.new_status,
+            related=related,
+            needs_hydration=False,
+        )
+
+    async def _links_around(self, refs: set[ObjectRef]) -> LinkGraph:
+        """Links touching `refs` and their direct neighbours (two hops, for `via` rules)."""
+        first = await self._store.linked(sorted(refs))
+        pairs = {(row.a, row.b) for row in first}
+        neighbours = {ref for pair in pairs for ref in pair} - refs
+        if neighbours:
+            pairs |= {(row.a, row.b) for row in await self._store.linked(sorted(neighbours))}
+        return LinkGraph(pairs)

@@ -1,0 +1,94 @@
+"""The echo guard: a change the bridge made must not come back as a new event to mirror.
+
+Three signals, any of which marks an event as an echo:
+1. incident.io says who acted: `actor.api_key.id` equal to the bridge's own key ID.
+2. The bridge recorded its own write (object, change, expiry) when the executor succeeded;
+   an event reporting that same change on that object before expiry is its echo.
+3. (In the executor) a target already in the desired state answers as a no-op / conflict,
+   recorded as skipped, so even an unrecognised echo cannot ping-pong.
+
+`changes_of_event` and `changes_of_action` speak the same small vocabulary
+(`status=<value>`, `updated`), which is what makes 2 work across both platforms.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from bridge.events import Action, ActionResult, Event, ObjectRef, Operation
+from bridge.store.base import EchoRecord, Store
+
+_ROOTLY_STATUS_EVENTS = {
+    "incident.cancelled": "status=cancelled",
+    "incident.resolved": "status=resolved",
+    "incident.mitigated": "status=mitigated",
+    "incident.in_triage": "status=in_triage",
+}
+
+# What each write looks like when the platform reports it back. Rootly reports a status
+# change both as `incident.<status>` and as `incident.updated`.
+_ACTION_CHANGES: dict[Operation, tuple[str, ...]] = {
+    "rootly.cancel_incident": ("status=cancelled", "updated"),
+    "rootly.update_incident": ("updated",),
+    "rootly.restart_incident": ("status=started", "status=in_triage", "updated"),
+    "rootly.resolve_incident": ("status=resolved", "updated"),
+    "rootly.mitigate_incident": ("status=mitigated", "updated"),
+    "rootly.acknowledge_alert": ("status=acknowledged",),
+    "rootly.resolve_alert": ("status=resolved",),
+    "incident_io.cancel_escalation": ("status=cancelled",),
+    "incident_io.edit_incident": ("updated",),
+    # Escalations the bridge creates are not echoes: their `escalation_created` webhook is
+    # what completes the links to related alerts (default flow 9).
+    "incident_io.create_escalation": (),
+    "incident_io.send_alert_event": (),
+}
+
+
+def changes_of_event(event: Event) -> tuple[str, ...]:
+    """The change vocabulary entries an incoming event reports."""
+    if event.source == "rootly":
+        if event.type in _ROOTLY_STATUS_EVENTS:
+            return (_ROOTLY_STATUS_EVENTS[event.type],)
+        if event.type == "incident.updated":
+            return ("updated",)
+        return ()
+    if event.type.endswith("escalation_status_updated_v1") and event.new_status:
+        return (f"status={event.new_status}",)
+    if event.type.endswith("incident_status_updated_v2") and event.new_status:
+        return (f"status={event.new_status}",)
+    if event.type.endswith("incident_updated_v2"):
+        return ("updated",)
+    return ()
+
+
+def echo_records_for(
+    action: Action, result: ActionResult, now: datetime, ttl_seconds: float
+) -> list[EchoRecord]:
+    """The echo records to write after `action` succeeded."""
+    target: ObjectRef | None = action.target
+    if target is None:
+        return []
+    expires = now + timedelta(seconds=ttl_seconds)
+    return [EchoRecord(target, change, expires) for change in _ACTION_CHANGES[action.operation]]
+
+
+class EchoGuard:
+    def __init__(self, store: Store, incident_io_api_key_id: str | None) -> None:
+        self._store = store
+        self._key_id = incident_io_api_key_id
+
+    async def verdict(self, event: Event, now: datetime) -> str | None:
+        """Why `event` is an echo of the bridge's own write, or None if it is not."""
+        if (
+            event.source == "incident_io"
+            and self._key_id
+            and event.actor.kind == "api_key"
+            and event.actor.id == self._key_id
+        ):
+            return "actor is the bridge's own incident.io API key"
+        if event.subject is None:
+            return None
+        for change in changes_of_event(event):
+            if await self._store.find_echo(event.subject, change, now):
+                return f"the bridge itself made '{change}' on {event.subject}"
+        return None

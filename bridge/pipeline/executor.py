@@ -1,0 +1,238 @@
+"""The executor: performs outbox actions against the platforms, exactly as often as needed.
+
+One worker loop per platform, so a rate-limited or failing platform never holds up the
+other. Each loop keeps up to `max_concurrency` actions in flight, claimed from the store
+with a lease. Outcomes:
+
+- success: `done`, with the result; the action's result links and echo records are written
+  in the same transaction;
+- `RateLimited`: back to pending at the platform's time; not a failed attempt;
+- `Retryable` (5xx, timeout, connection): exponential backoff with full jitter, capped;
+  after `max_attempts` failures it is dead-lettered;
+- `TargetMissing` / `StateConflict`: `skipped`, with the reason (the target is gone or
+  already where we wanted it; retrying cannot change that);
+- `Permanent` (other 4xx) or a bad parameter: dead-lettered with the platform's message.
+
+Idempotency: actions carry deterministic keys (the outbox refuses a second row with the
+same key) and the operations are idempotent upstream (create_escalation sends the key;
+cancel and acknowledge of an object already in that state are no-ops), so a retry after a
+timeout whose request did land has one effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bridge.config import ExecutorSettings
+from bridge.events import Action, ActionResult, LinkChange, ObjectRef, Platform
+from bridge.logging import Logger
+from bridge.metrics import Metrics
+from bridge.pipeline.echo import echo_records_for
+from bridge.platforms.base import PlatformClient
+from bridge.platforms.errors import (
+    RateLimited,
+    Retryable,
+    StateConflict,
+    TargetMissing,
+    UpstreamError,
+)
+from bridge.store.base import OutboxRow, Store, StoreError
+
+
+def result_link_changes(action: Action, result: ActionResult) -> list[LinkChange]:
+    """Links an action's success creates (the new escalation <-> the Rootly incident)."""
+    changes = []
+    for link in action.result_links:
+        object_id = result.object_id or (action.target.id if action.target else None)
+        if object_id is None:
+            continue
+        created = ObjectRef(action.platform, link.kind, object_id)
+        if created != link.to:
+            changes.append(LinkChange("add", link.to, created, f"rule:{action.rule}"))
+    return changes
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clients: Mapping[Platform, PlatformClient],
+        settings: ExecutorSettings,
+        concurrency: Mapping[Platform, int],
+        metrics: Metrics,
+        logger: Logger,
+        owner: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._clients = clients
+        self._settings = settings
+        self._concurrency = concurrency
+        self._metrics = metrics
+        self._log = logger
+        self._owner = owner
+        self._rng = rng or random.Random()
+        self._wakes = {platform: asyncio.Event() for platform in clients}
+        self._in_flight: dict[Platform, set[asyncio.Task[None]]] = {p: set() for p in clients}
+        self._stopping = False
+
+    @property
+    def platforms(self) -> list[Platform]:
+        return list(self._clients)
+
+    def wake(self) -> None:
+        for event in self._wakes.values():
+            event.set()
+
+    def stop(self) -> None:
+        """Stop claiming; actions in flight finish (see `drain`)."""
+        self._stopping = True
+        self.wake()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for in-flight actions; True if they all finished within `timeout`."""
+        tasks = [t for tasks in self._in_flight.values() for t in tasks]
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        return not pending
+
+    def in_flight(self) -> int:
+        return sum(len(t) for t in self._in_flight.values())
+
+    async def run(self, platform: Platform) -> None:
+        limit = self._concurrency.get(platform, 8)
+        in_flight = self._in_flight[platform]
+        wake = self._wakes[platform]
+        while not self._stopping:
+            wake.clear()
+            free = limit - len(in_flight)
+            rows: list[OutboxRow] = []
+            if free > 0:
+                try:
+                    rows = await self._store.claim_outbox(
+                        self._owner,
+                        min(free, self._settings.batch_size),
+                        self._settings.lease_seconds,
+                        platform,
+                    )
+                except StoreError as exc:
+                    self._log.warning(
+                        "executor.store_unavailable", platform=platform, error=str(exc)
+                    )
+            for row in rows:
+                task = asyncio.create_task(
+                    self._execute(row), name=f"executor.{platform}.action-{row.id}"
+                )
+                in_flight.add(task)
+                task.add_done_callback(self._finished(platform))
+            if rows and len(rows) == free:
+                # Saturated: wait for a slot rather than polling the store.
+                await asyncio.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if rows:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=self._settings.poll_interval_seconds)
+
+    def _finished(self, platform: Platform) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self._in_flight[platform].discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                self._log.error(
+                    "action.crashed", task=task.get_name(), error=repr(task.exception())
+                )
+            # A free slot may let the loop claim more.
+            self._wakes[platform].set()
+
+        return done
+
+    def _backoff(self, attempts: int) -> float:
+        cap = min(
+            self._settings.backoff_max_seconds, self._settings.backoff_base_seconds * 2**attempts
+        )
+        return self._rng.uniform(0, cap)
+
+    async def _execute(self, row: OutboxRow) -> None:
+        action = row.action
+        labels = (action.platform, action.name)
+        started = time.monotonic()
+        log = self._log.bind(
+            action_id=row.id,
+            operation=action.operation,
+            target=str(action.target) if action.target else None,
+            rule=action.rule,
+        )
+        try:
+            result = await self._clients[action.platform].perform(action)
+        except RateLimited as exc:
+            retry_at = datetime.fromtimestamp(max(exc.retry_at, time.time()), UTC)
+            await self._store.retry_action(
+                row.id, self._owner, retry_at, str(exc), count_attempt=False
+            )
+            self._metrics.actions.labels(*labels, "rate_limited").inc()
+            log.info("action.rate_limited", retry_at=retry_at.isoformat())
+            return
+        except Retryable as exc:
+            await self._retry_or_dead(row, str(exc), log)
+            return
+        except (TargetMissing, StateConflict) as exc:
+            reason = "target_missing" if isinstance(exc, TargetMissing) else "state_conflict"
+            await self._finish(row, "skipped", {"skipped": reason, "detail": str(exc)}, [], [])
+            self._metrics.actions.labels(*labels, "skipped").inc()
+            log.info("action.skipped", reason=reason, detail=str(exc))
+            return
+        except (UpstreamError, ValueError) as exc:
+            await self._store.dead_letter(row.id, self._owner, str(exc))
+            self._metrics.actions.labels(*labels, "dead_lettered").inc()
+            log.error("action.dead_lettered", error=str(exc), attempts=row.attempts + 1)
+            return
+        finally:
+            self._metrics.action_duration.labels(*labels).observe(time.monotonic() - started)
+        now = datetime.now(UTC)
+        outcome: dict[str, Any] = {"object_id": result.object_id, "status": result.status}
+        if result.noop:
+            outcome["noop"] = True
+        if result.detail:
+            outcome["detail"] = result.detail
+        echoes = echo_records_for(action, result, now, self._settings.echo_ttl_seconds)
+        await self._finish(row, "done", outcome, result_link_changes(action, result), echoes)
+        self._metrics.actions.labels(*labels, "done").inc()
+        if row.event_received_at is not None:
+            self._metrics.event_to_action.observe((now - row.event_received_at).total_seconds())
+        log.info("action.done", object_id=result.object_id, attempts=row.attempts + 1)
+
+    async def _finish(
+        self,
+        row: OutboxRow,
+        state: Any,
+        result: Mapping[str, Any],
+        links: list[LinkChange],
+        echoes: list[Any],
+    ) -> None:
+        if not await self._store.finish_action(row.id, self._owner, state, result, links, echoes):
+            # Our lease expired and someone else holds the row now; their outcome stands.
+            self._log.warning("action.lease_lost", action_id=row.id)
+
+    async def _retry_or_dead(self, row: OutboxRow, error: str, log: Logger) -> None:
+        labels = (row.action.platform, row.action.name)
+        attempts = row.attempts + 1
+        if attempts >= self._settings.max_attempts:
+            await self._store.dead_letter(
+                row.id, self._owner, f"gave up after {attempts} attempts: {error}"
+            )
+            self._metrics.actions.labels(*labels, "dead_lettered").inc()
+            log.error("action.dead_lettered", error=error, attempts=attempts)
+            return
+        delay = self._backoff(row.attempts)
+        retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+        await self._store.retry_action(row.id, self._owner, retry_at, error, count_attempt=True)
+        self._metrics.actions.labels(*labels, "retried").inc()
+        log.warning("action.retry", error=error, attempts=attempts, retry_in=round(delay, 3))

@@ -1,0 +1,212 @@
+"""Webhook ingest: check, verify, parse the envelope, store durably, then answer.
+
+Order of checks (each answer is final, nothing is stored before the last step):
+content type (415) -> body size (413, never reading past the limit) -> signature (401,
+reason only in logs/metrics) -> JSON and envelope (400 with a short reason) -> inbox
+(200 accepted/duplicate; 503 if the store is unavailable, so the sender retries).
+
+Writes go through `InboxWriter`, a group commit: concurrent deliveries are written in one
+transaction per batch, so throughput does not collapse to one fsync per webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from aiohttp import web
+
+from bridge.events import DeliveryId, InboxId, Platform
+from bridge.logging import Logger
+from bridge.metrics import Metrics
+from bridge.platforms.incident_io import webhook as incident_io_webhook
+from bridge.platforms.rootly import webhook as rootly_webhook
+from bridge.platforms.webhooks import Envelope, PayloadError, SignatureError, decode_json_object
+from bridge.store.base import NewInboxEvent, Store, StoreError
+from bridge.tasks import Supervisor
+
+Outcome = Literal["accepted", "duplicate", "ignored"]
+_MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """What ingest needs to know to accept one platform's webhooks."""
+
+    source: Platform
+    secrets: tuple[str, ...]
+    tolerance_seconds: int
+
+
+def _json(http_status: int, **body: object) -> web.Response:
+    return web.json_response(body, status=http_status)
+
+
+class InboxWriter:
+    """Group commit for the inbox: one transaction per batch of concurrent deliveries."""
+
+    def __init__(self, store: Store, supervisor: Supervisor, on_stored: Callable[[], None]) -> None:
+        self._store = store
+        self._queue: asyncio.Queue[tuple[NewInboxEvent, asyncio.Future[InboxId | None]]] = (
+            asyncio.Queue()
+        )
+        self._on_stored = on_stored
+        supervisor.spawn_loop("ingest.inbox-writer", self._run)
+
+    async def write(self, event: NewInboxEvent) -> InboxId | None:
+        """Store `event`; None if its delivery ID was already stored. Raises StoreError."""
+        future: asyncio.Future[InboxId | None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((event, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < _MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._flush(batch)
+
+    async def _flush(
+        self, batch: Sequence[tuple[NewInboxEvent, asyncio.Future[InboxId | None]]]
+    ) -> None:
+        try:
+            ids = await self._store.add_inbox([event for event, _ in batch])
+        except Exception as exc:
+            error = (
+                exc if isinstance(exc, StoreError) else StoreError(f"inbox write failed: {exc!r}")
+            )
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), new_id in zip(batch, ids, strict=True):
+            if not future.done():
+                future.set_result(new_id)
+        if any(i is not None for i in ids):
+            self._on_stored()
+
+
+class Ingest:
+    """The two webhook endpoints' logic, independent of routing."""
+
+    def __init__(
+        self,
+        *,
+        sources: Mapping[Platform, SourceConfig],
+        writer: InboxWriter,
+        metrics: Metrics,
+        logger: Logger,
+        max_body_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._sources = sources
+        self._writer = writer
+        self._metrics = metrics
+        self._log = logger
+        self._max_body = max_body_bytes
+        self._clock = clock
+        self._accepting = True
+
+    def stop_accepting(self) -> None:
+        """From now on answer 503 (senders retry against another replica or later)."""
+        self._accepting = False
+
+    def _count(self, source: Platform, event_type: str, outcome: str) -> None:
+        self._metrics.webhooks_received.labels(source, event_type, outcome).inc()
+
+    def _reject(
+        self, source: Platform, reason: str, status: int, message: str, **log: object
+    ) -> web.Response:
+        outcome = {413: "too_large", 401: "rejected_signature", 503: "unavailable"}.get(
+            status, "rejected_payload"
+        )
+        self._count(source, "unknown", outcome)
+        self._metrics.webhook_rejections.labels(source, reason).inc()
+        self._log.warning("webhook.rejected", source=source, reason=reason, status=status, **log)
+        return _json(status, error=message)
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The body, or None if it is larger than the limit (stops reading at the limit)."""
+        if request.content_length is not None and request.content_length > self._max_body:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self._max_body:
+                return None
+            chunks.append(chunk)
+
+    async def handle(self, source: Platform, request: web.Request) -> web.Response:
+        config = self._sources.get(source)
+        if config is None:
+            return _json(404, error=f"{source} is not enabled on this bridge")
+        if not self._accepting:
+            return self._reject(source, "shutting_down", 503, "shutting down, retry later")
+        content_type = request.headers.get("Content-Type", "")
+        if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+            return self._reject(
+                source, "content_type", 415, "Content-Type must be application/json"
+            )
+        body = await self._read_body(request)
+        if body is None:
+            return self._reject(
+                source, "too_large", 413, f"body larger than {self._max_body} bytes"
+            )
+        try:
+            envelope = self._verify_and_parse(config, request, body)
+        except SignatureError as exc:
+            return self._reject(source, exc.reason, 401, "invalid signature", detail=exc.detail)
+        except PayloadError as exc:
+            return self._reject(source, "payload", 400, str(exc)[:200])
+        event_type = envelope.event_type if envelope.known_type else "other"
+        try:
+            new_id = await self._writer.write(
+                NewInboxEvent(
+                    source=source,
+                    delivery_id=envelope.delivery_id,
+                    event_type=envelope.event_type,
+                    body=body,
+                    received_at=datetime.now(UTC),
+                )
+            )
+        except StoreError as exc:
+            self._count(source, event_type, "unavailable")
+            self._log.error("webhook.store_failed", source=source, error=str(exc))
+            return _json(503, error="storage unavailable, retry later")
+        if new_id is None:
+            self._count(source, event_type, "duplicate")
+            self._log.info("webhook.duplicate", source=source, delivery_id=envelope.delivery_id)
+            return _json(200, status="duplicate")
+        outcome: Outcome = "accepted" if envelope.known_type else "ignored"
+        self._count(source, event_type, outcome)
+        self._log.info(
+            "webhook.accepted",
+            source=source,
+            delivery_id=envelope.delivery_id,
+            event_type=envelope.event_type,
+            inbox_id=new_id,
+            outcome=outcome,
+        )
+        return _json(200, status=outcome, inbox_id=new_id)
+
+    def _verify_and_parse(
+        self, config: SourceConfig, request: web.Request, body: bytes
+    ) -> Envelope:
+        now = self._clock()
+        if config.source == "rootly":
+            rootly_webhook.verify(
+                request.headers, body, config.secrets, config.tolerance_seconds, now
+            )
+            return rootly_webhook.envelope(decode_json_object(body))
+        delivery_id: DeliveryId = incident_io_webhook.verify(
+            request.headers, body, config.secrets, config.tolerance_seconds, now
+        )
+        return incident_io_webhook.envelope(decode_json_object(body), delivery_id)

@@ -1,0 +1,1 @@
+"""Everything that speaks a platform's language: webhook verification and parsing, API clients."""

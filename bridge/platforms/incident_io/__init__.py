@@ -1,0 +1,1 @@
+"""incident.io: REST API client (`client`, `models`), webhook verification/parsing (`webhook`)."""

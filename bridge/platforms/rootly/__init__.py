@@ -1,0 +1,1 @@
+"""Rootly: the REST API client (`client`, `models`) and webhook verification/parsing (`webhook`)."""

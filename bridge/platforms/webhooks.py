@@ -1,0 +1,97 @@
+"""What webhook verification and parsing share across platforms: errors, the envelope result.
+
+Each platform folder's `webhook.py` verifies its own signature scheme and parses its own
+payloads into `bridge.events.Event`; both raise the errors defined here so ingest maps them
+to HTTP answers in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from bridge.events import DeliveryId, Event, Platform
+
+MAX_JSON_DEPTH = 64
+RejectReason = Literal["missing_header", "malformed_header", "timestamp", "signature"]
+
+
+class SignatureError(Exception):
+    """The delivery is not provably from the platform; the reason goes to logs and metrics."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class PayloadError(ValueError):
+    """Signed, but not a payload we can store: bad UTF-8, bad JSON, wrong envelope."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The minimum ingest needs from a body: who sent it, its delivery ID and type."""
+
+    source: Platform
+    delivery_id: DeliveryId
+    event_type: str
+    known_type: bool
+
+
+def _depth_guard(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise PayloadError(f"JSON nested deeper than {limit} levels")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def decode_json_object(body: bytes) -> dict[str, Any]:
+    """Strict JSON object from bytes: UTF-8, an object at the top, bounded nesting."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise PayloadError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise PayloadError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PayloadError(f"body must be a JSON object, got {type(data).__name__}")
+    _depth_guard(data)
+    return data
+
+
+def parse_time(value: Any) -> datetime | None:
+    """RFC 3339 / ISO 8601 text to an aware UTC datetime; anything else to None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive header lookup over any mapping (aiohttp's is already insensitive)."""
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        for key, candidate in headers.items():
+            if key.lower() == lowered:
+                return candidate
+    return value
+
+
+EventParser = Callable[[bytes, DeliveryId], Event]

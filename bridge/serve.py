@@ -1,0 +1,87 @@
+"""`bridge serve`: load settings, optionally start the sandbox, run the bridge until signalled.
+
+With `--sandbox`, simulated Rootly and incident.io start on loopback first, with
+credentials generated for this run; the bridge is configured to talk to them (overriding
+the platform URLs and secrets of the config file) and they deliver their webhooks to the
+bridge. The generated values are printed so a person can drive the simulators by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bridge.app import Bridge
+from bridge.config import ConfigError, Settings, deep_merge, load_settings
+from bridge.logging import configure_logging, get_logger
+from bridge.rules import RulesError
+from bridge.store.base import StoreError
+
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"bridge: {message}", file=sys.stderr)
+    return code
+
+
+async def serve(
+    config: Path | None, *, sandbox: bool = False, overrides: dict[str, Any] | None = None
+) -> int:
+    overrides = dict(overrides or {})
+    env = dict(os.environ)
+    sim = None
+    if sandbox:
+        from bridge.sandbox import Sandbox
+        from bridge.sandbox.stack import sandbox_overrides, sandbox_rule_env
+
+        sim = Sandbox()
+        await sim.start()
+        overrides = deep_merge(overrides, sandbox_overrides(sim))
+        env = {**sandbox_rule_env(sim), **env}
+    try:
+        try:
+            settings: Settings = load_settings(config, overrides=overrides)
+        except ConfigError as exc:
+            return _fail(f"invalid configuration:\n{exc}", EXIT_CONFIG)
+        configure_logging(settings.logging.level, settings.logging.format, settings.secret_values())
+        log = get_logger("bridge")
+        bridge = Bridge(settings, env=env, logger=log)
+        try:
+            await bridge.start()
+        except RulesError as exc:
+            await bridge.stop()
+            return _fail(f"invalid rules: {exc}", EXIT_CONFIG)
+        except StoreError as exc:
+            await bridge.stop()
+            return _fail(f"store: {exc}", EXIT_RUNTIME)
+        except OSError as exc:
+            await bridge.stop()
+            return _fail(
+                f"cannot listen on {settings.server.host}:{settings.server.port}:"
+                f" {exc.strerror or exc}",
+                EXIT_RUNTIME,
+            )
+        assert bridge.endpoint is not None
+        if sim is not None:
+            sim.set_webhook_targets(
+                rootly=f"{bridge.endpoint.url}/webhooks/rootly",
+                incident_io=f"{bridge.endpoint.url}/webhooks/incident-io",
+            )
+            log.info(
+                "sandbox.ready",
+                bridge=bridge.endpoint.url,
+                rootly=sim.rootly_url,
+                incident_io=sim.incident_io_url,
+                rootly_control=f"{sim.rootly_url}/_sandbox/",
+                incident_io_control=f"{sim.incident_io_url}/_sandbox/",
+                hint='POST {rootly}/_sandbox/incidents {"title": "..."} opens an incident',
+            )
+        await bridge.run_until_signalled()
+        return 0
+    finally:
+        if sim is not None:
+            await sim.stop()

@@ -1,0 +1,269 @@
+"""Typed rows and the `Store` protocol: everything the rest of the bridge may ask of storage.
+
+The pipeline, web and CLI layers depend on this protocol only; `bridge.store.sql.SqlStore`
+implements it for SQLite and PostgreSQL. Every method that changes more than one row does
+so in one transaction: the dispatcher's decision (actions + link changes + "event
+processed") and the executor's outcome (state + links + echo records) are all-or-nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from bridge.events import (
+    Action,
+    ActionId,
+    DeliveryId,
+    InboxId,
+    LinkChange,
+    ObjectRef,
+    Platform,
+)
+
+InboxState = Literal["pending", "processed", "failed"]
+OutboxState = Literal["pending", "claimed", "done", "skipped", "dead"]
+
+
+class StoreError(Exception):
+    """Storage is unreachable or refused the operation; the message says which and why."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached right now (ingest answers 503 so senders retry)."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer bridge than this one."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewInboxEvent:
+    """A verified webhook delivery to persist before answering 2xx."""
+
+    source: Platform
+    delivery_id: DeliveryId
+    event_type: str
+    body: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    id: InboxId
+    source: Platform
+    delivery_id: DeliveryId
+    event_type: str
+    body: bytes
+    received_at: datetime
+    state: InboxState
+    processed_at: datetime | None
+    attempts: int
+    trace: Mapping[str, Any] | None
+    """What the dispatcher decided: rules matched / not matched and why, echo verdict."""
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: ActionId
+    action: Action
+    state: OutboxState
+    attempts: int
+    next_attempt_at: datetime
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    last_error: str | None
+    inbox_id: InboxId | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    result: Mapping[str, Any] | None
+    event_received_at: datetime | None
+    """When the webhook that caused the action was accepted (for event-to-action latency)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRow:
+    a: ObjectRef
+    b: ObjectRef
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class EchoRecord:
+    """A write the bridge made: `ref` was changed to `change` (e.g. ``status=cancelled``)."""
+
+    ref: ObjectRef
+    change: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFilter:
+    platform: Platform | None = None
+    kind: str | None = None
+    external_id: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    outbox_by_state: Mapping[str, int]
+    dead_letters: int
+    links_by_kind: Mapping[str, int]
+    inbox_pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    inbox: int
+    outbox: int
+    echoes: int
+    links: int
+
+
+class Store(Protocol):
+    """What the bridge may ask of its storage. All times are timezone-aware UTC."""
+
+    backend: Literal["sqlite", "postgresql"]
+
+    async def open(self) -> None:
+        """Connect, apply migrations (under a lock on PostgreSQL) and verify the schema."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless a trivial query succeeds."""
+
+    # -- inbox --------------------------------------------------------------------------
+    async def add_inbox(self, events: Sequence[NewInboxEvent]) -> list[InboxId | None]:
+        """Persist deliveries in one transaction (group commit).
+
+        Returns, per event, its new ID, or None when (source, delivery_id) was already stored.
+        """
+
+    async def claim_inbox(self, owner: str, limit: int, lease_seconds: float) -> list[InboxRow]:
+        """Claim pending inbox rows in arrival order (id order), with a lease."""
+
+    async def complete_inbox(
+        self,
+        inbox_id: InboxId,
+        actions: Sequence[Action],
+        link_changes: Sequence[LinkChange],
+        trace: Mapping[str, Any],
+    ) -> list[ActionId]:
+        """In ONE transaction: insert `actions` into the outbox (an idempotency key already
+        present is skipped, not an error), apply `link_changes` (adding an existing link or
+        removing a missing one is a no-op), store the trace and mark the event processed.
+        Returns the IDs of the outbox rows created."""
+
+    async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:
+        """Record a dispatch failure; with `retry_at` the event stays pending until then."""
+
+    async def get_inbox(self, inbox_id: InboxId) -> InboxRow | None: ...
+
+    async def find_inbox(self, source: Platform, delivery_id: DeliveryId) -> InboxRow | None: ...
+
+    async def actions_for_inbox(self, inbox_id: InboxId) -> list[OutboxRow]: ...
+
+    # -- outbox -------------------------------------------------------------------------
+    async def claim_outbox(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        platform: Platform | None = None,
+    ) -> list[OutboxRow]:
+        """Claim due rows (pending with next_attempt_at <= now, or claimed with an expired
+        lease), oldest first. PostgreSQL: FOR UPDATE SKIP LOCKED, so replicas never claim
+        the same row. Increments nothing: attempts are counted by `retry_action`."""
+
+    async def finish_action(
+        self,
+        action_id: ActionId,
+        owner: str,
+        state: Literal["done", "skipped"],
+        result: Mapping[str, Any],
+        link_changes: Sequence[LinkChange],
+        echoes: Sequence[EchoRecord],
+    ) -> bool:
+        """In ONE transaction: set the final state and result, apply link changes, write echo
+        records. Returns False (and changes nothing) if `owner` no longer holds the lease."""
+
+    async def retry_action(
+        self,
+        action_id: ActionId,
+        owner: str,
+        next_attempt_at: datetime,
+        error: str,
+        count_attempt: bool,
+    ) -> bool:
+        """Back to pending at `next_attempt_at`; `count_attempt` False for rate limits."""
+
+    async def dead_letter(self, action_id: ActionId, owner: str, error: str) -> bool: ...
+
+    async def list_outbox(
+        self, states: Sequence[OutboxState] | None, limit: int, offset: int = 0
+    ) -> list[OutboxRow]: ...
+
+    async def get_action(self, action_id: ActionId) -> OutboxRow | None: ...
+
+    async def replay_action(self, action_id: ActionId) -> bool:
+        """Dead letter back to pending, attempts reset. False if it is not dead."""
+
+    async def drop_action(self, action_id: ActionId) -> bool:
+        """Dead letter to skipped (operator decided). False if it is not dead."""
+
+    # -- links --------------------------------------------------------------------------
+    async def add_link(self, a: ObjectRef, b: ObjectRef, created_by: str) -> bool:
+        """True if created, False if it already existed."""
+
+    async def remove_link(self, a: ObjectRef, b: ObjectRef) -> bool: ...
+
+    async def linked(self, refs: Sequence[ObjectRef]) -> list[LinkRow]:
+        """Every link touching any of `refs` (either side), by index."""
+
+    async def list_links(self, flt: LinkFilter) -> list[LinkRow]: ...
+
+    async def count_links(self) -> int: ...
+
+    # -- echo guard ---------------------------------------------------------------------
+    async def find_echo(self, ref: ObjectRef, change: str, now: datetime) -> bool:
+        """True if an unexpired echo record for (ref, change) exists."""
+
+    # -- housekeeping -------------------------------------------------------------------
+    async def counts(self) -> StoreCounts: ...
+
+    async def prune(
+        self,
+        inbox_before: datetime,
+        outbox_before: datetime,
+        now: datetime,
+    ) -> PruneResult:
+        """Delete processed inbox rows and finished (done/skipped) outbox rows older than the
+        cut-offs, and expired echo records. Dead letters and links are kept."""
+
+    # -- coordination between replicas --------------------------------------------------
+    async def try_acquire_leadership(self) -> bool:
+        """True while this instance is the leader (scheduler jobs run on the leader only).
+
+        PostgreSQL: a session advisory lock on a dedicated connection kept open while
+        leading; calling again while leading returns True; if that connection died,
+        leadership is lost and the call tries to take it again. SQLite: always True.
+        """
+
+    async def release_leadership(self) -> None: ...
+
+    async def notify_work(self) -> None:
+        """Wake other replicas' workers (PostgreSQL ``NOTIFY``); SQLite: no-op."""
+
+    async def listen_work(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when any replica calls `notify_work` (PostgreSQL ``LISTEN``).
+
+        Best effort: workers still poll, a lost listener only costs latency. SQLite: no-op.
+        """

@@ -1,0 +1,879 @@
+"""`SqlStore`: the `Store` protocol on SQLAlchemy 2 Core (async), for SQLite and PostgreSQL.
+
+One code path for both backends; where they differ it is said next to the difference:
+
+- Claims are one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)
+  RETURNING ...``. PostgreSQL skips rows another replica is claiming; SQLite renders no
+  ``FOR UPDATE`` and relies on a single writer (below).
+- SQLite allows one writer at a time. Write transactions here take an in-process
+  `asyncio.Lock` and start with ``BEGIN IMMEDIATE``: concurrent claimers in one process
+  queue up instead of failing with "database is locked", and a second process (the CLI)
+  waits up to the busy timeout. Reads need no lock (WAL).
+- Duplicate-tolerant inserts use ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, which both
+  backends support (SQLite >= 3.35).
+
+Times come from the injected clock (UTC) rather than the database's, so both backends and
+the tests agree on "now". Dead letters are outbox rows in state ``dead``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, cast
+
+import asyncpg
+import structlog
+from sqlalchemy import (
+    ColumnElement,
+    RowMapping,
+    and_,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bridge.events import (
+    Action,
+    ActionId,
+    DeliveryId,
+    IdempotencyKey,
+    InboxId,
+    LinkChange,
+    ObjectRef,
+    Operation,
+    Platform,
+    ResultLink,
+    RuleName,
+    freeze,
+    thaw,
+)
+from bridge.store.base import (
+    EchoRecord,
+    InboxRow,
+    LinkFilter,
+    LinkRow,
+    NewInboxEvent,
+    OutboxRow,
+    OutboxState,
+    PruneResult,
+    StoreCounts,
+    StoreError,
+)
+from bridge.store.migrate import upgrade_engine
+from bridge.store.tables import OUTBOX_STATES, echo_records, inbox, links, outbox
+from bridge.store.urls import (
+    check_schema,
+    create_store_engine,
+    is_store_failure,
+    lock_keys,
+    parse_store_url,
+    translate_error,
+)
+
+WORK_CHANNEL = "bridge_work"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def canonical_pair(a: ObjectRef, b: ObjectRef) -> tuple[ObjectRef, ObjectRef]:
+    """The order a link is stored in: sorted by ``str(ref)``, so (a, b) == (b, a)."""
+    return (a, b) if str(a) <= str(b) else (b, a)
+
+
+def link_kind(type_a: str, type_b: str) -> str:
+    """The ``bridge_links{kind}`` label of a link between two ``platform:kind`` types, e.g.
+    ``rootly:incident~incident_io:escalation`` (Rootly side first, whatever the order)."""
+    return "~".join(sorted((type_a, type_b), reverse=True))
+
+
+class SqlStore:
+    """The bridge's store on SQLite (embedded default) or PostgreSQL (several replicas).
+
+    `url` is what the user configured (``sqlite:///data/bridge.db``,
+    ``postgresql://user@host:5432/db``). `schema` (PostgreSQL only) puts every table in that
+    schema, created if missing. `clock` returns timezone-aware UTC "now" (tests inject one).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 5,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._url = parse_store_url(url)
+        self.backend: Literal["sqlite", "postgresql"] = self._url.backend
+        if schema is not None and self.backend != "postgresql":
+            raise StoreError("a store schema applies to PostgreSQL only")
+        self._schema = check_schema(schema)
+        self._pool_size = pool_size
+        self._log = (logger or structlog.get_logger(__name__)).bind(
+            store_backend=self.backend, store=self._url.display
+        )
+        self._clock = clock or _utcnow
+        self._engine: AsyncEngine | None = None
+        self.revision: str | None = None
+        # SQLite has one writer; serialising writes in-process is honest and cheap.
+        self._sqlite_writer = asyncio.Lock()
+        self._leader_guard = asyncio.Lock()
+        self._leader_conn: asyncpg.Connection | None = None
+        self._listen_conn: asyncpg.Connection | None = None
+        self._work_callbacks: list[Callable[[], None]] = []
+        # Built once: SQLAlchemy 2.0 does not cache compiled ON CONFLICT inserts, so at least
+        # the construction is not repeated on the ingest hot path.
+        self._inbox_insert = (
+            self._insert(inbox)
+            .on_conflict_do_nothing(index_elements=["source", "delivery_id"])
+            .returning(inbox.c.id, inbox.c.source, inbox.c.delivery_id)
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the SQLite directory, connect, migrate to head (PostgreSQL: under a lock)."""
+        if self._engine is not None:
+            return
+        path = self._url.sqlite_path
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"SQLite store {self._url.display}: cannot create directory "
+                    f"{path.parent}: {exc.strerror or exc}"
+                ) from exc
+        engine = create_store_engine(self._url, schema=self._schema, pool_size=self._pool_size)
+        try:
+            self.revision = await upgrade_engine(engine, self._url, self._schema)
+        except BaseException as exc:
+            await engine.dispose()
+            if isinstance(exc, Exception) and is_store_failure(exc):
+                raise translate_error(self._url, exc, "opening the store") from exc
+            raise
+        self._engine = engine
+        self._log.info("store.opened", revision=self.revision)
+
+    async def close(self) -> None:
+        await self.release_leadership()
+        listen_conn, self._listen_conn = self._listen_conn, None
+        self._work_callbacks.clear()
+        if listen_conn is not None:
+            await _close_quietly(listen_conn)
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+            self._log.info("store.closed")
+
+    async def ping(self) -> None:
+        async with self._reading("ping") as conn:
+            await conn.execute(text("SELECT 1"))
+
+    # -- transactions -----------------------------------------------------------------------
+    def _require_engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StoreError(f"store {self._url.display} is not open (call open() first)")
+        return self._engine
+
+    @contextlib.asynccontextmanager
+    async def _reading(self, doing: str) -> AsyncIterator[AsyncConnection]:
+        engine = self._require_engine()
+        try:
+            async with engine.connect() as conn:
+                yield conn
+        except Exception as exc:
+            if is_store_failure(exc):
+                raise translate_error(self._url, exc, doing) from exc
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _writing(self, doing: str) -> AsyncIterator[AsyncConnection]:
+        """One write transaction: committed on normal exit, rolled back on any exception."""
+        engine = self._require_engine()
+        guard: contextlib.AbstractAsyncContextManager[Any] = (
+            self._sqlite_writer if self.backend == "sqlite" else contextlib.nullcontext()
+        )
+        try:
+            async with guard, engine.connect() as conn:
+                if self.backend == "sqlite":
+                    conn = await conn.execution_options(bridge_write=True)
+                async with conn.begin():
+                    yield conn
+        except Exception as exc:
+            if is_store_failure(exc):
+                raise translate_error(self._url, exc, doing) from exc
+            raise
+
+    def _insert(self, table: Any) -> pg_dialect.Insert | sqlite_dialect.Insert:
+        if self.backend == "postgresql":
+            return pg_dialect.insert(table)
+        return sqlite_dialect.insert(table)
+
+    # -- inbox ----------------------------------------------------------------------------
+    async def add_inbox(self, events: Sequence[NewInboxEvent]) -> list[InboxId | None]:
+        if not events:
+            return []
+        now = self._clock()
+        rows = [
+            {
+                "source": e.source,
+                "delivery_id": e.delivery_id,
+                "event_type": e.event_type,
+                "body": e.body,
+                "received_at": e.received_at,
+                "state": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+            }
+            for e in events
+        ]
+        async with self._writing("storing webhook deliveries") as conn:
+            # Executed as "insertmanyvalues": one multi-row INSERT for the whole batch.
+            result = await conn.execute(self._inbox_insert, rows)
+            created = {(r.source, r.delivery_id): InboxId(r.id) for r in result}
+        # Per event its new ID; a key repeated within the batch: the first occurrence wins.
+        out: list[InboxId | None] = []
+        for e in events:
+            out.append(created.pop((e.source, e.delivery_id), None))
+        return out
+
+    async def claim_inbox(self, owner: str, limit: int, lease_seconds: float) -> list[InboxRow]:
+        """Claim due pending rows in id order; each claim counts one attempt, so an event
+        that crashes the dispatcher every time is still seen to be failing."""
+        if limit <= 0:
+            return []
+        now = self._clock()
+        due = and_(
+            inbox.c.state == "pending",
+            inbox.c.next_attempt_at <= now,
+            or_(inbox.c.lease_expires_at.is_(None), inbox.c.lease_expires_at <= now),
+        )
+        pick = (
+            select(inbox.c.id)
+            .where(due)
+            .order_by(inbox.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("picked")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        stmt = (
+            update(inbox)
+            .where(inbox.c.id.in_(select(pick.c.id)), due)
+            .values(
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=inbox.c.attempts + 1,
+            )
+            .returning(*inbox.c)
+        )
+        async with self._writing("claiming inbox events") as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return sorted((_inbox_row(r) for r in rows), key=lambda r: r.id)
+
+    async def complete_inbox(
+        self,
+        inbox_id: InboxId,
+        actions: Sequence[Action],
+        link_changes: Sequence[LinkChange],
+        trace: Mapping[str, Any],
+    ) -> list[ActionId]:
+        now = self._clock()
+        created: list[ActionId] = []
+        async with self._writing("recording the dispatch of an event") as conn:
+            received_at = (
+                await conn.execute(select(inbox.c.received_at).where(inbox.c.id == inbox_id))
+            ).scalar_one_or_none()
+            if received_at is None:
+                raise StoreError(f"inbox event {inbox_id} does not exist")
+            if actions:
+                stmt = (
+                    self._insert(outbox)
+                    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                    .returning(outbox.c.id)
+                )
+                rows = [_action_values(a, now, inbox_id, received_at) for a in actions]
+                result = await conn.execute(stmt, rows)
+                created = sorted(ActionId(i) for i in result.scalars())
+            await self._apply_links(conn, link_changes, now)
+            await conn.execute(
+                update(inbox)
+                .where(inbox.c.id == inbox_id)
+                .values(
+                    state="processed",
+                    processed_at=now,
+                    trace=thaw(trace),
+                    error=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+        return created
+
+    async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:
+        now = self._clock()
+        values: dict[str, Any] = {"error": error, "lease_owner": None, "lease_expires_at": None}
+        if retry_at is None:
+            values |= {"state": "failed", "processed_at": now}
+        else:
+            values |= {"state": "pending", "next_attempt_at": retry_at}
+        async with self._writing("recording a dispatch failure") as conn:
+            await conn.execute(update(inbox).where(inbox.c.id == inbox_id).values(**values))
+
+    async def get_inbox(self, inbox_id: InboxId) -> InboxRow | None:
+        return await self._one_inbox(inbox.c.id == inbox_id)
+
+    async def find_inbox(self, source: Platform, delivery_id: DeliveryId) -> InboxRow | None:
+        return await self._one_inbox(
+            and_(inbox.c.source == source, inbox.c.delivery_id == delivery_id)
+        )
+
+    async def _one_inbox(self, where: ColumnElement[bool]) -> InboxRow | None:
+        async with self._reading("reading an inbox event") as conn:
+            row = (await conn.execute(select(inbox).where(where))).mappings().first()
+        return _inbox_row(row) if row is not None else None
+
+    async def actions_for_inbox(self, inbox_id: InboxId) -> list[OutboxRow]:
+        return await self._outbox_rows(
+            select(outbox).where(outbox.c.inbox_id == inbox_id).order_by(outbox.c.id)
+        )
+
+    # -- outbox ---------------------------------------------------------------------------
+    async def claim_outbox(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        platform: Platform | None = None,
+    ) -> list[OutboxRow]:
+        if limit <= 0:
+            return []
+        now = self._clock()
+        due: ColumnElement[bool] = or_(
+            and_(outbox.c.state == "pending", outbox.c.next_attempt_at <= now),
+            # An expired lease means the claimer died (or stalled): crash recovery.
+            and_(outbox.c.state == "claimed", outbox.c.lease_expires_at <= now),
+        )
+        if platform is not None:
+            due = and_(due, outbox.c.platform == platform)
+        pick = (
+            select(outbox.c.id)
+            .where(due)
+            .order_by(outbox.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("picked")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        # The pick is a MATERIALIZED CTE: as a plain IN-subquery PostgreSQL may re-run it per
+        # row and claim more than `limit`. `due` is repeated on the UPDATE as a second guard.
+        stmt = (
+            update(outbox)
+            .where(outbox.c.id.in_(select(pick.c.id)), due)
+            .values(
+                state="claimed",
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(*outbox.c)
+        )
+        async with self._writing("claiming actions") as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return sorted((_outbox_row(r) for r in rows), key=lambda r: r.id)
+
+    def _held(self, action_id: ActionId, owner: str) -> ColumnElement[bool]:
+        return and_(
+            outbox.c.id == action_id,
+            outbox.c.state == "claimed",
+            outbox.c.lease_owner == owner,
+        )
+
+    async def finish_action(
+        self,
+        action_id: ActionId,
+        owner: str,
+        state: Literal["done", "skipped"],
+        result: Mapping[str, Any],
+        link_changes: Sequence[LinkChange],
+        echoes: Sequence[EchoRecord],
+    ) -> bool:
+        now = self._clock()
+        async with self._writing("recording an action's outcome") as conn:
+            updated = await conn.execute(
+                update(outbox)
+                .where(self._held(action_id, owner))
+                .values(
+                    state=state,
+                    result=thaw(result),
+                    finished_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            if updated.rowcount != 1:
+                return False
+            await self._apply_links(conn, link_changes, now)
+            if echoes:
+                await conn.execute(
+                    echo_records.insert(),
+                    [
+                        {"ref": str(e.ref), "change": e.change, "expires_at": e.expires_at}
+                        for e in echoes
+                    ],
+                )
+        return True
+
+    async def retry_action(
+        self,
+        action_id: ActionId,
+        owner: str,
+        next_attempt_at: datetime,
+        error: str,
+        count_attempt: bool,
+    ) -> bool:
+        return await self._release(
+            action_id,
+            owner,
+            "scheduling a retry",
+            state="pending",
+            next_attempt_at=next_attempt_at,
+            last_error=error,
+            attempts=outbox.c.attempts + (1 if count_attempt else 0),
+        )
+
+    async def dead_letter(self, action_id: ActionId, owner: str, error: str) -> bool:
+        """To state ``dead``; the failed attempt that led here is counted."""
+        return await self._release(
+            action_id,
+            owner,
+            "dead-lettering an action",
+            state="dead",
+            last_error=error,
+            attempts=outbox.c.attempts + 1,
+            finished_at=self._clock(),
+        )
+
+    async def _release(self, action_id: ActionId, owner: str, doing: str, **values: Any) -> bool:
+        values |= {"updated_at": self._clock(), "lease_owner": None, "lease_expires_at": None}
+        async with self._writing(doing) as conn:
+            updated = await conn.execute(
+                update(outbox).where(self._held(action_id, owner)).values(**values)
+            )
+        return bool(updated.rowcount == 1)
+
+    async def list_outbox(
+        self, states: Sequence[OutboxState] | None, limit: int, offset: int = 0
+    ) -> list[OutboxRow]:
+        """Oldest first (id order)."""
+        query = select(outbox).order_by(outbox.c.id).limit(limit).offset(offset)
+        if states is not None:
+            query = query.where(outbox.c.state.in_(list(states)))
+        return await self._outbox_rows(query)
+
+    async def get_action(self, action_id: ActionId) -> OutboxRow | None:
+        rows = await self._outbox_rows(select(outbox).where(outbox.c.id == action_id))
+        return rows[0] if rows else None
+
+    async def _outbox_rows(self, query: Any) -> list[OutboxRow]:
+        async with self._reading("reading actions") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_outbox_row(r) for r in rows]
+
+    async def replay_action(self, action_id: ActionId) -> bool:
+        """Dead letter back to pending, due now, attempts reset (the last error is kept)."""
+        now = self._clock()
+        return await self._from_dead(
+            action_id,
+            "replaying a dead letter",
+            state="pending",
+            attempts=0,
+            next_attempt_at=now,
+            finished_at=None,
+            updated_at=now,
+        )
+
+    async def drop_action(self, action_id: ActionId) -> bool:
+        now = self._clock()
+        return await self._from_dead(
+            action_id, "dropping a dead letter", state="skipped", finished_at=now, updated_at=now
+        )
+
+    async def _from_dead(self, action_id: ActionId, doing: str, **values: Any) -> bool:
+        async with self._writing(doing) as conn:
+            updated = await conn.execute(
+                update(outbox)
+                .where(outbox.c.id == action_id, outbox.c.state == "dead")
+                .values(**values)
+            )
+        return bool(updated.rowcount == 1)
+
+    # -- links ----------------------------------------------------------------------------
+    async def add_link(self, a: ObjectRef, b: ObjectRef, created_by: str) -> bool:
+        stmt = (
+            self._insert(links)
+            .values(_link_values(a, b, created_by, self._clock()))
+            .on_conflict_do_nothing()
+            .returning(links.c.id)
+        )
+        async with self._writing("adding a link") as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    async def remove_link(self, a: ObjectRef, b: ObjectRef) -> bool:
+        async with self._writing("removing a link") as conn:
+            return bool((await conn.execute(_delete_link(a, b))).rowcount > 0)
+
+    async def _apply_links(
+        self, conn: AsyncConnection, changes: Sequence[LinkChange], now: datetime
+    ) -> None:
+        adds = [_link_values(c.a, c.b, c.created_by, now) for c in changes if c.op == "add"]
+        if adds:
+            await conn.execute(self._insert(links).on_conflict_do_nothing(), adds)
+        for change in changes:
+            if change.op == "remove":
+                await conn.execute(_delete_link(change.a, change.b))
+
+    async def linked(self, refs: Sequence[ObjectRef]) -> list[LinkRow]:
+        if not refs:
+            return []
+        keys = [(r.platform, r.kind, r.id) for r in refs]
+        query = (
+            select(links)
+            .where(
+                or_(
+                    tuple_(links.c.a_platform, links.c.a_kind, links.c.a_id).in_(keys),
+                    tuple_(links.c.b_platform, links.c.b_kind, links.c.b_id).in_(keys),
+                )
+            )
+            .order_by(links.c.id)
+        )
+        return await self._link_rows(query)
+
+    async def list_links(self, flt: LinkFilter) -> list[LinkRow]:
+        """Links with a side matching every given field of `flt`, oldest first."""
+        query = select(links).order_by(links.c.id).limit(flt.limit).offset(flt.offset)
+        sides = []
+        for platform, kind, ident in (
+            (links.c.a_platform, links.c.a_kind, links.c.a_id),
+            (links.c.b_platform, links.c.b_kind, links.c.b_id),
+        ):
+            conds: list[ColumnElement[bool]] = []
+            if flt.platform is not None:
+                conds.append(platform == flt.platform)
+            if flt.kind is not None:
+                conds.append(kind == flt.kind)
+            if flt.external_id is not None:
+                conds.append(ident == flt.external_id)
+            if conds:
+                sides.append(and_(*conds))
+        if sides:
+            query = query.where(or_(*sides))
+        return await self._link_rows(query)
+
+    async def _link_rows(self, query: Any) -> list[LinkRow]:
+        async with self._reading("reading links") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_link_row(r) for r in rows]
+
+    async def count_links(self) -> int:
+        async with self._reading("counting links") as conn:
+            return int((await conn.execute(select(func.count()).select_from(links))).scalar_one())
+
+    # -- echo guard -----------------------------------------------------------------------
+    async def find_echo(self, ref: ObjectRef, change: str, now: datetime) -> bool:
+        query = (
+            select(literal(1))
+            .select_from(echo_records)
+            .where(
+                echo_records.c.ref == str(ref),
+                echo_records.c.change == change,
+                echo_records.c.expires_at > now,
+            )
+            .limit(1)
+        )
+        async with self._reading("looking up echo records") as conn:
+            return (await conn.execute(query)).first() is not None
+
+    # -- housekeeping ---------------------------------------------------------------------
+    async def counts(self) -> StoreCounts:
+        by_state = dict.fromkeys(OUTBOX_STATES, 0)
+        by_kind: dict[str, int] = {}
+        async with self._reading("counting rows") as conn:
+            for state, n in await conn.execute(
+                select(outbox.c.state, func.count()).group_by(outbox.c.state)
+            ):
+                by_state[state] = int(n)
+            kinds = select(
+                links.c.a_platform, links.c.a_kind, links.c.b_platform, links.c.b_kind, func.count()
+            ).group_by(links.c.a_platform, links.c.a_kind, links.c.b_platform, links.c.b_kind)
+            for a_platform, a_kind, b_platform, b_kind, n in await conn.execute(kinds):
+                label = link_kind(f"{a_platform}:{a_kind}", f"{b_platform}:{b_kind}")
+                by_kind[label] = by_kind.get(label, 0) + int(n)
+            pending = (
+                await conn.execute(
+                    select(func.count()).select_from(inbox).where(inbox.c.state == "pending")
+                )
+            ).scalar_one()
+        return StoreCounts(
+            outbox_by_state=freeze(by_state),
+            dead_letters=by_state["dead"],
+            links_by_kind=freeze(by_kind),
+            inbox_pending=int(pending),
+        )
+
+    async def prune(
+        self,
+        inbox_before: datetime,
+        outbox_before: datetime,
+        now: datetime,
+    ) -> PruneResult:
+        async with self._writing("pruning old rows") as conn:
+            # Outbox first: its rows point at inbox rows (the FK would null them anyway).
+            done = await conn.execute(
+                delete(outbox).where(
+                    outbox.c.state.in_(["done", "skipped"]), outbox.c.finished_at < outbox_before
+                )
+            )
+            processed = await conn.execute(
+                delete(inbox).where(
+                    inbox.c.state == "processed", inbox.c.processed_at < inbox_before
+                )
+            )
+            expired = await conn.execute(
+                delete(echo_records).where(echo_records.c.expires_at <= now)
+            )
+        return PruneResult(
+            inbox=int(processed.rowcount),
+            outbox=int(done.rowcount),
+            echoes=int(expired.rowcount),
+            links=0,
+        )
+
+    # -- coordination between replicas ----------------------------------------------------
+    async def try_acquire_leadership(self) -> bool:
+        if self.backend == "sqlite":
+            return True  # one process owns an SQLite file
+        async with self._leader_guard:
+            conn = self._leader_conn
+            if conn is not None:
+                if await _alive(conn):
+                    return True
+                self._leader_conn = None
+                conn.terminate()
+                self._log.warning("store.leadership.lost")
+            conn = await self._raw_connect("taking leadership")
+            key1, key2 = lock_keys(self._schema, "leader")
+            try:
+                got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", key1, key2))
+            except Exception as exc:
+                conn.terminate()
+                if is_store_failure(exc):
+                    raise translate_error(self._url, exc, "taking leadership") from exc
+                raise
+            if not got:
+                await _close_quietly(conn)
+                return False
+            self._leader_conn = conn
+            self._log.info("store.leadership.acquired")
+            return True
+
+    async def release_leadership(self) -> None:
+        async with self._leader_guard:
+            conn, self._leader_conn = self._leader_conn, None
+            if conn is None:
+                return
+            # Closing the session releases the lock; unlock first so it is released even if
+            # a pooler kept the server session alive.
+            with contextlib.suppress(Exception):
+                key1, key2 = lock_keys(self._schema, "leader")
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", key1, key2)
+            await _close_quietly(conn)
+            self._log.info("store.leadership.released")
+
+    async def notify_work(self) -> None:
+        if self.backend == "sqlite":
+            return
+        async with self._writing("notifying workers") as conn:
+            await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": WORK_CHANNEL})
+
+    async def listen_work(self, callback: Callable[[], None]) -> None:
+        if self.backend == "sqlite":
+            return
+        if callback not in self._work_callbacks:
+            self._work_callbacks.append(callback)
+        if self._listen_conn is not None:
+            return
+        conn = await self._raw_connect("listening for work")
+        try:
+            await conn.add_listener(WORK_CHANNEL, self._on_work)
+        except Exception as exc:
+            conn.terminate()
+            if is_store_failure(exc):
+                raise translate_error(self._url, exc, "listening for work") from exc
+            raise
+        conn.add_termination_listener(self._on_listen_lost)
+        self._listen_conn = conn
+
+    def _on_work(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
+        for callback in list(self._work_callbacks):
+            try:
+                callback()
+            except Exception:
+                self._log.exception("store.listen.callback_failed")
+
+    def _on_listen_lost(self, _conn: object) -> None:
+        if self._listen_conn is not None:
+            self._listen_conn = None
+            self._log.warning("store.listen.lost")
+
+    async def _raw_connect(self, doing: str) -> asyncpg.Connection:
+        """A dedicated asyncpg connection outside the pool (kept open by its owner)."""
+        try:
+            return await asyncpg.connect(
+                self._url.asyncpg_dsn(),
+                timeout=10,
+                server_settings={"application_name": "bridge"},
+            )
+        except Exception as exc:
+            if is_store_failure(exc):
+                raise translate_error(self._url, exc, doing) from exc
+            raise
+
+
+async def _alive(conn: asyncpg.Connection) -> bool:
+    if conn.is_closed():
+        return False
+    try:
+        await conn.fetchval("SELECT 1", timeout=5)
+    except Exception:
+        return False
+    return True
+
+
+async def _close_quietly(conn: asyncpg.Connection) -> None:
+    try:
+        await conn.close(timeout=5)
+    except Exception:
+        conn.terminate()
+
+
+# -- row (de)serialisation ----------------------------------------------------------------
+def _link_values(a: ObjectRef, b: ObjectRef, created_by: str, now: datetime) -> dict[str, Any]:
+    if a == b:
+        raise StoreError(f"cannot link {a} to itself")
+    first, second = canonical_pair(a, b)
+    return {
+        "a_platform": first.platform,
+        "a_kind": first.kind,
+        "a_id": first.id,
+        "b_platform": second.platform,
+        "b_kind": second.kind,
+        "b_id": second.id,
+        "created_at": now,
+        "created_by": created_by,
+    }
+
+
+def _delete_link(a: ObjectRef, b: ObjectRef) -> Any:
+    first, second = canonical_pair(a, b)
+    return delete(links).where(
+        links.c.a_platform == first.platform,
+        links.c.a_kind == first.kind,
+        links.c.a_id == first.id,
+        links.c.b_platform == second.platform,
+        links.c.b_kind == second.kind,
+        links.c.b_id == second.id,
+    )
+
+
+def _action_values(
+    action: Action, now: datetime, inbox_id: InboxId | None, received_at: datetime | None
+) -> dict[str, Any]:
+    return {
+        "operation": action.operation,
+        "platform": action.platform,
+        "target": str(action.target) if action.target is not None else None,
+        "params": thaw(action.params),
+        "rule": action.rule,
+        "idempotency_key": action.idempotency_key,
+        "result_links": [{"to": str(link.to), "kind": link.kind} for link in action.result_links],
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "inbox_id": inbox_id,
+        "created_at": now,
+        "updated_at": now,
+        "event_received_at": received_at,
+    }
+
+
+def _action(row: RowMapping) -> Action:
+    return Action(
+        operation=cast(Operation, row["operation"]),
+        target=ObjectRef.parse(row["target"]) if row["target"] is not None else None,
+        params=freeze(row["params"]),
+        rule=RuleName(row["rule"]),
+        idempotency_key=IdempotencyKey(row["idempotency_key"]),
+        result_links=tuple(
+            ResultLink(to=ObjectRef.parse(link["to"]), kind=link["kind"])
+            for link in row["result_links"]
+        ),
+    )
+
+
+def _outbox_row(row: RowMapping) -> OutboxRow:
+    return OutboxRow(
+        id=ActionId(row["id"]),
+        action=_action(row),
+        state=row["state"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+        last_error=row["last_error"],
+        inbox_id=InboxId(row["inbox_id"]) if row["inbox_id"] is not None else None,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+        result=freeze(row["result"]) if row["result"] is not None else None,
+        event_received_at=row["event_received_at"],
+    )
+
+
+def _inbox_row(row: RowMapping) -> InboxRow:
+    return InboxRow(
+        id=InboxId(row["id"]),
+        source=row["source"],
+        delivery_id=DeliveryId(row["delivery_id"]),
+        event_type=row["event_type"],
+        body=bytes(row["body"]),
+        received_at=row["received_at"],
+        state=row["state"],
+        processed_at=row["processed_at"],
+        attempts=row["attempts"],
+        trace=freeze(row["trace"]) if row["trace"] is not None else None,
+        error=row["error"],
+    )
+
+
+def _link_row(row: RowMapping) -> LinkRow:
+    return LinkRow(
+        a=ObjectRef(row["a_platform"], row["a_kind"], row["a_id"]),
+        b=ObjectRef(row["b_platform"], row["b_kind"], row["b_id"]),
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+    )

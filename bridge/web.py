@@ -1,0 +1,357 @@
+"""aiohttp routes: webhooks, health, readiness, metrics, and the admin API under /api/v1/.
+
+Every answer is JSON (metrics aside). Unknown routes give 404, wrong methods 405, bad input
+400 with the reason; an unexpected failure is logged with its traceback and answered with a
+generic 500 body, never a traceback. The admin API exists only when an admin token is
+configured, and checks it in constant time (401 without a token, 403 with a wrong one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bridge.events import PLATFORMS, ActionId, InboxId, InvalidRef, ObjectRef, thaw
+from bridge.logging import Logger
+from bridge.metrics import Metrics
+from bridge.pipeline.ingest import Ingest
+from bridge.store.base import InboxRow, LinkFilter, LinkRow, OutboxRow, Store, StoreError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_OUTBOX_STATES = ("pending", "claimed", "done", "skipped", "dead")
+
+
+@dataclass
+class Readiness:
+    """What /readyz reports on; the composition root keeps it current."""
+
+    rules_loaded: bool = False
+    accepting: bool = True
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class ApiError(Exception):
+    """Raised by handlers for a 4xx answer with a reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def link_json(row: LinkRow) -> dict[str, Any]:
+    return {
+        "a": str(row.a),
+        "b": str(row.b),
+        "created_at": row.created_at.isoformat(),
+        "created_by": row.created_by,
+    }
+
+
+def action_json(row: OutboxRow) -> dict[str, Any]:
+    action = row.action
+    return {
+        "id": row.id,
+        "operation": action.operation,
+        "target": str(action.target) if action.target else None,
+        "params": thaw(action.params),
+        "rule": action.rule,
+        "idempotency_key": action.idempotency_key,
+        "state": row.state,
+        "attempts": row.attempts,
+        "next_attempt_at": row.next_attempt_at.isoformat(),
+        "last_error": row.last_error,
+        "inbox_id": row.inbox_id,
+        "created_at": row.created_at.isoformat(),
+        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+        "result": thaw(row.result) if row.result is not None else None,
+    }
+
+
+def inbox_json(row: InboxRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "source": row.source,
+        "delivery_id": row.delivery_id,
+        "event_type": row.event_type,
+        "received_at": row.received_at.isoformat(),
+        "state": row.state,
+        "processed_at": row.processed_at.isoformat() if row.processed_at else None,
+        "attempts": row.attempts,
+        "error": row.error,
+        "trace": thaw(row.trace) if row.trace is not None else None,
+    }
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = {404: "not found", 405: f"method {request.method} not allowed"}.get(
+            exc.status, exc.reason
+        )
+        response = _error(exc.status, reason)
+        if exc.status == 405:
+            allow = exc.headers.get("Allow")
+            if allow:
+                response.headers["Allow"] = allow
+        return response
+    except StoreError as exc:
+        request.app[LOGGER_KEY].warning("http.store_unavailable", path=request.path, error=str(exc))
+        return _error(503, "storage unavailable, retry later")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        request.app[LOGGER_KEY].exception("http.unhandled", path=request.path, error=repr(exc))
+        return _error(500, "internal error; the bridge logged the details")
+
+
+LOGGER_KEY = web.AppKey("logger", Logger)
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be between {low} and {high}")
+    return value
+
+
+def _bad_request(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+class AdminApi:
+    """Operations on links, the outbox and dead letters, and event traces."""
+
+    def __init__(
+        self, store: Store, token: str, logger: Logger, wake_executor: Callable[[], None]
+    ) -> None:
+        self._store = store
+        self._token = token.encode()
+        self._log = logger
+        self._wake = wake_executor
+
+    @web.middleware
+    async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/api/"):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return web.json_response(
+                {"error": "missing bearer token"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="bridge-admin"'},
+            )
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            self._log.warning("admin.forbidden", path=request.path)
+            return _error(403, "wrong token")
+        return await handler(request)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/v1/links", self.list_links),
+            web.post("/api/v1/links", self.add_link),
+            web.delete("/api/v1/links", self.remove_link),
+            web.get("/api/v1/outbox", self.list_outbox),
+            web.get("/api/v1/outbox/{id}", self.get_action),
+            web.get("/api/v1/dead-letters", self.list_dead),
+            web.post("/api/v1/dead-letters/{id}/replay", self.replay),
+            web.post("/api/v1/dead-letters/{id}/drop", self.drop),
+            web.get("/api/v1/events/{id}", self.event_trace),
+        ]
+
+    async def list_links(self, request: web.Request) -> web.Response:
+        platform = request.query.get("platform")
+        if platform is not None and platform not in PLATFORMS:
+            raise _bad_request(f"platform must be one of {', '.join(PLATFORMS)}")
+        kind = request.query.get("kind")
+        if kind is not None and kind not in ("incident", "alert", "escalation"):
+            raise _bad_request("kind must be incident, alert or escalation")
+        flt = LinkFilter(
+            platform=platform,
+            kind=kind,
+            external_id=request.query.get("id"),
+            limit=_int_param(request, "limit", 100, 1, 1000),
+            offset=_int_param(request, "offset", 0, 0, 10**9),
+        )
+        rows = await self._store.list_links(flt)
+        return web.json_response({"links": [link_json(r) for r in rows]})
+
+    async def _link_body(self, request: web.Request) -> tuple[ObjectRef, ObjectRef]:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise _bad_request('body must be JSON {"a": ref, "b": ref}') from None
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("a"), str)
+            or not isinstance(body.get("b"), str)
+        ):
+            raise _bad_request('body must be {"a": "platform:kind:id", "b": "platform:kind:id"}')
+        try:
+            a, b = ObjectRef.parse(body["a"]), ObjectRef.parse(body["b"])
+        except InvalidRef as exc:
+            raise _bad_request(str(exc)) from None
+        if a == b:
+            raise _bad_request("a link needs two different objects")
+        return a, b
+
+    async def add_link(self, request: web.Request) -> web.Response:
+        a, b = await self._link_body(request)
+        created = await self._store.add_link(a, b, "admin-api")
+        self._log.info("link.added", a=str(a), b=str(b), created=created, by="admin-api")
+        return web.json_response(
+            {"a": str(a), "b": str(b), "created": created}, status=201 if created else 200
+        )
+
+    async def remove_link(self, request: web.Request) -> web.Response:
+        a, b = await self._link_body(request)
+        removed = await self._store.remove_link(a, b)
+        if not removed:
+            return _error(404, f"no link between {a} and {b}")
+        self._log.info("link.removed", a=str(a), b=str(b), by="admin-api")
+        return web.json_response({"a": str(a), "b": str(b), "removed": True})
+
+    async def list_outbox(self, request: web.Request) -> web.Response:
+        raw_states = request.query.get("state")
+        states = None
+        if raw_states:
+            states = [s.strip() for s in raw_states.split(",")]
+            unknown = [s for s in states if s not in _OUTBOX_STATES]
+            if unknown:
+                raise _bad_request(f"unknown state {unknown[0]!r}; use {', '.join(_OUTBOX_STATES)}")
+        rows = await self._store.list_outbox(
+            states,  # type: ignore[arg-type]
+            _int_param(request, "limit", 100, 1, 1000),
+            _int_param(request, "offset", 0, 0, 10**9),
+        )
+        return web.json_response({"actions": [action_json(r) for r in rows]})
+
+    def _id(self, request: web.Request) -> int:
+        try:
+            value = int(request.match_info["id"])
+        except ValueError:
+            raise _bad_request("id must be an integer") from None
+        if not 0 < value < 2**63:
+            raise _bad_request("id out of range")
+        return value
+
+    async def get_action(self, request: web.Request) -> web.Response:
+        row = await self._store.get_action(ActionId(self._id(request)))
+        if row is None:
+            return _error(404, "no such action")
+        return web.json_response(action_json(row))
+
+    async def list_dead(self, request: web.Request) -> web.Response:
+        rows = await self._store.list_outbox(
+            ["dead"],
+            _int_param(request, "limit", 100, 1, 1000),
+            _int_param(request, "offset", 0, 0, 10**9),
+        )
+        return web.json_response({"dead_letters": [action_json(r) for r in rows]})
+
+    async def replay(self, request: web.Request) -> web.Response:
+        action_id = ActionId(self._id(request))
+        if not await self._store.replay_action(action_id):
+            return _error(404, "no dead letter with that id")
+        self._log.info("dlq.replayed", action_id=action_id, by="admin-api")
+        self._wake()
+        return web.json_response({"id": action_id, "state": "pending"})
+
+    async def drop(self, request: web.Request) -> web.Response:
+        action_id = ActionId(self._id(request))
+        if not await self._store.drop_action(action_id):
+            return _error(404, "no dead letter with that id")
+        self._log.info("dlq.dropped", action_id=action_id, by="admin-api")
+        return web.json_response({"id": action_id, "state": "skipped"})
+
+    async def event_trace(self, request: web.Request) -> web.Response:
+        row = await self._store.get_inbox(InboxId(self._id(request)))
+        if row is None:
+            return _error(404, "no such event")
+        actions = await self._store.actions_for_inbox(row.id)
+        return web.json_response(
+            {"event": inbox_json(row), "actions": [action_json(a) for a in actions]}
+        )
+
+
+def build_app(
+    *,
+    ingest: Ingest,
+    store: Store,
+    metrics: Metrics,
+    readiness: Readiness,
+    logger: Logger,
+    admin: AdminApi | None,
+    extra_routes: Mapping[str, Handler] | None = None,
+) -> web.Application:
+    """The bridge's aiohttp application, wired to the parts the composition root built."""
+    middlewares: list[Any] = [_json_errors]
+    if admin is not None:
+        middlewares.append(admin.auth)
+    # client_max_size is a backstop; ingest itself stops reading at the configured limit.
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
+    app[LOGGER_KEY] = logger
+
+    async def rootly(request: web.Request) -> web.Response:
+        return await ingest.handle("rootly", request)
+
+    async def incident_io(request: web.Request) -> web.Response:
+        return await ingest.handle("incident_io", request)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        reasons = []
+        if not readiness.accepting:
+            reasons.append("shutting down")
+        if not readiness.rules_loaded:
+            reasons.append("rules not loaded")
+        try:
+            await store.ping()
+        except StoreError as exc:
+            reasons.append(f"store unreachable: {exc}")
+        if reasons:
+            return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    app.add_routes(
+        [
+            web.post("/webhooks/rootly", rootly),
+            web.post("/webhooks/incident-io", incident_io),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics_endpoint),
+        ]
+    )
+    if admin is not None:
+        app.add_routes(admin.routes())
+    return app

@@ -1,0 +1,1 @@
+"""Tests of the deployment artefacts: Dockerfile, Helm chart, alerts and dashboard."""

@@ -1,0 +1,263 @@
+"""The Helm chart renders to valid, hardened Kubernetes objects and refuses unsafe values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.chart import (
+    CHART_DIR,
+    Release,
+    default_values,
+    ha_values,
+    render,
+)
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema
+# kubernetes-validate ships.
+KUBE_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+CRD_GROUPS = ("monitoring.coreos.com/",)
+
+
+def _variants() -> dict[str, dict[str, Any]]:
+    return {"default": default_values(), "ha": ha_values()}
+
+
+@pytest.fixture(scope="module")
+def default_release() -> Release:
+    """The chart rendered with its defaults plus the required secrets."""
+    return render(default_values())
+
+
+@pytest.fixture(scope="module")
+def ha_release() -> Release:
+    """The chart rendered with tests/deploy/values-ha.yaml."""
+    return render(ha_values())
+
+
+@pytest.mark.parametrize("variant", ["default", "ha"])
+def test_helm_lint_strict_passes(variant: str) -> None:
+    """`helm lint --strict` reports no warning or error for the default and the HA values."""
+    for kube_version in (None, "v1.27.0"):
+        report = helm_python.lint(
+            CHART_DIR, values=_variants()[variant], strict=True, kube_version=kube_version
+        )
+        problems = [m for m in report["messages"] if m["severity"] >= 2]
+        assert report["errors"] == [], report
+        assert problems == [], problems
+
+
+def test_default_render_is_one_hardened_sqlite_pod(default_release: Release) -> None:
+    """Defaults give one SQLite pod on a kept PVC, recreated (never two) on rollout."""
+    release = default_release
+    assert sorted(release.kinds()) == sorted(
+        [
+            "ConfigMap",
+            "Deployment",
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+            "Secret",
+            "Service",
+            "ServiceAccount",
+        ]
+    )
+    deployment = release.one("Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pvc = release.one("PersistentVolumeClaim")
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert "emptyDir" in volumes["tmp"]
+    bridge_yaml = yaml.safe_load(release.config_data()["bridge.yaml"])
+    assert bridge_yaml["store"]["url"] == "sqlite:////data/bridge.db"
+    assert bridge_yaml["server"]["host"] == "0.0.0.0"
+    assert bridge_yaml["rules"]["file"] == "/app/config/rules.yaml"
+    assert "rules.yaml" not in release.config_data()
+
+
+@pytest.mark.parametrize("variant", ["default", "ha"])
+def test_pod_is_hardened_and_probed(variant: str) -> None:
+    """Non-root, read-only root FS, no capabilities, RuntimeDefault seccomp, three probes."""
+    release = render(_variants()[variant])
+    pod = release.one("Deployment")["spec"]["template"]["spec"]
+    container = release.container()
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["automountServiceAccountToken"] is False
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert set(mounts) == {"/etc/bridge", "/data", "/tmp"}
+    assert mounts["/etc/bridge"]["readOnly"] is True
+    bridge_yaml = yaml.safe_load(release.config_data()["bridge.yaml"])
+    grace = bridge_yaml["server"]["shutdown_grace_seconds"]
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + grace
+
+
+def test_ha_render_scales_on_postgresql(ha_release: Release) -> None:
+    """HA values: PostgreSQL URL only in the Secret, HPA owns replicas, PDB and monitoring on."""
+    release = ha_release
+    deployment = release.one("Deployment")
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    hpa = release.one("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 6)
+    assert release.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    for kind in ("ServiceMonitor", "PrometheusRule", "Ingress"):
+        assert release.has(kind), kind
+    assert not release.has("PersistentVolumeClaim")
+    bridge_yaml = yaml.safe_load(release.config_data()["bridge.yaml"])
+    assert "store" not in bridge_yaml, "the PostgreSQL URL (with password) belongs in the Secret"
+    env = release.secret_env()
+    assert env["BRIDGE_STORE__URL"].startswith("postgresql://")
+    assert env["BRIDGE_INCIDENT_IO__ALERT_SOURCE_TOKEN"]
+    egress_ports = {
+        p["port"] for rule in release.one("NetworkPolicy")["spec"]["egress"] for p in rule["ports"]
+    }
+    assert egress_ports == {53, 443, 5432}
+    paths = release.one("Ingress")["spec"]["rules"][0]["http"]["paths"]
+    assert [p["path"] for p in paths] == ["/webhooks/"], "only webhooks are public"
+
+
+def test_ha_without_autoscaling_sets_replicas() -> None:
+    """PostgreSQL without an HPA renders the requested replica count."""
+    values = ha_values()
+    values["autoscaling"] = {"enabled": False}
+    assert render(values).one("Deployment")["spec"]["replicas"] == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"replicaCount": 2}, "store.type=sqlite supports exactly one replica (replicaCount=2)"),
+        ({"autoscaling": {"enabled": True}}, "autoscaling.enabled=true is refused"),
+    ],
+)
+def test_sqlite_refuses_more_than_one_replica(override: dict[str, Any], message: str) -> None:
+    """SQLite with replicas > 1 or an HPA fails to render, naming the fix (PostgreSQL)."""
+    values = default_values() | override
+    with pytest.raises(helm_python.HelmRenderError) as caught:
+        render(values)
+    assert message in str(caught.value)
+    assert "store.type=postgresql" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("secrets", "message"),
+    [
+        ({}, "secrets.adminToken is required"),
+        ({"adminToken": "changeme"}, 'secrets.adminToken is a placeholder ("changeme")'),
+    ],
+)
+def test_secrets_are_required_and_not_placeholders(secrets: dict[str, str], message: str) -> None:
+    """Without an existingSecret, missing or placeholder secrets refuse to render."""
+    values = default_values()
+    values["secrets"] = values["secrets"] | secrets if secrets else {}
+    with pytest.raises(helm_python.HelmRenderError) as caught:
+        render(values)
+    assert message in str(caught.value)
+
+
+def test_postgresql_requires_a_store_url() -> None:
+    """store.type=postgresql without secrets.storeUrl fails with a clear message."""
+    values = default_values() | {"store": {"type": "postgresql"}}
+    with pytest.raises(helm_python.HelmRenderError, match=r"secrets\.storeUrl is required"):
+        render(values)
+
+
+def test_existing_secret_replaces_the_chart_secret() -> None:
+    """With secrets.existingSecret the chart creates no Secret and reads env from the named one."""
+    release = render({"secrets": {"existingSecret": "bridge-creds"}})
+    assert not release.has("Secret")
+    env_from = release.container()["envFrom"]
+    assert env_from[0] == {"secretRef": {"name": "bridge-creds"}}
+    annotations = release.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/secret" not in annotations
+
+
+def test_chart_owned_config_keys_are_refused() -> None:
+    """Setting a key the chart manages (here a secret) under `config` fails, naming the value."""
+    values = default_values() | {"config": {"rootly": {"api_token": "tok-123"}}}
+    with pytest.raises(helm_python.HelmRenderError, match=r"set secrets\.rootlyApiToken"):
+        render(values)
+
+
+def test_schema_rejects_unknown_top_level_keys() -> None:
+    """values.schema.json catches a typo such as `replicas` for `replicaCount`."""
+    values = default_values() | {"replicas": 3}
+    with pytest.raises(helm_python.HelmValuesError, match="replicas"):
+        render(values)
+
+
+def test_custom_rules_ship_in_the_configmap_and_roll_the_pods() -> None:
+    """A `rules` value lands in rules.yaml, becomes the rules file, and changes the checksum."""
+    base = render(default_values())
+    values = default_values() | {"rules": "rules: []\n"}
+    custom = render(values)
+    assert custom.config_data()["rules.yaml"] == "rules: []\n"
+    assert yaml.safe_load(custom.config_data()["bridge.yaml"])["rules"]["file"] == (
+        "/etc/bridge/rules.yaml"
+    )
+    env = {e["name"]: e.get("value") for e in custom.container()["env"]}
+    assert env["BRIDGE_RULES_FILE"] == "/etc/bridge/rules.yaml"
+
+    def checksum(release: Release) -> str:
+        annotations = release.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations["checksum/config"])
+
+    assert checksum(base) != checksum(custom)
+
+
+def _structural_problems(manifest: dict[str, Any]) -> list[str]:
+    """Checks for the Prometheus-operator CRDs, whose schemas kubernetes-validate lacks."""
+    kind = manifest["kind"]
+    spec = manifest.get("spec", {})
+    problems: list[str] = []
+    if kind == "PrometheusRule":
+        for group in spec.get("groups", []):
+            if set(group) - {"name", "interval", "rules"} or not group.get("rules"):
+                problems.append(f"group {group.get('name')}: bad keys or no rules")
+            for rule in group.get("rules", []):
+                allowed = {"alert", "record", "expr", "for", "labels", "annotations"}
+                if set(rule) - allowed or "expr" not in rule or "alert" not in rule:
+                    problems.append(f"rule {rule.get('alert')}: bad keys {sorted(rule)}")
+    elif kind == "ServiceMonitor":
+        endpoints = spec.get("endpoints", [])
+        if not endpoints or any(e.get("port") != "http" for e in endpoints):
+            problems.append("ServiceMonitor must scrape the http port")
+        if not spec.get("selector", {}).get("matchLabels"):
+            problems.append("ServiceMonitor needs a selector")
+    else:
+        problems.append(f"unexpected custom resource {kind}")
+    return problems
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("variant", ["default", "ha"])
+def test_manifests_match_kubernetes_schemas(variant: str, kube_version: str) -> None:
+    """Every rendered object validates (strict: no unknown fields) against the k8s schemas."""
+    release = render(_variants()[variant])
+    problems: list[str] = []
+    for manifest in release.manifests:
+        name = f"{manifest['kind']}/{manifest['metadata']['name']}"
+        if str(manifest["apiVersion"]).startswith(CRD_GROUPS):
+            problems += [f"{name}: {p}" for p in _structural_problems(manifest)]
+            continue
+        try:
+            kubernetes_validate.validate(manifest, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            problems.append(f"{name}: {str(error).splitlines()[0]}")
+    assert problems == []

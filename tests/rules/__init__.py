@@ -1,0 +1,1 @@
+"""Tests of the mapping-rules language and the default rules (`bridge.rules`)."""

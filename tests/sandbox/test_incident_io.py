@@ -1,0 +1,304 @@
+"""The incident.io simulator against the official OpenAPI spec and DESIGN section 2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from standardwebhooks.webhooks import Webhook
+
+from bridge.sandbox import Sandbox
+from tests.sandbox.conftest import Answer, Receiver, call
+from tests.specs import validate_response, validate_webhook
+
+
+async def inc(
+    http: aiohttp.ClientSession,
+    sb: Sandbox,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str | None = None,
+) -> Answer:
+    """An authenticated call; 2xx answers are checked against the spec, errors by shape."""
+    answer = await call(
+        http, method, sb.incident_io_url + path, token=token or sb.incident_io_api_key, body=body
+    )
+    if answer.status < 300:
+        validate_response("incident_io", method, path, answer.status, answer.body)
+    else:
+        assert set(answer.body) >= {"type", "status", "request_id", "errors"}
+        assert answer.body["status"] == answer.status
+        assert all({"code", "message"} <= set(e) for e in answer.body["errors"])
+    return answer
+
+
+def verify_incident_io(sb: Sandbox, receiver: Receiver) -> list[dict[str, Any]]:
+    """Verify every incident.io webhook with standardwebhooks and validate its payload."""
+    hook = Webhook(sb.incident_io_webhook_secret)
+    bodies = []
+    for got in receiver.of("incident_io"):
+        headers = {k.lower(): v for k, v in got.headers.items()}
+        assert headers["webhook-id"].startswith("msg_")
+        payload = hook.verify(got.raw, headers)
+        validate_webhook(payload)
+        bodies.append(payload)
+    return bodies
+
+
+def escalation_body(key: str, **extra: Any) -> dict[str, Any]:
+    return {"idempotency_key": key, "title": "Page", "user_ids": ["U1"], **extra}
+
+
+async def test_auth(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
+    """No key, a wrong key, or the alert-source token on the API: 401 authentication_error."""
+    for token in ("wrong", sandbox.alert_source_token):
+        answer = await inc(http, sandbox, "GET", "/v2/escalations/x", token=token)
+        assert answer.status == 401
+        assert answer.body["type"] == "authentication_error"
+    bare = await call(http, "GET", sandbox.incident_io_url + "/v2/escalations/x")
+    assert bare.body["errors"][0]["code"] == "missing_authorization_material"
+
+
+async def test_escalation_create_idempotent_and_cancel(
+    sandbox: Sandbox, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """A reused idempotency key returns the same escalation; cancel twice is a no-op."""
+    first = await inc(http, sandbox, "POST", "/v2/escalations", escalation_body("k1"))
+    assert first.status == 201
+    again = await inc(http, sandbox, "POST", "/v2/escalations", escalation_body("k1"))
+    eid = first.body["escalation"]["id"]
+    assert again.body["escalation"]["id"] == eid
+    both = await inc(
+        http, sandbox, "POST", "/v2/escalations", escalation_body("k2", escalation_path_id="p")
+    )
+    assert both.status == 422
+    missing = await inc(http, sandbox, "POST", "/v2/escalations", {"title": "t"})
+    assert missing.status == 422
+    assert missing.body["errors"][0]["source"] == {"field": "idempotency_key"}
+    for _ in range(2):
+        cancel = await call(
+            http,
+            "POST",
+            f"{sandbox.incident_io_url}/v2/escalations/{eid}/actions/cancel",
+            token=sandbox.incident_io_api_key,
+        )
+        assert cancel.status == 200
+        assert cancel.body is None
+    got = await inc(http, sandbox, "GET", f"/v2/escalations/{eid}")
+    assert got.body["escalation"]["status"] == "cancelled"
+    await sandbox.wait_idle(5)
+    bodies = verify_incident_io(sandbox, receiver)
+    assert [b["event_type"] for b in bodies] == [
+        "public_escalation.escalation_created_v1",
+        "public_escalation.escalation_status_updated_v1",
+    ]
+    change = bodies[1]["public_escalation.escalation_status_updated_v1"]
+    assert change["actor"]["api_key"]["id"] == sandbox.incident_io_api_key_id
+    assert (change["previous_status"], change["new_status"]) == ("triggered", "cancelled")
+
+
+async def test_cancel_resolved_or_expired_is_invalid_state(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    """Resolved and expired escalations cannot be cancelled: 422 invalid_state."""
+    sim = sandbox.incident_io
+    for n, finish in enumerate((sim.resolve_escalation, sim.expire_escalation)):
+        made = await inc(http, sandbox, "POST", "/v2/escalations", escalation_body(f"e{n}"))
+        eid = made.body["escalation"]["id"]
+        await finish(eid)
+        refused = await inc(http, sandbox, "POST", f"/v2/escalations/{eid}/actions/cancel")
+        assert refused.status == 422
+        assert refused.body["errors"][0]["code"] == "invalid_state"
+        assert "cannot be cancelled" in refused.body["errors"][0]["message"]
+    assert (await inc(http, sandbox, "GET", "/v2/escalations/nope")).status == 404
+
+
+async def test_list_filters_and_pagination(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
+    """Listing pages with `after` and filters by status and idempotency key prefix."""
+    ids = []
+    for n in range(3):
+        made = await inc(http, sandbox, "POST", "/v2/escalations", escalation_body(f"team:{n}"))
+        ids.append(made.body["escalation"]["id"])
+    await sandbox.incident_io.ack_escalation(ids[0])
+    page = await inc(http, sandbox, "GET", "/v2/escalations?page_size=2")
+    assert [e["id"] for e in page.body["escalations"]] == [ids[2], ids[1]]
+    after = page.body["pagination_meta"]["after"]
+    rest = await inc(http, sandbox, "GET", f"/v2/escalations?page_size=2&after={after}")
+    assert [e["id"] for e in rest.body["escalations"]] == [ids[0]]
+    assert "after" not in rest.body["pagination_meta"]
+    acked = await inc(http, sandbox, "GET", "/v2/escalations?status[one_of]=acked")
+    assert [e["id"] for e in acked.body["escalations"]] == [ids[0]]
+    keyed = await inc(http, sandbox, "GET", "/v2/escalations?idempotency_key[starts_with]=team:")
+    assert len(keyed.body["escalations"]) == 3
+    assert (await inc(http, sandbox, "GET", "/v2/escalations?page_size=99")).status == 422
+    assert (await inc(http, sandbox, "GET", "/v2/escalations?color[is]=x")).status == 422
+
+
+async def test_alert_source_flow(
+    sandbox: Sandbox, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """Firing creates alert + escalation once; a human acks; resolved resolves what pages."""
+    path = f"/v2/alert_events/http/{sandbox.alert_source_config_id}"
+    event = {
+        "title": "CPU",
+        "status": "firing",
+        "deduplication_key": "d1",
+        "description": "hot",
+        "metadata": {"a": 1},
+    }
+    refused = await inc(http, sandbox, "POST", path, event)  # API key is not the source token
+    assert refused.status == 401
+    for _ in range(2):
+        ok = await inc(http, sandbox, "POST", path, event, token=sandbox.alert_source_token)
+        assert ok.status == 202
+        assert ok.body["deduplication_key"] == "d1"
+    second = await inc(
+        http,
+        sandbox,
+        "POST",
+        path,
+        {**event, "deduplication_key": "d2"},
+        token=sandbox.alert_source_token,
+    )
+    assert second.status == 202
+    escalations = sandbox.incident_io.state()["escalations"]
+    assert len(escalations) == 2
+    first_esc = next(e for e in escalations if e["related_alerts"][0]["deduplication_key"] == "d1")
+    assert first_esc["status"] == "triggered"
+    await call(
+        http,
+        "POST",
+        f"{sandbox.incident_io_url}/_sandbox/escalations/{first_esc['id']}/ack",
+        body={"user": "Alice"},
+    )
+    for key in ("d1", "d2"):
+        await inc(
+            http,
+            sandbox,
+            "POST",
+            path,
+            {**event, "status": "resolved", "deduplication_key": key},
+            token=sandbox.alert_source_token,
+        )
+    alert_id = first_esc["related_alerts"][0]["id"]
+    alert = await inc(http, sandbox, "GET", f"/v2/alerts/{alert_id}")
+    assert alert.body["alert"]["status"] == "resolved"
+    states = {e["id"]: e["status"] for e in sandbox.incident_io.state()["escalations"]}
+    assert states[first_esc["id"]] == "acked"
+    assert sorted(states.values()) == ["acked", "resolved"]
+    bad = await inc(
+        http,
+        sandbox,
+        "POST",
+        path,
+        {"title": "x", "status": "maybe"},
+        token=sandbox.alert_source_token,
+    )
+    assert bad.status == 422
+    await sandbox.wait_idle(5)
+    bodies = verify_incident_io(sandbox, receiver)
+    types = [b["event_type"] for b in bodies]
+    assert types.count("public_alert.alert_created_v1") == 2
+    assert types.count("public_escalation.escalation_created_v1") == 2
+    assert types.count("public_alert.alert_resolved_v1") == 2
+    changes = [
+        b["public_escalation.escalation_status_updated_v1"]
+        for b in bodies
+        if b["event_type"] == "public_escalation.escalation_status_updated_v1"
+    ]
+    assert changes[0]["actor"]["user"]["name"] == "Alice"
+    assert changes[0]["new_status"] == "acked"
+    assert "alert" in changes[1]["actor"]
+    assert changes[1]["new_status"] == "resolved"
+
+
+async def test_incidents(sandbox: Sandbox, http: aiohttp.ClientSession, receiver: Receiver) -> None:
+    """Incidents: human creation and status change, API edit; every webhook matches the spec."""
+    sim = sandbox.incident_io
+    made = await call(
+        http,
+        "POST",
+        sandbox.incident_io_url + "/_sandbox/incidents",
+        body={"name": "Outage", "severity": "Major"},
+    )
+    assert made.status == 201
+    iid = made.body["id"]
+    got = await inc(http, sandbox, "GET", f"/v2/incidents/{iid}")
+    assert got.body["incident"]["incident_status"]["category"] == "live"
+    closed = next(s for s in sim.statuses if s["category"] == "closed")
+    edit = {
+        "incident": {"name": "Big outage", "incident_status_id": closed["id"]},
+        "notify_incident_channel": False,
+    }
+    edited = await inc(http, sandbox, "POST", f"/v2/incidents/{iid}/actions/edit", edit)
+    assert edited.body["incident"]["name"] == "Big outage"
+    bad = await inc(
+        http,
+        sandbox,
+        "POST",
+        f"/v2/incidents/{iid}/actions/edit",
+        {"incident": {"severity_id": "nope"}, "notify_incident_channel": True},
+    )
+    assert bad.status == 422
+    await call(
+        http,
+        "POST",
+        f"{sandbox.incident_io_url}/_sandbox/incidents/{iid}/status",
+        body={"status": "triage", "message": "back"},
+    )
+    unknown = await call(
+        http,
+        "POST",
+        f"{sandbox.incident_io_url}/_sandbox/incidents/{iid}/edit",
+        body={"colour": "red"},
+    )
+    assert unknown.status == 400
+    await sim.edit_incident(iid, summary="s", severity="Critical")
+    await sandbox.wait_idle(5)
+    types = [b["event_type"] for b in verify_incident_io(sandbox, receiver)]
+    assert types == [
+        "public_incident.incident_created_v2",
+        "public_incident.incident_updated_v2",
+        "public_incident.incident_status_updated_v2",
+        "public_incident.incident_updated_v2",
+        "public_incident.incident_status_updated_v2",
+        "public_incident.incident_updated_v2",
+    ]
+
+
+async def test_private_webhooks(receiver: Receiver, http: aiohttp.ClientSession) -> None:
+    """With private webhooks on, the private_* twins carry only the object ID."""
+    async with Sandbox(seed=1, private_incident_io_webhooks=True) as sb:
+        sb.set_webhook_targets(rootly=None, incident_io=f"{receiver.url}/incident_io")
+        made = await inc(http, sb, "POST", "/v2/escalations", escalation_body("p"))
+        await sb.incident_io.ack_escalation(made.body["escalation"]["id"])
+        await sb.incident_io.create_incident("x")
+        await sb.wait_idle(5)
+        bodies = verify_incident_io(sb, receiver)
+    assert [b["event_type"] for b in bodies] == [
+        "private_escalation.escalation_created_v1",
+        "private_escalation.escalation_status_updated_v1",
+        "private_incident.incident_created_v2",
+    ]
+    assert bodies[0]["private_escalation.escalation_created_v1"] == {
+        "id": made.body["escalation"]["id"]
+    }
+
+
+async def test_rate_limit(http: aiohttp.ClientSession) -> None:
+    """An empty token bucket answers 429 with Retry-After and a rate_limit body."""
+    async with Sandbox(incident_io_bucket_capacity=2, incident_io_refill_per_second=0.5) as sb:
+        answers = [
+            await call(
+                http, "GET", sb.incident_io_url + "/v2/escalations", token=sb.incident_io_api_key
+            )
+            for _ in range(3)
+        ]
+    assert [a.status for a in answers] == [200, 200, 429]
+    limited = answers[2]
+    assert limited.headers["Retry-After"] == "2"
+    assert limited.body["type"] == "too_many_requests"
+    assert set(limited.body["rate_limit"]) == {"name", "limit", "remaining", "retry_after"}
+    assert limited.body["errors"][0]["code"] == "too_many_requests"

@@ -1,0 +1,109 @@
+"""Fixtures for the store tests: every store test runs on SQLite and on PostgreSQL.
+
+`target` names a fresh database (an SQLite file in `tmp_path`, or a fresh PostgreSQL
+schema); `make_store` opens more `SqlStore`s on it (separate pools, like replicas) and
+closes them all afterwards; `store` is the usual single one. All of them share a
+`FakeClock`, so leases and expiry are tested by moving time, not by sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from sqlalchemy import text
+
+from bridge.store.sql import SqlStore
+from bridge.store.urls import create_store_engine, parse_store_url
+from tests.pg import fresh_schema, pg_url
+
+MakeStore = Callable[..., Awaitable[SqlStore]]
+
+
+class FakeClock:
+    """A UTC clock that only moves when told to."""
+
+    def __init__(self) -> None:
+        self.current = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> datetime:
+        self.current += timedelta(seconds=seconds)
+        return self.current
+
+
+@dataclass(frozen=True)
+class Target:
+    """One empty database to run a store test against."""
+
+    backend: Literal["sqlite", "postgresql"]
+    url: str
+    schema: str | None
+
+    async def execute(self, sql: str, **params: Any) -> list[Any]:
+        """Run raw SQL outside the store (to tamper with or inspect the database)."""
+        engine = create_store_engine(parse_store_url(self.url), schema=self.schema, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                result = await conn.execute(text(sql), params)
+                return list(result.all()) if result.returns_rows else []
+        finally:
+            await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
+    if request.param == "sqlite":
+        yield Target("sqlite", f"sqlite:///{tmp_path}/data/bridge.db", None)
+        return
+    async with fresh_schema() as schema:
+        yield Target("postgresql", pg_url(), schema)
+
+
+@pytest.fixture
+async def pg_target() -> AsyncIterator[Target]:
+    """A PostgreSQL-only target, for replica behaviour SQLite does not have."""
+    async with fresh_schema() as schema:
+        yield Target("postgresql", pg_url(), schema)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def _opener(target: Target, clock: FakeClock, opened: list[SqlStore]) -> MakeStore:
+    async def make(**kwargs: Any) -> SqlStore:
+        store = SqlStore(target.url, schema=target.schema, clock=clock, **kwargs)
+        opened.append(store)
+        await store.open()
+        return store
+
+    return make
+
+
+@pytest.fixture
+async def make_store(target: Target, clock: FakeClock) -> AsyncIterator[MakeStore]:
+    opened: list[SqlStore] = []
+    yield _opener(target, clock, opened)
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def make_pg_store(pg_target: Target, clock: FakeClock) -> AsyncIterator[MakeStore]:
+    opened: list[SqlStore] = []
+    yield _opener(pg_target, clock, opened)
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(make_store: MakeStore) -> SqlStore:
+    return await make_store()

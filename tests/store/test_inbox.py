@@ -1,0 +1,173 @@
+"""Inbox: delivery-ID dedupe per source, batches, claims with leases, completion atomicity."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from bridge.events import DeliveryId, InboxId, LinkChange, freeze
+from bridge.store.base import StoreError
+from bridge.store.sql import SqlStore
+from tests.store.conftest import FakeClock
+from tests.store.factories import IIO_INC, ROOTLY_INC, action, delivery, inbox_event
+
+
+async def test_delivery_id_is_unique_per_source(store: SqlStore, clock: FakeClock) -> None:
+    """The same delivery ID twice from one source is stored once; from the other source it
+    is a different delivery."""
+    (first,) = await store.add_inbox([delivery("d-1", clock())])
+    assert first is not None
+    assert await store.add_inbox([delivery("d-1", clock(), body=b"again")]) == [None]
+    (other,) = await store.add_inbox([delivery("d-1", clock(), source="incident_io")])
+    assert other is not None
+    assert other != first
+    row = await store.find_inbox("rootly", DeliveryId("d-1"))
+    assert row is not None
+    assert row.id == first
+    assert row.body == b"{}"
+
+
+async def test_batch_with_duplicates(store: SqlStore, clock: FakeClock) -> None:
+    """One batch: duplicates of stored rows and repeats within the batch get None (the
+    first occurrence wins) while the rest of the batch is stored."""
+    await store.add_inbox([delivery("old", clock())])
+    ids = await store.add_inbox(
+        [
+            delivery("a", clock(), body=b"first"),
+            delivery("old", clock()),
+            delivery("a", clock(), body=b"second"),
+            delivery("b", clock()),
+        ]
+    )
+    assert ids[1] is None
+    assert ids[2] is None
+    assert ids[0] is not None
+    assert ids[3] is not None
+    assert ids[0] < ids[3]
+    row = await store.get_inbox(ids[0])
+    assert row is not None
+    assert row.body == b"first"
+    assert row.state == "pending"
+    assert row.received_at == clock()
+    assert await store.add_inbox([]) == []
+
+
+async def test_claim_lease_and_expiry(store: SqlStore, clock: FakeClock) -> None:
+    """Claims come in arrival order with a lease; leased rows are not claimable until the
+    lease expires (a crashed dispatcher), and every claim counts an attempt."""
+    ids = await store.add_inbox([delivery(f"d-{i}", clock()) for i in range(3)])
+    first = await store.claim_inbox("w1", 2, lease_seconds=30)
+    assert [r.id for r in first] == ids[:2]
+    assert all(r.attempts == 1 for r in first)
+    rest = await store.claim_inbox("w2", 10, lease_seconds=30)
+    assert [r.id for r in rest] == ids[2:]
+    assert await store.claim_inbox("w2", 10, lease_seconds=30) == []
+    clock.advance(31)
+    again = await store.claim_inbox("w2", 10, lease_seconds=30)
+    assert [r.id for r in again] == ids
+    assert [r.attempts for r in again] == [2, 2, 2]
+
+
+async def test_fail_inbox_with_and_without_retry(store: SqlStore, clock: FakeClock) -> None:
+    """A failure with retry_at keeps the event pending until then; without, it is failed."""
+    retried, failed = await store.add_inbox([delivery("r", clock()), delivery("f", clock())])
+    assert retried is not None
+    assert failed is not None
+    await store.claim_inbox("w", 10, 30)
+    await store.fail_inbox(retried, "upstream 503", clock() + timedelta(seconds=60))
+    await store.fail_inbox(failed, "bad payload", None)
+    assert await store.claim_inbox("w", 10, 30) == []
+    clock.advance(61)
+    (row,) = await store.claim_inbox("w", 10, 30)
+    assert row.id == retried
+    assert row.error == "upstream 503"
+    dead = await store.get_inbox(failed)
+    assert dead is not None
+    assert dead.state == "failed"
+    assert dead.error == "bad payload"
+    assert dead.processed_at == clock() - timedelta(seconds=61)
+    assert (await store.counts()).inbox_pending == 1
+
+
+async def test_complete_inbox_records_everything(store: SqlStore, clock: FakeClock) -> None:
+    """Actions, links, trace and the processed mark are stored together; an idempotency key
+    already in the outbox is skipped, not an error; every Action field round-trips."""
+    inbox_id = await inbox_event(store, clock())
+    full = action(
+        "k-1",
+        operation="incident_io.create_escalation",
+        target=None,
+        params={"title": "Sev1", "tags": ["a", "b"], "nested": {"n": 1, "none": None}},
+        result_links=(),
+    )
+    created = await store.complete_inbox(
+        inbox_id,
+        [full, action("k-2"), action("k-1")],
+        [LinkChange("add", ROOTLY_INC, IIO_INC, "rule")],
+        {"matched": ["r1"], "echo": False},
+    )
+    assert len(created) == 2
+    row = await store.get_inbox(inbox_id)
+    assert row is not None
+    assert row.state == "processed"
+    assert row.processed_at == clock()
+    assert row.trace == freeze({"matched": ["r1"], "echo": False})
+    actions = await store.actions_for_inbox(inbox_id)
+    assert [a.id for a in actions] == created
+    assert actions[0].action == full
+    assert actions[0].event_received_at == clock()
+    assert actions[0].inbox_id == inbox_id
+    assert await store.count_links() == 1
+
+    later = await inbox_event(store, clock(), "d-2")
+    (only,) = await store.complete_inbox(later, [action("k-1"), action("k-3")], [], {})
+    row_k3 = await store.get_action(only)
+    assert row_k3 is not None
+    assert row_k3.action.idempotency_key == "k-3"
+
+
+@pytest.mark.parametrize("poison", ["trace", "action"])
+async def test_complete_inbox_is_all_or_nothing(
+    store: SqlStore, clock: FakeClock, poison: str
+) -> None:
+    """A failure mid-transaction (an unserialisable trace after the outbox rows and links
+    were written, or an unserialisable action) leaves no rows, no links, event pending."""
+    inbox_id = await inbox_event(store, clock())
+    await store.claim_inbox("w", 1, 30)
+    bad = {"oops": object()}
+    actions = [action("k-1"), action("k-2", params=bad if poison == "action" else None)]
+    with pytest.raises(StoreError, match="not JSON serializable"):
+        await store.complete_inbox(
+            inbox_id,
+            actions,
+            [LinkChange("add", ROOTLY_INC, IIO_INC, "r")],
+            bad if poison == "trace" else {},
+        )
+    assert await store.list_outbox(None, 10) == []
+    assert await store.count_links() == 0
+    row = await store.get_inbox(inbox_id)
+    assert row is not None
+    assert row.state == "pending"
+    assert row.trace is None
+
+
+async def test_complete_unknown_inbox_event(store: SqlStore) -> None:
+    """Completing an inbox ID that does not exist is a StoreError and stores nothing."""
+    with pytest.raises(StoreError, match="does not exist"):
+        await store.complete_inbox(InboxId(424242), [action("k")], [], {})
+    assert await store.list_outbox(None, 10) == []
+
+
+async def test_times_are_utc_whatever_zone_goes_in(store: SqlStore, clock: FakeClock) -> None:
+    """An aware non-UTC time comes back as the same instant in UTC; naive times are refused."""
+    plus2 = timezone(timedelta(hours=2))
+    local = datetime(2030, 6, 1, 14, 0, tzinfo=plus2)
+    (inbox_id,) = await store.add_inbox([delivery("tz", local)])
+    assert inbox_id is not None
+    row = await store.get_inbox(inbox_id)
+    assert row is not None
+    assert row.received_at == local
+    assert row.received_at.tzinfo == UTC
+    with pytest.raises(StoreError, match="naive datetime"):
+        await store.fail_inbox(inbox_id, "x", datetime(2030, 1, 1))

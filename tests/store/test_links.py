@@ -1,0 +1,96 @@
+"""Links: one row per pair whatever the order, lookups from either side, filters."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.events import LinkChange, ObjectRef
+from bridge.store.base import LinkFilter, StoreError
+from bridge.store.sql import SqlStore
+from tests.store.conftest import FakeClock
+from tests.store.factories import IIO_ESC, IIO_INC, ROOTLY_INC, inbox_event
+
+
+async def test_link_is_unique_in_both_orders(store: SqlStore) -> None:
+    """(a, b) and (b, a) are the same link: the second add is a no-op, either order removes."""
+    assert await store.add_link(ROOTLY_INC, IIO_INC, "rule-x") is True
+    assert await store.add_link(ROOTLY_INC, IIO_INC, "rule-x") is False
+    assert await store.add_link(IIO_INC, ROOTLY_INC, "rule-y") is False
+    assert await store.count_links() == 1
+    assert await store.remove_link(IIO_INC, ROOTLY_INC) is True
+    assert await store.remove_link(ROOTLY_INC, IIO_INC) is False
+    assert await store.count_links() == 0
+
+
+async def test_linked_finds_links_from_either_side(store: SqlStore) -> None:
+    """A lookup by any object finds its links whichever side it is stored on."""
+    alert = ObjectRef.parse("rootly:alert:al-1")
+    await store.add_link(ROOTLY_INC, IIO_INC, "r")
+    await store.add_link(alert, IIO_ESC, "r")
+    other = ObjectRef.parse("rootly:incident:unrelated")
+
+    (by_rootly,) = await store.linked([ROOTLY_INC])
+    (by_iio,) = await store.linked([IIO_INC])
+    assert by_rootly == by_iio
+    assert {by_rootly.a, by_rootly.b} == {ROOTLY_INC, IIO_INC}
+    assert by_rootly.created_by == "r"
+    assert by_rootly.created_at.tzinfo is not None
+    both = await store.linked([IIO_ESC, ROOTLY_INC, other])
+    assert len(both) == 2
+    assert await store.linked([other]) == []
+    assert await store.linked([]) == []
+
+
+async def test_list_links_filters(store: SqlStore) -> None:
+    """Filters by platform, kind and external ID match either side; limit/offset page."""
+    alert = ObjectRef.parse("rootly:alert:al-1")
+    await store.add_link(ROOTLY_INC, IIO_INC, "r")
+    await store.add_link(alert, IIO_ESC, "r")
+
+    assert len(await store.list_links(LinkFilter())) == 2
+    assert len(await store.list_links(LinkFilter(platform="rootly"))) == 2
+    (esc,) = await store.list_links(LinkFilter(kind="escalation"))
+    assert {esc.a, esc.b} == {alert, IIO_ESC}
+    (by_id,) = await store.list_links(LinkFilter(external_id="r-1"))
+    assert ROOTLY_INC in (by_id.a, by_id.b)
+    assert await store.list_links(LinkFilter(platform="incident_io", external_id="r-1")) == []
+    first = await store.list_links(LinkFilter(limit=1))
+    second = await store.list_links(LinkFilter(limit=1, offset=1))
+    assert len(first) == len(second) == 1
+    assert first != second
+
+
+async def test_self_link_is_refused(store: SqlStore) -> None:
+    """Linking an object to itself is a clear StoreError."""
+    with pytest.raises(StoreError, match="to itself"):
+        await store.add_link(ROOTLY_INC, ROOTLY_INC, "r")
+
+
+async def test_counts_links_by_kind(store: SqlStore) -> None:
+    """`counts()` labels link kinds like the `bridge_links{kind}` metric documents."""
+    await store.add_link(ROOTLY_INC, IIO_INC, "r")
+    await store.add_link(ObjectRef.parse("rootly:alert:a"), IIO_ESC, "r")
+    counts = await store.counts()
+    assert dict(counts.links_by_kind) == {
+        "rootly:incident~incident_io:incident": 1,
+        "rootly:alert~incident_io:escalation": 1,
+    }
+
+
+async def test_link_changes_in_complete_inbox(store: SqlStore, clock: FakeClock) -> None:
+    """complete_inbox adds (ignoring existing) and removes (ignoring missing) links."""
+    inbox_id = await inbox_event(store, clock())
+    await store.add_link(ROOTLY_INC, IIO_ESC, "old")
+    await store.complete_inbox(
+        inbox_id,
+        [],
+        [
+            LinkChange("add", IIO_INC, ROOTLY_INC, "r"),
+            LinkChange("add", ROOTLY_INC, IIO_INC, "r"),
+            LinkChange("remove", IIO_ESC, ROOTLY_INC, "r"),
+            LinkChange("remove", ObjectRef.parse("rootly:alert:none"), IIO_INC, "r"),
+        ],
+        {},
+    )
+    (link,) = await store.linked([ROOTLY_INC])
+    assert {link.a, link.b} == {ROOTLY_INC, IIO_INC}

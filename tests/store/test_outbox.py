@@ -1,0 +1,147 @@
+"""Outbox: claims with leases and crash recovery, owner checks, retries, dead letters,
+replay and drop, concurrent claimers."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from bridge.events import ActionId, LinkChange
+from bridge.store.base import EchoRecord
+from bridge.store.sql import SqlStore
+from tests.store.conftest import FakeClock
+from tests.store.factories import IIO_INC, ROOTLY_INC, action, inbox_event, queue_actions
+
+
+async def test_claim_lease_and_expired_lease_reclaim(store: SqlStore, clock: FakeClock) -> None:
+    """Due rows are claimed oldest first with a lease; a claimed row is invisible to other
+    claimers until its lease expires, then another worker takes it over."""
+    ids = await queue_actions(store, clock(), ["k-1", "k-2", "k-3"])
+    first = await store.claim_outbox("w1", 2, lease_seconds=10)
+    assert [r.id for r in first] == ids[:2]
+    assert all(r.state == "claimed" and r.lease_owner == "w1" for r in first)
+    assert first[0].lease_expires_at == clock() + timedelta(seconds=10)
+    assert first[0].attempts == 0
+    assert [r.id for r in await store.claim_outbox("w2", 10, 10)] == ids[2:]
+    assert await store.claim_outbox("w2", 10, 10) == []
+    clock.advance(11)
+    taken_over = await store.claim_outbox("w2", 10, 10)
+    assert [r.id for r in taken_over] == ids
+    assert {r.lease_owner for r in taken_over} == {"w2"}
+
+
+async def test_claim_by_platform(store: SqlStore, clock: FakeClock) -> None:
+    """A claimer for one platform only gets that platform's actions."""
+    inbox_id = await inbox_event(store, clock())
+    rootly_id, iio_id = await store.complete_inbox(
+        inbox_id,
+        [action("r"), action("i", operation="incident_io.edit_incident", target=IIO_INC)],
+        [],
+        {},
+    )
+    (row,) = await store.claim_outbox("w", 10, 10, platform="incident_io")
+    assert row.id == iio_id
+    assert row.action.platform == "incident_io"
+    (row,) = await store.claim_outbox("w", 10, 10)
+    assert row.id == rootly_id
+
+
+async def test_finish_checks_owner_and_records_outcome(store: SqlStore, clock: FakeClock) -> None:
+    """Only the lease holder may finish; finishing stores state, result, links and echo
+    records together; a worker whose lease was taken over is refused."""
+    (action_id,) = await queue_actions(store, clock(), ["k-1"])
+    await store.claim_outbox("w1", 1, 10)
+    echo = EchoRecord(ROOTLY_INC, "status=cancelled", clock() + timedelta(seconds=60))
+    link = LinkChange("add", ROOTLY_INC, IIO_INC, "rule")
+    assert not await store.finish_action(action_id, "intruder", "done", {}, [link], [echo])
+    assert await store.count_links() == 0
+
+    clock.advance(11)
+    await store.claim_outbox("w2", 1, 10)
+    assert not await store.finish_action(action_id, "w1", "done", {}, [], [])
+    assert await store.finish_action(action_id, "w2", "done", {"id": "x"}, [link], [echo])
+    row = await store.get_action(action_id)
+    assert row is not None
+    assert row.state == "done"
+    assert row.result == {"id": "x"}
+    assert row.finished_at == clock()
+    assert row.lease_owner is None
+    assert await store.count_links() == 1
+    assert await store.find_echo(ROOTLY_INC, "status=cancelled", clock())
+    assert not await store.finish_action(action_id, "w2", "done", {}, [], [])
+
+
+async def test_retry_counts_attempts_only_when_asked(store: SqlStore, clock: FakeClock) -> None:
+    """A retry returns the row to pending at the given time; rate-limit retries do not
+    count an attempt; the owner check applies."""
+    (action_id,) = await queue_actions(store, clock(), ["k-1"])
+    await store.claim_outbox("w", 1, 10)
+    assert not await store.retry_action(action_id, "other", clock(), "x", True)
+    assert await store.retry_action(action_id, "w", clock() + timedelta(seconds=5), "503", True)
+    assert await store.claim_outbox("w", 1, 10) == []
+    clock.advance(5)
+    (row,) = await store.claim_outbox("w", 1, 10)
+    assert row.attempts == 1
+    assert row.last_error == "503"
+    assert await store.retry_action(action_id, "w", clock(), "429", count_attempt=False)
+    (row,) = await store.claim_outbox("w", 1, 10)
+    assert row.attempts == 1
+    assert row.last_error == "429"
+
+
+async def test_dead_letter_replay_and_drop(store: SqlStore, clock: FakeClock) -> None:
+    """Dead letters are outbox rows in state 'dead': counted, replayable (attempts reset,
+    due now) and droppable; replay/drop of a row that is not dead is refused."""
+    (action_id,) = await queue_actions(store, clock(), ["k-1"])
+    assert not await store.replay_action(action_id)
+    assert not await store.drop_action(action_id)
+    await store.claim_outbox("w", 1, 10)
+    assert not await store.dead_letter(action_id, "other", "boom")
+    assert await store.dead_letter(action_id, "w", "422 invalid")
+    row = await store.get_action(action_id)
+    assert row is not None
+    assert (row.state, row.attempts, row.last_error) == ("dead", 1, "422 invalid")
+    counts = await store.counts()
+    assert counts.dead_letters == 1
+    assert counts.outbox_by_state["dead"] == 1
+    assert [r.id for r in await store.list_outbox(["dead"], 10)] == [action_id]
+
+    assert await store.replay_action(action_id)
+    (row,) = await store.claim_outbox("w", 1, 10)
+    assert (row.id, row.attempts) == (action_id, 0)
+    assert await store.dead_letter(action_id, "w", "again")
+    assert await store.drop_action(action_id)
+    row = await store.get_action(action_id)
+    assert row is not None
+    assert row.state == "skipped"
+    assert (await store.counts()).dead_letters == 0
+
+
+async def test_list_outbox_filters_and_pages(store: SqlStore, clock: FakeClock) -> None:
+    """list_outbox filters by state and pages in id order."""
+    ids = await queue_actions(store, clock(), ["k-1", "k-2", "k-3"])
+    await store.claim_outbox("w", 1, 10)
+    assert [r.id for r in await store.list_outbox(["pending"], 10)] == ids[1:]
+    assert [r.id for r in await store.list_outbox(None, 2, offset=1)] == ids[1:]
+    assert await store.get_action(ActionId(999_999)) is None
+
+
+async def test_concurrent_claimers_in_one_process(store: SqlStore, clock: FakeClock) -> None:
+    """Eight claimers sharing one store never claim the same row (SQLite: serialised writes;
+    PostgreSQL: SKIP LOCKED)."""
+    keys = [f"k-{i}" for i in range(200)]
+    ids = await queue_actions(store, clock(), keys)
+
+    async def worker(name: str) -> list[ActionId]:
+        got: list[ActionId] = []
+        for _ in range(100):  # bounded: 200 rows / 8 workers / 5 per claim
+            rows = await store.claim_outbox(name, 5, 60)
+            if not rows:
+                break
+            got.extend(r.id for r in rows)
+        return got
+
+    results = await asyncio.gather(*(worker(f"w{i}") for i in range(8)))
+    claimed = [i for r in results for i in r]
+    assert sorted(claimed) == sorted(ids)
+    assert len(set(claimed)) == len(claimed)

@@ -382,6 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command != "serve":
+            # stdout carries the command's result (often JSON); diagnostics go to stderr.
+            from bridge.logging import configure_logging
+
+            configure_logging("warning", "auto", stream=sys.stderr)
         return COMMANDS[args.command](args)
     except CliError as exc:
         print(f"bridge: {exc}", file=sys.stderr)

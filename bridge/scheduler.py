@@ -90,12 +90,28 @@ class Reconciler:
                 cache[ref] = None
             return cache[ref]
 
+        # The default rules link an escalation to its incident.io alert and that alert to
+        # the Rootly alert (rules 9 and 10), never the escalation to the Rootly alert
+        # directly: follow both shapes, as the rules' `via: incident_io:alert` does.
+        graph: dict[ObjectRef, set[ObjectRef]] = {}
         for row in links:
-            pair = {row.a.type_key: row.a, row.b.type_key: row.b}
-            incident = pair.get("rootly:incident")
-            escalation = pair.get("incident_io:escalation")
-            alert = pair.get("rootly:alert")
-            if incident and escalation:
+            graph.setdefault(row.a, set()).add(row.b)
+            graph.setdefault(row.b, set()).add(row.a)
+
+        def neighbours(ref: ObjectRef, type_key: str) -> list[ObjectRef]:
+            return sorted((r for r in graph.get(ref, ()) if r.type_key == type_key), key=str)
+
+        def rootly_alerts(escalation: ObjectRef) -> list[ObjectRef]:
+            found = set(neighbours(escalation, "rootly:alert"))
+            for iio_alert in neighbours(escalation, "incident_io:alert"):
+                found.update(neighbours(iio_alert, "rootly:alert"))
+            return sorted(found, key=str)
+
+        escalations = sorted((r for r in graph if r.type_key == "incident_io:escalation"), key=str)
+        for escalation in escalations:
+            if budget <= 0:
+                break
+            for incident in neighbours(escalation, "rootly:incident"):
                 rootly_state = await state(incident)
                 esc_state = await state(escalation)
                 if rootly_state and esc_state:
@@ -104,18 +120,18 @@ class Reconciler:
                         written += await self._synthesise_rootly(
                             incident, ROOTLY_CLOSED[status], rootly_state
                         )
-            if escalation and alert:
-                esc_state = await state(escalation)
+            alerts = rootly_alerts(escalation)
+            if not alerts:
+                continue
+            esc_state = await state(escalation)
+            if not esc_state or esc_state.get("status") != "acked":
+                continue
+            for alert in alerts:
                 alert_state = await state(alert)
-                if (
-                    esc_state
-                    and alert_state
-                    and esc_state.get("status") == "acked"
-                    and alert_state.get("status") in ALERT_UNACKED
-                ):
+                if alert_state and alert_state.get("status") in ALERT_UNACKED:
+                    # One synthetic ack per escalation: the rule acknowledges every alert.
                     written += await self._synthesise_escalation(escalation, esc_state)
-            if budget <= 0:
-                break
+                    break
         return written
 
     async def _write(
@@ -289,6 +305,11 @@ class Scheduler:
         self.is_leader = leader
         self._metrics.leader.set(1 if leader else 0)
         return leader
+
+    async def reconcile_now(self) -> int:
+        """One reconciliation pass now, leader or not (operators, tests); returns how many
+        synthetic deliveries were written. Safe to repeat: their delivery IDs dedupe."""
+        return await self._reconciler.run_once()
 
     async def refresh_gauges(self) -> None:
         counts = await self._store.counts()

@@ -1,0 +1,242 @@
+"""The `bridge` command line, run as a real subprocess: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import specs
+from tests.conftest import SECRET_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stdout, result.stdout
+
+
+def test_version() -> None:
+    """`bridge --version` prints the version and exits 0."""
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("bridge 0.")
+
+
+def test_check_config_ok_prints_summary() -> None:
+    """The shipped config and rules pass check-config with secrets from env (exit 0)."""
+    result = run("check-config", env=SECRET_ENV)
+    assert result.returncode == 0, result.stderr
+    assert "config ok" in result.stdout
+    assert "rules ok" in result.stdout
+    assert "rootly-incident-opens-escalation" in result.stdout
+
+
+def test_check_config_without_secrets_names_each_key() -> None:
+    """Missing secrets: exit 2 and a line per key with the env var to set; no traceback."""
+    result = run("check-config")
+    assert result.returncode == 2
+    assert "rootly.api_token" in result.stderr
+    assert "BRIDGE_INCIDENT_IO__WEBHOOK_SECRET" in result.stderr
+    no_traceback(result)
+
+
+def test_check_config_bad_yaml_value_names_file_and_line(tmp_path: Path) -> None:
+    """A bad value is reported as file:line: key: reason, exit 2."""
+    config = tmp_path / "bridge.yaml"
+    config.write_text("server:\n  port: 99999\n")
+    result = run("check-config", "--config", str(config), env=SECRET_ENV)
+    assert result.returncode == 2
+    assert f"{config}:2: server.port:" in result.stderr
+    no_traceback(result)
+
+
+def test_check_config_bad_rules_names_file_line_and_rule(tmp_path: Path) -> None:
+    """An invalid rules file: exit 2, file:line and the rule named."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\nrules:\n  - name: r1\n    on: {source: rootly, event: incident.created}\n"
+        "    actions:\n      - do: rootly.explode_incident\n"
+    )
+    result = run("check-config", "--rules", str(rules), env=SECRET_ENV)
+    assert result.returncode == 2
+    assert f"{rules}:6" in result.stderr
+    assert "r1" in result.stderr
+    assert "explode_incident" in result.stderr
+    no_traceback(result)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["frobnicate"],
+        ["links", "add", "rootly:incident:a"],
+        ["dlq", "show", "x"],
+        ["serve", "--port", "70000"],
+    ],
+)
+def test_bad_arguments_exit_2_without_traceback(args: list[str], tmp_path: Path) -> None:
+    """Unknown commands and bad arguments: exit 2 with a usage line, never a traceback."""
+    result = run(*args, env={**SECRET_ENV, "BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/x.db"})
+    assert result.returncode == 2
+    assert "bridge" in result.stderr
+    no_traceback(result)
+
+
+def test_links_and_db_commands_on_a_real_store(tmp_path: Path) -> None:
+    """db upgrade, links add/list/remove work on a SQLite file and print JSON; a bad ref is exit 2."""
+    env = {"BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/cli.db"}
+    upgrade = run("db", "upgrade", env=env)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "revision" in upgrade.stdout
+    added = run("links", "add", "rootly:incident:inc-1", "incident_io:escalation:esc-1", env=env)
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["created"] is True
+    listed = json.loads(run("links", "list", "--platform", "incident_io", env=env).stdout)
+    assert len(listed["links"]) == 1
+    removed = run(
+        "links", "remove", "incident_io:escalation:esc-1", "rootly:incident:inc-1", env=env
+    )
+    assert removed.returncode == 0
+    again = run("links", "remove", "incident_io:escalation:esc-1", "rootly:incident:inc-1", env=env)
+    assert again.returncode == 1
+    assert "no link" in again.stderr
+    bad = run("links", "add", "rootly:ticket:1", "incident_io:escalation:e", env=env)
+    assert bad.returncode == 2
+    assert "<platform>:<kind>:<id>" in bad.stderr
+    dlq = run("dlq", "list", env=env)
+    assert json.loads(dlq.stdout) == {"dead_letters": []}
+    assert run("dlq", "replay", "42", env=env).returncode == 1
+
+
+def test_unusable_store_is_a_clear_error(tmp_path: Path) -> None:
+    """A store path that is a directory: exit 1 with the path in the message."""
+    (tmp_path / "dir.db").mkdir()
+    result = run("links", "list", env={"BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/dir.db"})
+    assert result.returncode == 1
+    assert "dir.db" in result.stderr
+    no_traceback(result)
+
+
+def test_explain_shows_matching_rules_and_actions(tmp_path: Path) -> None:
+    """`bridge explain` on the official ack example shows rule 5 matching and, with links
+    absent, why it produced no action; it calls nothing and needs no secrets."""
+    example = specs.webhook_example("public_escalation.escalation_status_updated_v1")
+    inner = example["public_escalation.escalation_status_updated_v1"]
+    inner["previous_status"], inner["new_status"] = "triggered", "acked"
+    inner["escalation"]["related_alerts"][0]["deduplication_key"] = "rootly-alert-r42"
+    event_file = tmp_path / "ack.json"
+    event_file.write_text(json.dumps(example))
+    result = run("explain", "--source", "incident-io", "--no-store", str(event_file))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert "incident-io-ack-acknowledges-rootly" in report["matched"]
+    assert {
+        "operation": "rootly.acknowledge_alert",
+        "target": "rootly:alert:r42",
+    }.items() <= report["actions"][0].items()
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1]")
+    result = run("explain", "--source", "rootly", "--no-store", str(bad))
+    assert result.returncode == 2
+    assert "JSON object" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(port: int, process: subprocess.Popen[str], timeout: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"bridge exited early: {process.stderr.read() if process.stderr else ''}"
+            )
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("bridge did not become ready")
+
+
+@pytest.mark.parametrize("sandbox", [False, True])
+def test_serve_stops_cleanly_on_sigterm_within_grace(tmp_path: Path, sandbox: bool) -> None:
+    """A real `bridge serve` (plain, and with --sandbox) becomes ready, and on SIGTERM
+    drains and exits 0 within the grace period, logging JSON without tracebacks."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(SECRET_ENV)
+    env.update(
+        {
+            "BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/serve.db",
+            "BRIDGE_SERVER__PORT": str(port),
+            "BRIDGE_SERVER__SHUTDOWN_GRACE_SECONDS": "5",
+        }
+    )
+    args = [sys.executable, "-m", "bridge", "serve"] + (["--sandbox"] if sandbox else [])
+    process = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_ready(port, process)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert time.monotonic() - started < 5 + 5  # grace period plus process start/exit slack
+    assert "Traceback" not in err + out
+    events = [
+        json.loads(line)["event"] for line in (err + out).splitlines() if line.startswith("{")
+    ]
+    assert "bridge.started" in events
+    assert "bridge.stopped" in events
+    if sandbox:
+        assert "sandbox.ready" in events
+    assert SECRET_ENV["BRIDGE_ROOTLY__API_TOKEN"] not in err + out
+
+
+def test_serve_with_placeholder_secret_refuses_to_start(tmp_path: Path) -> None:
+    """`bridge serve` with a placeholder secret exits 2 naming the key, before listening."""
+    env = {
+        **SECRET_ENV,
+        "BRIDGE_ROOTLY__API_TOKEN": "changeme",
+        "BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/p.db",
+    }
+    result = run("serve", env=env)
+    assert result.returncode == 2
+    assert "rootly.api_token: is a placeholder" in result.stderr
+    no_traceback(result)

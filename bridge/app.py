@@ -220,8 +220,8 @@ class Bridge:
     async def _notify(self) -> None:
         await self.store.notify_work()
 
-    def _wake_executor(self) -> None:
-        self.executor.wake()
+    def _wake_executor(self, platforms: set[Platform] | None = None) -> None:
+        self.executor.wake(platforms)
 
     def wake(self) -> None:
         self.dispatcher.wake()

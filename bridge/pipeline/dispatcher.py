@@ -66,7 +66,7 @@ class Dispatcher:
         metrics: Metrics,
         logger: Logger,
         owner: str,
-        on_actions: Callable[[], None],
+        on_actions: Callable[[set[Platform]], None],
         batch_size: int = 50,
         lease_seconds: float = 60.0,
         poll_interval: float = 1.0,
@@ -200,7 +200,7 @@ class Dispatcher:
         result = "actions" if evaluation.actions else "no_match"
         await self._complete(row, event, result, trace, evaluation.actions, evaluation.link_changes)
         if evaluation.actions:
-            self._on_actions()
+            self._on_actions({action.platform for action in evaluation.actions})
 
     async def _complete(
         self,

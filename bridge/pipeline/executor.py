@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -87,9 +87,11 @@ class Executor:
     def platforms(self) -> list[Platform]:
         return list(self._clients)
 
-    def wake(self) -> None:
-        for event in self._wakes.values():
-            event.set()
+    def wake(self, platforms: Iterable[Platform] | None = None) -> None:
+        """New or due work: wake the loops of `platforms` (all when None)."""
+        for platform in self._wakes if platforms is None else platforms:
+            if platform in self._wakes:
+                self._wakes[platform].set()
 
     def stop(self) -> None:
         """Stop claiming; actions in flight finish (see `drain`)."""
@@ -149,8 +151,8 @@ class Executor:
                 self._log.error(
                     "action.crashed", task=task.get_name(), error=repr(task.exception())
                 )
-            # A free slot may let the loop claim more.
-            self._wakes[platform].set()
+            # No wake here: a saturated loop is already waiting on its in-flight tasks, and
+            # an idle one has nothing new to claim because one action finished.
 
         return done
 

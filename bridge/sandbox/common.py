@@ -37,6 +37,8 @@ class Faults:
 
     error_rate: float = 0.0
     rate_429: float = 0.0
+    # Seconds an injected 429 asks the client to wait (0 is valid HTTP: retry at once).
+    retry_after_seconds: float = 1.0
     latency_seconds: float = 0.0
     timeout_rate: float = 0.0
     timeout_seconds: float = 30.0

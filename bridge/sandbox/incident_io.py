@@ -595,8 +595,8 @@ class IncidentIoSimulator(SimulatorBase):
         self._buckets[key] = (tokens - 1, now)
         return None, {}
 
-    def _too_many(self, wait: float, tokens: float) -> web.Response:
-        seconds = max(1, math.ceil(wait))
+    def _too_many(self, wait: float, tokens: float, minimum: int = 1) -> web.Response:
+        seconds = max(minimum, math.ceil(wait))
         retry_at = datetime.now(UTC) + timedelta(seconds=seconds)
         body = {
             "type": "too_many_requests",
@@ -621,7 +621,8 @@ class IncidentIoSimulator(SimulatorBase):
         return resp
 
     def _injected_429(self, key: str) -> web.Response:
-        return self._too_many(1.0, 0)
+        wait = self.faults.retry_after_seconds
+        return self._too_many(wait, 0, minimum=0)
 
     def _error(self, err: SimError) -> web.Response:
         error: dict[str, Any] = {"code": err.code, "message": err.message}

@@ -590,7 +590,7 @@ class RootlySimulator(SimulatorBase):
             {
                 "X-RateLimit-Limit": str(self._limit),
                 "X-RateLimit-Remaining": "0",
-                "X-RateLimit-Reset": str(int(time.time()) + 1),
+                "X-RateLimit-Reset": str(int(time.time() + self.faults.retry_after_seconds)),
             }
         )
         return resp

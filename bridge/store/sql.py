@@ -280,6 +280,8 @@ class SqlStore:
             )
             .returning(*inbox.c)
         )
+        if not await self._any(inbox, due, "looking for pending events"):
+            return []
         async with self._writing("claiming inbox events") as conn:
             rows = (await conn.execute(stmt)).mappings().all()
         return sorted((_inbox_row(r) for r in rows), key=lambda r: r.id)
@@ -391,9 +393,18 @@ class SqlStore:
             )
             .returning(*outbox.c)
         )
+        if not await self._any(outbox, due, "looking for due actions"):
+            return []
         async with self._writing("claiming actions") as conn:
             rows = (await conn.execute(stmt)).mappings().all()
         return sorted((_outbox_row(r) for r in rows), key=lambda r: r.id)
+
+    async def _any(self, table: Any, where: ColumnElement[bool], doing: str) -> bool:
+        """Cheap read before a claim: most polls find nothing, and on SQLite a claim is a
+        write transaction that would take the single writer lock from ingest for nothing."""
+        async with self._reading(doing) as conn:
+            found = await conn.execute(select(table.c.id).where(where).limit(1))
+            return found.first() is not None
 
     def _held(self, action_id: ActionId, owner: str) -> ColumnElement[bool]:
         return and_(

@@ -117,6 +117,7 @@ class Bridge:
             instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
         self.metrics = create_metrics(registry or CollectorRegistry())
+        self.supervisor = Supervisor(self.log)
         self.store: Store = SqlStore(
             settings.store.url,
             pool_size=settings.store.pool_size,
@@ -128,7 +129,6 @@ class Bridge:
             self.metrics,
             self.log.bind(component="rules"),
         )
-        self.supervisor = Supervisor(self.log)
         self.readiness = Readiness()
         self.clients = build_clients(settings, self.metrics, RateLimiters(), self.log)
         self.dispatcher = Dispatcher(
@@ -154,6 +154,7 @@ class Bridge:
             metrics=self.metrics,
             logger=self.log.bind(component="executor"),
             owner=self.instance_id,
+            supervisor=self.supervisor,
         )
         self.writer = InboxWriter(self.store, self.supervisor, self._on_inbox_write)
         sources: dict[Platform, SourceConfig] = {}
@@ -222,6 +223,9 @@ class Bridge:
 
     def _wake_executor(self, platforms: set[Platform] | None = None) -> None:
         self.executor.wake(platforms)
+        # New or replayed actions: a replica that cannot run them now (saturated, platform
+        # disabled, about to die) relies on the others hearing about them.
+        self.supervisor.spawn("store.notify", self._notify())
 
     def wake(self) -> None:
         self.dispatcher.wake()

@@ -42,6 +42,8 @@ ROOTLY_CLOSED = {
 }
 ESCALATION_PAGING = {"pending", "triggered", "snoozed", "delayed", "pending_repeat"}
 ALERT_UNACKED = {"open", "triggered"}
+RECONCILE_LINKS = 1000
+"""Links one pass considers (the newest ones)."""
 
 
 class Reconciler:
@@ -68,9 +70,14 @@ class Reconciler:
             return 0
         budget = self._settings.reconcile_max_calls
         cutoff = datetime.now(UTC) - timedelta(hours=self._settings.reconcile_window_hours)
+        # The newest links, newest first: `list_links` pages oldest first, and recent drift
+        # matters most when the call budget runs out before every link was checked.
+        newest = max(0, await self._store.count_links() - RECONCILE_LINKS)
         links = [
             row
-            for row in await self._store.list_links(LinkFilter(limit=1000))
+            for row in reversed(
+                await self._store.list_links(LinkFilter(limit=RECONCILE_LINKS, offset=newest))
+            )
             if row.created_at >= cutoff
         ]
         cache: dict[ObjectRef, Mapping[str, Any] | None] = {}
@@ -107,7 +114,8 @@ class Reconciler:
                 found.update(neighbours(iio_alert, "rootly:alert"))
             return sorted(found, key=str)
 
-        escalations = sorted((r for r in graph if r.type_key == "incident_io:escalation"), key=str)
+        # Newest first (dicts keep insertion order; `links` is newest first).
+        escalations = [r for r in graph if r.type_key == "incident_io:escalation"]
         for escalation in escalations:
             if budget <= 0:
                 break

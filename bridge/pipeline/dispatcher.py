@@ -127,7 +127,7 @@ class Dispatcher:
             # The row stays claimed until its lease ends, then it is processed again.
             self._log.warning("dispatcher.store_unavailable", inbox_id=row.id, error=str(exc))
             await asyncio.sleep(self._poll)
-        except Exception as exc:  # noqa: BLE001 - a bug in one event is logged and retried
+        except Exception as exc:
             self._log.exception("event.dispatch_crashed", inbox_id=row.id, error=repr(exc))
             await self._retry_later(row, f"dispatch crashed: {exc!r}", exc)
 

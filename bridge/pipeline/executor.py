@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from bridge.config import ExecutorSettings
 from bridge.events import Action, ActionResult, LinkChange, ObjectRef, Platform
@@ -42,7 +42,9 @@ from bridge.platforms.errors import (
     TargetMissing,
     UpstreamError,
 )
-from bridge.store.base import OutboxRow, Store, StoreError
+from bridge.pipeline.batching import GroupCommit
+from bridge.store.base import ActionOutcome, EchoRecord, OutboxRow, Store, StoreError
+from bridge.tasks import Supervisor
 
 
 def result_link_changes(action: Action, result: ActionResult) -> list[LinkChange]:
@@ -69,9 +71,14 @@ class Executor:
         metrics: Metrics,
         logger: Logger,
         owner: str,
+        supervisor: Supervisor,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
+        # Outcomes of concurrent actions share transactions (see bridge.pipeline.batching).
+        self._outcomes: GroupCommit[ActionOutcome, bool] = GroupCommit(
+            "executor.outcome-writer", store.finish_actions, supervisor
+        )
         self._clients = clients
         self._settings = settings
         self._concurrency = concurrency
@@ -214,12 +221,13 @@ class Executor:
     async def _finish(
         self,
         row: OutboxRow,
-        state: Any,
+        state: Literal["done", "skipped"],
         result: Mapping[str, Any],
         links: list[LinkChange],
-        echoes: list[Any],
+        echoes: list[EchoRecord],
     ) -> None:
-        if not await self._store.finish_action(row.id, self._owner, state, result, links, echoes):
+        outcome = ActionOutcome(row.id, self._owner, state, result, links, echoes)
+        if not await self._outcomes.submit(outcome):
             # Our lease expired and someone else holds the row now; their outcome stands.
             self._log.warning("action.lease_lost", action_id=row.id)
 

@@ -103,6 +103,18 @@ class EchoRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ActionOutcome:
+    """The final outcome of one claimed action, to record with `Store.finish_actions`."""
+
+    action_id: ActionId
+    owner: str
+    state: Literal["done", "skipped"]
+    result: Mapping[str, Any]
+    link_changes: Sequence[LinkChange] = ()
+    echoes: Sequence[EchoRecord] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class LinkFilter:
     platform: Platform | None = None
     kind: str | None = None
@@ -194,6 +206,10 @@ class Store(Protocol):
     ) -> bool:
         """In ONE transaction: set the final state and result, apply link changes, write echo
         records. Returns False (and changes nothing) if `owner` no longer holds the lease."""
+
+    async def finish_actions(self, outcomes: Sequence[ActionOutcome]) -> list[bool]:
+        """`finish_action` for a batch, in ONE transaction (group commit). Per outcome: True
+        if recorded, False if its owner no longer held the lease (that one changes nothing)."""
 
     async def retry_action(
         self,

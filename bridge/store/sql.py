@@ -27,9 +27,11 @@ from typing import Any, Literal, cast
 import asyncpg
 import structlog
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     RowMapping,
     and_,
+    bindparam,
     delete,
     func,
     literal,
@@ -59,6 +61,7 @@ from bridge.events import (
     thaw,
 )
 from bridge.store.base import (
+    ActionOutcome,
     EchoRecord,
     InboxRow,
     LinkFilter,
@@ -69,6 +72,7 @@ from bridge.store.base import (
     PruneResult,
     StoreCounts,
     StoreError,
+    StoreUnavailable,
 )
 from bridge.store.migrate import upgrade_engine
 from bridge.store.tables import OUTBOX_STATES, echo_records, inbox, links, outbox
@@ -97,6 +101,31 @@ def link_kind(type_a: str, type_b: str) -> str:
     """The ``bridge_links{kind}`` label of a link between two ``platform:kind`` types, e.g.
     ``rootly:incident~incident_io:escalation`` (Rootly side first, whatever the order)."""
     return "~".join(sorted((type_a, type_b), reverse=True))
+
+
+# Hot-path statements built once; their parameters are bound per call.
+_PING = text("SELECT 1")
+_LINK_KEYS: BindParameter[Any] = bindparam("keys", expanding=True)
+_LINKED = (
+    select(links)
+    .where(
+        or_(
+            tuple_(links.c.a_platform, links.c.a_kind, links.c.a_id).in_(_LINK_KEYS),
+            tuple_(links.c.b_platform, links.c.b_kind, links.c.b_id).in_(_LINK_KEYS),
+        )
+    )
+    .order_by(links.c.id)
+)
+_FIND_ECHO = (
+    select(literal(1))
+    .select_from(echo_records)
+    .where(
+        echo_records.c.ref == bindparam("ref"),
+        echo_records.c.change == bindparam("change"),
+        echo_records.c.expires_at > bindparam("now"),
+    )
+    .limit(1)
+)
 
 
 class SqlStore:
@@ -130,6 +159,9 @@ class SqlStore:
         self.revision: str | None = None
         # SQLite has one writer; serialising writes in-process is honest and cheap.
         self._sqlite_writer = asyncio.Lock()
+        self._read_options: dict[str, Any] = (
+            {"bridge_read": True} if self.backend == "sqlite" else {"isolation_level": "AUTOCOMMIT"}
+        )
         self._leader_guard = asyncio.Lock()
         self._leader_conn: asyncpg.Connection | None = None
         self._listen_conn: asyncpg.Connection | None = None
@@ -179,8 +211,7 @@ class SqlStore:
             self._log.info("store.closed")
 
     async def ping(self) -> None:
-        async with self._reading("ping") as conn:
-            await conn.execute(text("SELECT 1"))
+        await self._read("ping", _PING)
 
     # -- transactions -----------------------------------------------------------------------
     def _require_engine(self) -> AsyncEngine:
@@ -190,14 +221,29 @@ class SqlStore:
 
     @contextlib.asynccontextmanager
     async def _reading(self, doing: str) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads: no transaction around them (see `create_store_engine`)."""
         engine = self._require_engine()
         try:
             async with engine.connect() as conn:
-                yield conn
+                yield await conn.execution_options(**self._read_options)
         except Exception as exc:
             if is_store_failure(exc):
                 raise translate_error(self._url, exc, doing) from exc
             raise
+
+    async def _read(
+        self, doing: str, statement: Any, params: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Run one read, retried once if the pooled connection turned out to be dead (the
+        database restarted since it was opened; the pool has invalidated it by now)."""
+        for attempt in (1, 2):
+            try:
+                async with self._reading(doing) as conn:
+                    return await conn.execute(statement, params or {})
+            except StoreUnavailable:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
     async def _writing(self, doing: str) -> AsyncIterator[AsyncConnection]:
@@ -402,9 +448,8 @@ class SqlStore:
     async def _any(self, table: Any, where: ColumnElement[bool], doing: str) -> bool:
         """Cheap read before a claim: most polls find nothing, and on SQLite a claim is a
         write transaction that would take the single writer lock from ingest for nothing."""
-        async with self._reading(doing) as conn:
-            found = await conn.execute(select(table.c.id).where(where).limit(1))
-            return found.first() is not None
+        found = await self._read(doing, select(table.c.id).where(where).limit(1))
+        return found.first() is not None
 
     def _held(self, action_id: ActionId, owner: str) -> ColumnElement[bool]:
         return and_(
@@ -422,32 +467,42 @@ class SqlStore:
         link_changes: Sequence[LinkChange],
         echoes: Sequence[EchoRecord],
     ) -> bool:
+        outcome = ActionOutcome(action_id, owner, state, result, link_changes, echoes)
+        return (await self.finish_actions([outcome]))[0]
+
+    async def finish_actions(self, outcomes: Sequence[ActionOutcome]) -> list[bool]:
+        if not outcomes:
+            return []
         now = self._clock()
-        async with self._writing("recording an action's outcome") as conn:
-            updated = await conn.execute(
-                update(outbox)
-                .where(self._held(action_id, owner))
-                .values(
-                    state=state,
-                    result=thaw(result),
-                    finished_at=now,
-                    updated_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
+        recorded: list[bool] = []
+        async with self._writing("recording actions' outcomes") as conn:
+            for outcome in outcomes:
+                updated = await conn.execute(
+                    update(outbox)
+                    .where(self._held(outcome.action_id, outcome.owner))
+                    .values(
+                        state=outcome.state,
+                        result=thaw(outcome.result),
+                        finished_at=now,
+                        updated_at=now,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                    )
                 )
-            )
-            if updated.rowcount != 1:
-                return False
-            await self._apply_links(conn, link_changes, now)
-            if echoes:
-                await conn.execute(
-                    echo_records.insert(),
-                    [
-                        {"ref": str(e.ref), "change": e.change, "expires_at": e.expires_at}
-                        for e in echoes
-                    ],
-                )
-        return True
+                if updated.rowcount != 1:
+                    recorded.append(False)
+                    continue
+                recorded.append(True)
+                await self._apply_links(conn, outcome.link_changes, now)
+                if outcome.echoes:
+                    await conn.execute(
+                        echo_records.insert(),
+                        [
+                            {"ref": str(e.ref), "change": e.change, "expires_at": e.expires_at}
+                            for e in outcome.echoes
+                        ],
+                    )
+        return recorded
 
     async def retry_action(
         self,
@@ -562,17 +617,8 @@ class SqlStore:
         if not refs:
             return []
         keys = [(r.platform, r.kind, r.id) for r in refs]
-        query = (
-            select(links)
-            .where(
-                or_(
-                    tuple_(links.c.a_platform, links.c.a_kind, links.c.a_id).in_(keys),
-                    tuple_(links.c.b_platform, links.c.b_kind, links.c.b_id).in_(keys),
-                )
-            )
-            .order_by(links.c.id)
-        )
-        return await self._link_rows(query)
+        # Prebuilt statement with an expanding parameter: compiled once, not per call.
+        return await self._link_rows(_LINKED, {"keys": keys})
 
     async def list_links(self, flt: LinkFilter) -> list[LinkRow]:
         """Links with a side matching every given field of `flt`, oldest first."""
@@ -595,9 +641,10 @@ class SqlStore:
             query = query.where(or_(*sides))
         return await self._link_rows(query)
 
-    async def _link_rows(self, query: Any) -> list[LinkRow]:
-        async with self._reading("reading links") as conn:
-            rows = (await conn.execute(query)).mappings().all()
+    async def _link_rows(
+        self, query: Any, params: Mapping[str, Any] | None = None
+    ) -> list[LinkRow]:
+        rows = (await self._read("reading links", query, params)).mappings().all()
         return [_link_row(r) for r in rows]
 
     async def count_links(self) -> int:
@@ -606,18 +653,10 @@ class SqlStore:
 
     # -- echo guard -----------------------------------------------------------------------
     async def find_echo(self, ref: ObjectRef, change: str, now: datetime) -> bool:
-        query = (
-            select(literal(1))
-            .select_from(echo_records)
-            .where(
-                echo_records.c.ref == str(ref),
-                echo_records.c.change == change,
-                echo_records.c.expires_at > now,
-            )
-            .limit(1)
+        found = await self._read(
+            "looking up echo records", _FIND_ECHO, {"ref": str(ref), "change": change, "now": now}
         )
-        async with self._reading("looking up echo records") as conn:
-            return (await conn.execute(query)).first() is not None
+        return found.first() is not None
 
     # -- housekeeping ---------------------------------------------------------------------
     async def counts(self) -> StoreCounts:

@@ -127,8 +127,8 @@ def create_store_engine(
     NullPool: opening a file and setting PRAGMAs per query is wasteful; not StaticPool: one
     shared connection would interleave transactions) lets WAL readers run in parallel.
 
-    PostgreSQL: ``pool_pre_ping`` drops connections a database restart killed; the schema
-    goes into ``search_path`` so unqualified table names resolve there.
+    PostgreSQL: reads run in autocommit, the schema goes into ``search_path`` so
+    unqualified table names resolve there.
     """
     if parsed.backend == "sqlite":
         engine = create_async_engine(parsed.url, pool_size=pool_size, max_overflow=pool_size)
@@ -150,16 +150,24 @@ def create_store_engine(
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Any) -> None:
-            write = conn.get_execution_options().get("bridge_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            options = conn.get_execution_options()
+            if options.get("bridge_read", False):
+                # A single SELECT needs no transaction: SQLite's autocommit gives it a
+                # consistent snapshot, and BEGIN + ROLLBACK would cost two thread hops.
+                return
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("bridge_write") else "BEGIN")
 
         return engine
     server_settings = {"application_name": "bridge"}
     if schema is not None:
         server_settings["search_path"] = schema
+    # No pool_pre_ping: it costs a round trip per checkout on the hot path. A connection a
+    # database restart killed fails its next use, is invalidated by the pool, and the store
+    # retries a read once (`SqlStore._reading`); writes surface as StoreUnavailable and
+    # their callers retry (ingest answers 503, workers try again on their next round).
     return create_async_engine(
         parsed.url,
-        pool_pre_ping=True,
+        pool_pre_ping=False,
         pool_size=pool_size,
         max_overflow=pool_size,
         connect_args={"server_settings": server_settings},

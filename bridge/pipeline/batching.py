@@ -1,0 +1,64 @@
+"""Group commit: many concurrent callers, one transaction per batch.
+
+Each caller awaits its own result; a single owned task writes whatever has queued up since
+the last write, in one call. Under load the batches grow by themselves (nothing waits on a
+timer), so one disk flush serves many webhooks or action outcomes; when idle, a lone item is
+written at once. A failed write fails every caller of that batch with the same error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from bridge.store.base import StoreError
+from bridge.tasks import Supervisor
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class GroupCommit(Generic[Item, Result]):
+    def __init__(
+        self,
+        name: str,
+        write: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]],
+        supervisor: Supervisor,
+        *,
+        max_batch: int = 256,
+        on_written: Callable[[Sequence[Result]], None] | None = None,
+    ) -> None:
+        self._write = write
+        self._max = max_batch
+        self._on_written = on_written
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] = asyncio.Queue()
+        supervisor.spawn_loop(name, self._run)
+
+    async def submit(self, item: Item) -> Result:
+        """Write `item` with whatever else is waiting; raises the write's StoreError."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._flush(batch)
+
+    async def _flush(self, batch: Sequence[tuple[Item, asyncio.Future[Result]]]) -> None:
+        try:
+            results = await self._write([item for item, _ in batch])
+        except Exception as exc:
+            error = exc if isinstance(exc, StoreError) else StoreError(f"write failed: {exc!r}")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+        if self._on_written is not None:
+            self._on_written(results)

@@ -1,0 +1,1 @@
+"""High-availability tests: reconciliation, retention, replicas sharing one PostgreSQL."""

@@ -1,1 +1,1 @@
-"""Benchmarks of the bridge (run one with `python -m bench.<name>`)."""
+"""Benchmarks of the bridge: `python -m bench` (= `make bench`) runs them all; see README.md."""

@@ -24,11 +24,11 @@ def main() -> None:
     args = parser.parse_args()
     app = web.Application()
     app.router.add_post("/{tail:.*}", _accept)
-    app.router.add_get("/readyz", lambda _request: _ready())
+    app.router.add_get("/readyz", _ready)
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
 
 
-async def _ready() -> web.Response:
+async def _ready(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 

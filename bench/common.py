@@ -42,8 +42,12 @@ class Scale:
     backends: tuple[str, ...]
 
 
-FULL = Scale("full", 6.0, 6.0, 32, 1000, 100.0, 3000, 10.0, 1_000_000, 5000, 10_000, ("sqlite", "postgresql"))
-QUICK = Scale("quick", 3.0, 3.0, 32, 300, 100.0, 1000, 10.0, 100_000, 2000, 3000, ("sqlite", "postgresql"))
+FULL = Scale(
+    "full", 5.0, 5.0, 32, 500, 100.0, 3000, 4.0, 1_000_000, 5000, 10_000, ("sqlite", "postgresql")
+)
+QUICK = Scale(
+    "quick", 3.0, 3.0, 32, 300, 100.0, 1000, 10.0, 100_000, 2000, 3000, ("sqlite", "postgresql")
+)
 TINY = Scale("tiny", 0.5, 0.5, 4, 10, 50.0, 60, 10.0, 500, 50, 100, ("sqlite",))
 
 
@@ -138,7 +142,9 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-async def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:  # noqa: ASYNC109
+async def wait_http_ok(
+    url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll `url` until it answers 200; raise RuntimeError on timeout or if `proc` exits."""
     import aiohttp
 

@@ -59,7 +59,8 @@ function request()
 end
 
 function done(summary, latency, requests)
-  io.write(string.format("BENCH_JSON {\"requests\": %d, \"non2xx\": %d, \"duration_us\": %d, \"p99_us\": %d}\n",
+  io.write(string.format(
+    "BENCH_JSON {\"requests\": %d, \"non2xx\": %d, \"duration_us\": %d, \"p99_us\": %d}\n",
     summary.requests, summary.errors.status, summary.duration, latency:percentile(99)))
 end
 """
@@ -156,7 +157,12 @@ class _Connection(asyncio.Protocol):
 
 
 async def _run_python(
-    host: str, port: int, requests: list[bytes], connections: int, seconds: float, rate: float | None
+    host: str,
+    port: int,
+    requests: list[bytes],
+    connections: int,
+    seconds: float,
+    rate: float | None,
 ) -> LoadResult:
     loop = asyncio.get_running_loop()
     conns: list[_Connection] = []
@@ -207,7 +213,11 @@ async def _run_python(
         sent=sum(statuses.values()),
         seconds=min(elapsed, seconds) if rate is not None else elapsed,
         statuses=dict(statuses),
-        latency_ms={"p50": percentile(ms, 50), "p99": percentile(ms, 99), "max": max(ms, default=0.0)},
+        latency_ms={
+            "p50": percentile(ms, 50),
+            "p99": percentile(ms, 99),
+            "max": max(ms, default=0.0),
+        },
         rate=rate,
     )
 
@@ -240,7 +250,9 @@ def wrk_path() -> str | None:
     return shutil.which("wrk")
 
 
-def run_wrk(host: str, port: int, requests_file: Path, *, connections: int, seconds: float) -> LoadResult:
+def run_wrk(
+    host: str, port: int, requests_file: Path, *, connections: int, seconds: float
+) -> LoadResult:
     """Peak throughput with wrk (one thread: the other core serves), cycling the requests."""
     wrk = wrk_path()
     assert wrk is not None
@@ -255,7 +267,9 @@ def run_wrk(host: str, port: int, requests_file: Path, *, connections: int, seco
     out = done.stdout.decode(errors="replace")
     line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
     if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed: {out[-1000:]} {done.stderr.decode(errors='replace')[-1000:]}")
+        raise RuntimeError(
+            f"wrk failed: {out[-1000:]} {done.stderr.decode(errors='replace')[-1000:]}"
+        )
     data = json.loads(line.removeprefix("BENCH_JSON "))
     non2xx = int(data["non2xx"])
     return LoadResult(
@@ -274,10 +288,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests", type=Path, required=True)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rate", type=float, help="requests/s (fixed rate); default: as fast as possible")
+    parser.add_argument(
+        "--rate", type=float, help="requests/s (fixed rate); default: as fast as possible"
+    )
     args = parser.parse_args(argv)
     result = asyncio.run(
-        _run_python(args.host, args.port, read_requests(args.requests), args.connections, args.seconds, args.rate)
+        _run_python(
+            args.host,
+            args.port,
+            read_requests(args.requests),
+            args.connections,
+            args.seconds,
+            args.rate,
+        )
     )
     print(json.dumps(result.__dict__))
 

@@ -33,6 +33,7 @@ from bridge.config import ExecutorSettings
 from bridge.events import Action, ActionResult, LinkChange, ObjectRef, Platform
 from bridge.logging import Logger
 from bridge.metrics import Metrics
+from bridge.pipeline.batching import GroupCommit
 from bridge.pipeline.echo import echo_records_for
 from bridge.platforms.base import PlatformClient
 from bridge.platforms.errors import (
@@ -42,7 +43,6 @@ from bridge.platforms.errors import (
     TargetMissing,
     UpstreamError,
 )
-from bridge.pipeline.batching import GroupCommit
 from bridge.store.base import ActionOutcome, EchoRecord, OutboxRow, Store, StoreError
 from bridge.tasks import Supervisor
 

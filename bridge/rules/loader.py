@@ -18,6 +18,8 @@ from typing import Any, Final, get_args
 from pydantic import BaseModel, ValidationError
 
 from bridge.events import OPERATIONS, InvalidRef, ObjectRef, Operation, freeze
+from bridge.operations import OPERATIONS as OPERATION_SPECS
+from bridge.operations import unknown_params
 from bridge.rules.compiled import (
     OPERATION_TARGETS,
     AnyTest,
@@ -44,8 +46,6 @@ from bridge.rules.templates import (
     TemplateProblem,
     is_template,
 )
-from bridge.operations import OPERATIONS as OPERATION_SPECS
-from bridge.operations import unknown_params
 from bridge.yamlsource import KeyPath as YamlPath
 from bridge.yamlsource import LineMap, YamlProblem, load_yaml
 

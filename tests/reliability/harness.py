@@ -267,7 +267,7 @@ class BridgeProcess:
             f"bridge exited with {self.proc.returncode}; log tail:\n{self.log_text()[-3000:]}"
         )
 
-    async def wait_ready(self, path: str = "/healthz", timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    async def wait_ready(self, path: str = "/healthz", timeout: float = 30.0) -> None:
         """Poll `path` until it answers 200 (without blocking the test's event loop)."""
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
@@ -308,13 +308,13 @@ class BridgeProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
 
-    def terminate(self, timeout: float = 30.0) -> int:  # noqa: ASYNC109
+    def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait for the exit code (raises TimeoutExpired past `timeout`)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
 
-    async def terminate_async(self, timeout: float = 30.0) -> int:  # noqa: ASYNC109
+    async def terminate_async(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait for exit without blocking the event loop (the sandbox runs there)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -328,7 +328,8 @@ class BridgeProcess:
     async def kill_async(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
-        while self.proc.poll() is None:
+        # Polling a child's exit status: there is no event to wait on.
+        while self.proc.poll() is None:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     def cleanup(self) -> None:
@@ -449,6 +450,7 @@ class Attempt:
     status: int | None
     error: str | None
     at: float
+    started: float = 0.0
 
 
 @dataclass
@@ -503,6 +505,7 @@ class SignedSender:
     ) -> tuple[int | None, str]:
         """One attempt; returns (status, body text) or (None, error)."""
         assert self._session is not None, "use `async with SignedSender(...)`"
+        started = time.time()
         all_headers = {**signed_headers(delivery, self.upstream, timestamp), **(headers or {})}
         try:
             async with self._session.post(
@@ -512,12 +515,12 @@ class SignedSender:
             ) as response:
                 text = await response.text()
                 self.attempts.append(
-                    Attempt(delivery.delivery_id, response.status, None, time.time())
+                    Attempt(delivery.delivery_id, response.status, None, time.time(), started)
                 )
                 return response.status, text
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
-            self.attempts.append(Attempt(delivery.delivery_id, None, error, time.time()))
+            self.attempts.append(Attempt(delivery.delivery_id, None, error, time.time(), started))
             return None, error
 
     async def deliver(self, delivery: Delivery) -> int | None:
@@ -618,7 +621,7 @@ async def wait_until(
     *,
     timeout: float,
     interval: float = 0.2,
-    what: str = "condition",  # noqa: ASYNC109
+    what: str = "condition",
 ) -> None:
     """Await `condition()` (sync or async, truthy = done) until true or TimeoutError."""
     deadline = time.monotonic() + timeout
@@ -650,9 +653,140 @@ async def admin_get(
 def escalations_by_key(sandbox: Sandbox) -> dict[str, list[dict[str, Any]]]:
     """The simulated incident.io's escalations grouped by the idempotency key they came from."""
     sim = sandbox.incident_io
-    keys: dict[str, str] = dict(sim._idempotency)  # noqa: SLF001 - reading simulator truth
+    keys: dict[str, str] = dict(sim._idempotency)
     by_id = {e["id"]: e for e in sim.state()["escalations"]}
     out: dict[str, list[dict[str, Any]]] = {}
     for key, esc_id in keys.items():
         out.setdefault(key, []).append(by_id[esc_id])
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# A PostgreSQL server the test owns (so it may stop it)
+
+
+class PostgresUnavailable(Exception):
+    """No way to run a private PostgreSQL server here; the message says why."""
+
+
+def find_pg_bin() -> Path:
+    """The newest `/usr/lib/postgresql/*/bin` with initdb and pg_ctl, or the one on PATH."""
+    import shutil
+
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    for directory in candidates:
+        if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
+            return directory
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("pg_ctl"):
+        return Path(on_path).parent
+    raise PostgresUnavailable("initdb/pg_ctl not found in /usr/lib/postgresql/*/bin or PATH")
+
+
+class TempPostgres:
+    """`initdb` + `pg_ctl` in a temporary directory on a free port, trust auth, loopback only.
+
+    PostgreSQL refuses to run as root; when the tests run as root the server runs as the
+    `postgres` system user through `runuser` (the data directory is chowned to it and lives
+    directly under the system temp directory, which that user can traverse).
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.bin = find_pg_bin()
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="bridge-pg-"))
+        self.data = self.root / "data"
+        self.logfile = self.root / "postgres.log"
+        self._prefix: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+            import shutil
+
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                raise PostgresUnavailable(
+                    "running as root and there is no 'postgres' user to run the server as"
+                ) from None
+            runuser = shutil.which("runuser")
+            if runuser is None:
+                raise PostgresUnavailable("running as root and runuser(1) is missing")
+            os.chown(self.root, user.pw_uid, user.pw_gid)
+            self._prefix = [runuser, "-u", "postgres", "--"]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        result = subprocess.run(
+            [*self._prefix, *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if result.returncode != 0:
+            raise PostgresUnavailable(
+                f"{Path(args[0]).name} failed ({result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()[-500:]}"
+            )
+
+    def init(self) -> None:
+        self._run(
+            str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+            "-E", "UTF8", "--no-sync",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off"
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile),
+            "-o", options, "-w", "-t", "30", "start",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Fast shutdown: open connections are terminated, as in a failover or restart."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def cleanup(self) -> None:
+        import shutil
+
+        if (self.data / "postmaster.pid").exists():
+            with contextlib.suppress(PostgresUnavailable, subprocess.TimeoutExpired):
+                self._run(
+                    str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"
+                )
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Raw HTTP for hostile requests (no client-side normalisation)
+
+
+def raw_request(
+    port: int,
+    method: str,
+    path: str,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes | None = None,
+    *,
+    timeout: float = 30.0,
+) -> tuple[int, bytes]:
+    """One request through `http.client` exactly as given; (status, body)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        if body is not None and not any(n.lower() == "content-length" for n, _ in headers):
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()

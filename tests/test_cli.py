@@ -107,7 +107,8 @@ def test_bad_arguments_exit_2_without_traceback(args: list[str], tmp_path: Path)
 
 
 def test_links_and_db_commands_on_a_real_store(tmp_path: Path) -> None:
-    """db upgrade, links add/list/remove work on a SQLite file and print JSON; a bad ref is exit 2."""
+    """db upgrade and links add/list/remove work on a SQLite file and print JSON; a bad ref
+    is exit 2."""
     env = {"BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/cli.db"}
     upgrade = run("db", "upgrade", env=env)
     assert upgrade.returncode == 0, upgrade.stderr
@@ -181,7 +182,7 @@ def wait_ready(port: int, process: subprocess.Popen[str], timeout: float = 30) -
                 f"bridge exited early: {process.stderr.read() if process.stderr else ''}"
             )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
                 if response.status == 200:
                     return
         except OSError:

@@ -131,18 +131,6 @@ class Bridge:
         )
         self.readiness = Readiness()
         self.clients = build_clients(settings, self.metrics, RateLimiters(), self.log)
-        self.dispatcher = Dispatcher(
-            store=self.store,
-            rules=self.rulebook.current,
-            clients=self.clients,
-            echo_guard=EchoGuard(self.store, settings.incident_io.api_key_id),
-            metrics=self.metrics,
-            logger=self.log.bind(component="dispatcher"),
-            owner=self.instance_id,
-            on_actions=self._wake_executor,
-            lease_seconds=settings.executor.lease_seconds,
-            poll_interval=settings.executor.poll_interval_seconds,
-        )
         self.executor = Executor(
             store=self.store,
             clients=self.clients,
@@ -155,6 +143,19 @@ class Bridge:
             logger=self.log.bind(component="executor"),
             owner=self.instance_id,
             supervisor=self.supervisor,
+        )
+        self.dispatcher = Dispatcher(
+            store=self.store,
+            rules=self.rulebook.current,
+            clients=self.clients,
+            echo_guard=EchoGuard(self.store, settings.incident_io.api_key_id),
+            metrics=self.metrics,
+            logger=self.log.bind(component="dispatcher"),
+            owner=self.instance_id,
+            on_actions=self._wake_executor,
+            lease_seconds=settings.executor.lease_seconds,
+            poll_interval=settings.executor.poll_interval_seconds,
+            handoff=self.executor,
         )
         self.writer = InboxWriter(self.store, self.supervisor, self._on_inbox_write)
         sources: dict[Platform, SourceConfig] = {}
@@ -208,6 +209,7 @@ class Bridge:
             admin=admin,
         )
         self._runner: web.AppRunner | None = None
+        self._dispatcher_task: asyncio.Task[Any] | None = None
         self.endpoint: Endpoint | None = None
         self._stopped = asyncio.Event()
         self._started = False
@@ -240,7 +242,7 @@ class Bridge:
         for client in self.clients.values():
             await client.start()
         await self.store.listen_work(self.wake)
-        self.supervisor.spawn_loop("dispatcher", self.dispatcher.run)
+        self._dispatcher_task = self.supervisor.spawn_loop("dispatcher", self.dispatcher.run)
         for platform in self.executor.platforms:
             self.supervisor.spawn_loop(f"executor.{platform}", self._executor_loop(platform))
         if self.settings.rules.reload:
@@ -294,6 +296,10 @@ class Bridge:
         # Webhook requests already being handled finish; new ones got 503.
         if self._runner is not None:
             await self._runner.shutdown()
+        # The dispatcher finishes the event in hand (its loop checks `stopping` between
+        # events), so no row is left leased for a restart to wait out.
+        if self._dispatcher_task is not None:
+            await asyncio.wait({self._dispatcher_task}, timeout=max(0.1, deadline - loop.time()))
         drained = await self.executor.drain(max(0.1, deadline - loop.time()))
         if not drained:
             self.log.warning("bridge.drain_timeout", in_flight=self.executor.in_flight())

@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import dataclasses
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.events import Event, ObjectKind, ObjectRef, Platform, freeze
 from bridge.logging import Logger
@@ -29,7 +29,16 @@ from bridge.platforms.incident_io import webhook as incident_io_webhook
 from bridge.platforms.rootly import webhook as rootly_webhook
 from bridge.platforms.webhooks import EventParser, PayloadError
 from bridge.rules import LinkGraph, RuleSet, evaluate, refs_to_resolve
-from bridge.store.base import InboxRow, Store, StoreError
+from bridge.store.base import InboxRow, OutboxRow, Store, StoreError
+
+
+class ActionHandoff(Protocol):
+    """The local executor, as far as the dispatcher's fast path needs it."""
+
+    def free_slots(self, platform: Platform) -> int: ...
+
+    def adopt(self, rows: Sequence[OutboxRow]) -> None: ...
+
 
 PARSERS: Mapping[Platform, EventParser] = {
     "rootly": rootly_webhook.parse,
@@ -71,8 +80,10 @@ class Dispatcher:
         lease_seconds: float = 60.0,
         poll_interval: float = 1.0,
         rng: random.Random | None = None,
+        handoff: ActionHandoff | None = None,
     ) -> None:
         self._store = store
+        self._handoff = handoff
         self._rules = rules
         self._clients = clients
         self._echo = echo_guard
@@ -157,12 +168,16 @@ class Dispatcher:
                 row, event, "ignored", {**base, "ignored": "event type not mapped"}
             )
             return
-        echo = await self._echo.verdict(event, now)
+        # The echo verdict and the links around the event are independent reads: together.
+        echo, links = await asyncio.gather(
+            self._echo.verdict(event, now), self._links_around(refs_to_resolve(event))
+        )
         if echo is not None:
             self._metrics.echoes_suppressed.labels(event.source).inc()
             await self._complete(row, event, "echo", {**base, "echo": echo})
             return
         rules = self._rules()
+        related_before = event.related
         try:
             if event.needs_hydration or rules.needs_hydration(event) or is_status_event(event):
                 fresh = await self._hydrate(event)
@@ -194,13 +209,13 @@ class Dispatcher:
             self._count(row.source, "error")
             self._log.error("event.hydration_failed", inbox_id=row.id, error=str(exc))
             return
-        links = await self._links_around(refs_to_resolve(event))
+        if event.related != related_before:
+            # Hydration named more related objects: look again around the fresh event.
+            links = await self._links_around(refs_to_resolve(event))
         evaluation = evaluate(rules, event, links, now)
         trace = {**base, **dict(evaluation.trace)}
         result = "actions" if evaluation.actions else "no_match"
         await self._complete(row, event, result, trace, evaluation.actions, evaluation.link_changes)
-        if evaluation.actions:
-            self._on_actions({action.platform for action in evaluation.actions})
 
     async def _complete(
         self,
@@ -211,7 +226,28 @@ class Dispatcher:
         actions: tuple[Any, ...] = (),
         link_changes: tuple[Any, ...] = (),
     ) -> None:
-        ids = await self._store.complete_inbox(row.id, actions, link_changes, trace)
+        handoff = self._handoff
+        platforms = {action.platform for action in actions}
+        if (
+            handoff is not None
+            and actions
+            and all(
+                handoff.free_slots(p) >= sum(1 for a in actions if a.platform == p)
+                for p in platforms
+            )
+        ):
+            # Fast path: insert the actions already claimed by this process and run them
+            # now, saving a claim transaction and a wake-up per action. A crash leaves them
+            # leased, and they are claimed again when the lease expires, like any other.
+            rows = await self._store.complete_inbox_claiming(
+                row.id, actions, link_changes, trace, self._owner, self._lease
+            )
+            handoff.adopt(rows)
+            ids = [r.id for r in rows]
+        else:
+            ids = await self._store.complete_inbox(row.id, actions, link_changes, trace)
+            if ids:
+                self._on_actions(platforms)
         self._count(row.source, result)
         self._log.info(
             "event.dispatched",

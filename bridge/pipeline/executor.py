@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -113,6 +113,23 @@ class Executor:
         _, pending = await asyncio.wait(tasks, timeout=timeout)
         return not pending
 
+    def free_slots(self, platform: Platform) -> int:
+        """How many more actions toward `platform` this process would run right now."""
+        if self._stopping or platform not in self._in_flight:
+            return 0
+        return self._concurrency.get(platform, 8) - len(self._in_flight[platform])
+
+    def adopt(self, rows: Sequence[OutboxRow]) -> None:
+        """Run rows the dispatcher inserted already claimed by us (see `free_slots`)."""
+        for row in rows:
+            self._start(row)
+
+    def _start(self, row: OutboxRow) -> None:
+        platform = row.action.platform
+        task = asyncio.create_task(self._execute(row), name=f"executor.{platform}.action-{row.id}")
+        self._in_flight[platform].add(task)
+        task.add_done_callback(self._finished(platform))
+
     def in_flight(self) -> int:
         return sum(len(t) for t in self._in_flight.values())
 
@@ -137,11 +154,7 @@ class Executor:
                         "executor.store_unavailable", platform=platform, error=str(exc)
                     )
             for row in rows:
-                task = asyncio.create_task(
-                    self._execute(row), name=f"executor.{platform}.action-{row.id}"
-                )
-                in_flight.add(task)
-                task.add_done_callback(self._finished(platform))
+                self._start(row)
             if rows and len(rows) == free:
                 # Saturated: wait for a slot rather than polling the store.
                 await asyncio.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)

@@ -174,6 +174,18 @@ class Store(Protocol):
         removing a missing one is a no-op), store the trace and mark the event processed.
         Returns the IDs of the outbox rows created."""
 
+    async def complete_inbox_claiming(
+        self,
+        inbox_id: InboxId,
+        actions: Sequence[Action],
+        link_changes: Sequence[LinkChange],
+        trace: Mapping[str, Any],
+        owner: str,
+        lease_seconds: float,
+    ) -> list[OutboxRow]:
+        """`complete_inbox`, with the new outbox rows inserted already claimed by `owner`
+        (returned in full), so the dispatching process can run them without a claim round."""
+
     async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:
         """Record a dispatch failure; with `retry_at` the event stays pending until then."""
 

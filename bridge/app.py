@@ -39,10 +39,10 @@ from bridge.platforms.incident_io.client import IncidentIoClient
 from bridge.platforms.ratelimit import RateLimiters
 from bridge.platforms.rootly.client import RootlyClient
 from bridge.scheduler import Reconciler, Scheduler
-from bridge.store.base import Store
+from bridge.store.base import Store, StoreError
 from bridge.store.sql import SqlStore
 from bridge.tasks import Supervisor
-from bridge.web import AdminApi, Readiness, build_app
+from bridge.web import AdminApi, BridgeRunner, Readiness, build_app
 
 USER_AGENT = f"bridge/{__version__} (+https://github.com/bridge-sre/bridge)"
 
@@ -157,7 +157,14 @@ class Bridge:
             poll_interval=settings.executor.poll_interval_seconds,
             handoff=self.executor,
         )
-        self.writer = InboxWriter(self.store, self.supervisor, self._on_inbox_write)
+        self.writer = InboxWriter(
+            self.store,
+            self.supervisor,
+            self._on_inbox_write,
+            owner=self.instance_id,
+            lease_seconds=settings.executor.lease_seconds,
+            handoff=self.dispatcher,
+        )
         sources: dict[Platform, SourceConfig] = {}
         if settings.rootly.enabled:
             sources["rootly"] = SourceConfig(
@@ -208,7 +215,7 @@ class Bridge:
             logger=self.log,
             admin=admin,
         )
-        self._runner: web.AppRunner | None = None
+        self._runner: BridgeRunner | None = None
         self._dispatcher_task: asyncio.Task[Any] | None = None
         self.endpoint: Endpoint | None = None
         self._stopped = asyncio.Event()
@@ -248,7 +255,7 @@ class Bridge:
         if self.settings.rules.reload:
             self.supervisor.spawn_loop("rules.watch", self.rulebook.watch)
         self.scheduler.start()
-        self._runner = web.AppRunner(
+        self._runner = BridgeRunner(
             self.app,
             access_log=None,
             handle_signals=False,
@@ -288,24 +295,37 @@ class Bridge:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         self.log.info("bridge.stopping", grace_seconds=grace)
+        # 1. New webhooks get 503 (senders retry); readiness fails so traffic moves away.
         self.readiness.accepting = False
         self.ingest.stop_accepting()
-        self.dispatcher.stop()
-        self.executor.stop()
         await self.scheduler.stop()
-        # Webhook requests already being handled finish; new ones got 503.
+
+        def remaining() -> float:
+            return max(0.1, deadline - loop.time())
+
+        # 2. Webhooks already being handled finish: their inbox writes must complete
+        #    before the writer task stops, or their senders would see an aborted request.
+        while self.ingest.in_flight and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        # 3. Stop listening (responses still being written are waited for).
         if self._runner is not None:
-            await self._runner.shutdown()
-        # The dispatcher finishes the event in hand (its loop checks `stopping` between
-        # events), so no row is left leased for a restart to wait out.
+            await self._runner.cleanup()
+        # 4. The dispatcher finishes the event in hand (its loop checks `stopping` between
+        #    events); events handed to it but not started go back to the queue at once.
+        self.dispatcher.stop()
         if self._dispatcher_task is not None:
-            await asyncio.wait({self._dispatcher_task}, timeout=max(0.1, deadline - loop.time()))
-        drained = await self.executor.drain(max(0.1, deadline - loop.time()))
+            await asyncio.wait({self._dispatcher_task}, timeout=remaining())
+        try:
+            await self.dispatcher.release_adopted()
+        except StoreError as exc:
+            # Still leased: picked up when the lease expires. Nothing is lost either way.
+            self.log.warning("bridge.release_failed", error=str(exc))
+        # 5. Actions in flight finish; unfinished ones stay leased in the outbox.
+        self.executor.stop()
+        drained = await self.executor.drain(remaining())
         if not drained:
             self.log.warning("bridge.drain_timeout", in_flight=self.executor.in_flight())
         await self.supervisor.stop(timeout=max(0.5, deadline - loop.time()))
-        if self._runner is not None:
-            await self._runner.cleanup()
         await self._close_resources()
         self._stopped.set()
         self.log.info("bridge.stopped", drained=drained)

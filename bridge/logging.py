@@ -100,7 +100,33 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _StdlibToStructlog)]
+    root.addHandler(_StdlibToStructlog())
+    root.setLevel(logging.getLevelNamesMapping()[level.upper()])
+    # aiohttp's access log line per request would flood the JSON log; metrics count them.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return redactor
+
+
+class _StdlibToStructlog(logging.Handler):
+    """Libraries log through `logging` (aiohttp does). Their records become structlog
+    events, so they are JSON and redacted like ours; a traceback is reduced to the
+    exception's type, because aiohttp's quote the raw request (headers included)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        structlog.get_logger(record.name).log(
+            record.levelno,
+            "library.log",
+            library=record.name,
+            message=message[:500],
+            error=type(exc).__name__ if exc is not None else None,
+        )
 
 
 Logger = structlog.typing.FilteringBoundLogger

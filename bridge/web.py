@@ -14,13 +14,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge.events import PLATFORMS, ActionId, InboxId, InvalidRef, ObjectRef, thaw
 from bridge.logging import Logger
 from bridge.metrics import Metrics
 from bridge.pipeline.ingest import Ingest
+from bridge.platforms.webhooks import PayloadError, decode_json_object
 from bridge.store.base import InboxRow, LinkFilter, LinkRow, OutboxRow, Store, StoreError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,7 +120,12 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _error(503, "storage unavailable, retry later")
     except asyncio.CancelledError:
         raise
-    except Exception as exc:
+    except ConnectionError:
+        # The client went away mid-request (e.g. while sending its body): nothing to
+        # answer and nothing wrong here; nothing was stored for an unfinished body.
+        request.app[LOGGER_KEY].info("http.client_disconnected", path=request.path)
+        return _error(400, "connection lost before the request was complete")
+    except Exception as exc:  # the last line of defence: log it, answer JSON
         request.app[LOGGER_KEY].exception("http.unhandled", path=request.path, error=repr(exc))
         return _error(500, "internal error; the bridge logged the details")
 
@@ -200,9 +210,11 @@ class AdminApi:
 
     async def _link_body(self, request: web.Request) -> tuple[ObjectRef, ObjectRef]:
         try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise _bad_request('body must be JSON {"a": ref, "b": ref}') from None
+            # The same strict decoder as webhooks: UTF-8, bounded nesting (a deeply nested
+            # body would otherwise raise RecursionError inside json.loads).
+            body = decode_json_object(await request.read())
+        except PayloadError as exc:
+            raise _bad_request(f'body must be JSON {{"a": ref, "b": ref}}: {exc}') from None
         if (
             not isinstance(body, dict)
             or not isinstance(body.get("a"), str)
@@ -296,6 +308,75 @@ class AdminApi:
         )
 
 
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` as aiohttp does; anything else a JSON 417. aiohttp's own
+    handler fails (500) on a non-ASCII Expect value while building its error page."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # The interim answer is not the response: the body writer starts from zero.
+        request.writer.output_size = 0
+        return None
+    return web.json_response({"error": "unsupported Expect header"}, status=417)
+
+
+def _method_not_allowed(methods: list[str]) -> Handler:
+    allow = ", ".join(sorted(set(methods)))
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = _error(405, f"method {request.method} not allowed")
+        response.headers["Allow"] = allow
+        return response
+
+    return handler
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    return _error(404, "not found")
+
+
+class _QuietRequestHandler(RequestHandler):
+    """Protocol-level failures (a malformed request line or header) are answered with a
+    fixed JSON body and logged with the error type only: aiohttp's default quotes the
+    offending bytes back and into its log, and they may hold a credential."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        structlog.get_logger("bridge.http").warning(
+            "http.malformed_request", status=status, error=type(exc).__name__ if exc else None
+        )
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send the error answer")
+        reason = "malformed HTTP request" if status < 500 else "internal error"
+        response = web.json_response({"error": reason}, status=status)
+        response.force_close()
+        return response
+
+
+class _QuietServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _QuietRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class BridgeRunner(web.AppRunner):
+    """`AppRunner` whose connections use `_QuietRequestHandler`."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp offers no hook for the request handler class; `_QuietServer` only
+        # overrides the factory method, so swapping the class of the server it built
+        # keeps every other setting it was given.
+        server.__class__ = _QuietServer
+        return server
+
+
 def build_app(
     *,
     ingest: Ingest,
@@ -343,15 +424,24 @@ def build_app(
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
-    app.add_routes(
-        [
-            web.post("/webhooks/rootly", rootly),
-            web.post("/webhooks/incident-io", incident_io),
-            web.get("/healthz", healthz),
-            web.get("/readyz", readyz),
-            web.get("/metrics", metrics_endpoint),
-        ]
-    )
+    routes = [
+        web.post("/webhooks/rootly", rootly),
+        web.post("/webhooks/incident-io", incident_io),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", metrics_endpoint),
+    ]
     if admin is not None:
-        app.add_routes(admin.routes())
+        routes += admin.routes()
+    # Every request must reach a route of ours: aiohttp answers unmatched paths and methods
+    # through its own Expect handler, which crashes on a non-ASCII header (500).
+    allowed: dict[str, list[str]] = {}
+    for route in routes:
+        allowed.setdefault(route.path, []).append(route.method)
+    for path, methods in allowed.items():
+        for route in routes:
+            if route.path == path:
+                app.router.add_route(route.method, path, route.handler, expect_handler=_expect)
+        app.router.add_route("*", path, _method_not_allowed(methods), expect_handler=_expect)
+    app.router.add_route("*", "/{tail:.*}", _not_found, expect_handler=_expect)
     return app

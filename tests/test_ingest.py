@@ -27,7 +27,7 @@ def received(bridge: Bridge, source: str, event_type: str, outcome: str) -> floa
 
 
 async def post(
-    bridge: Bridge, path: str, body: bytes, headers: dict[str, str]
+    bridge: Bridge, path: str, body: bytes | io.BytesIO, headers: dict[str, str]
 ) -> tuple[int, dict[str, object]]:
     async with (
         aiohttp.ClientSession() as session,

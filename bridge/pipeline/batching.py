@@ -42,11 +42,18 @@ class GroupCommit(Generic[Item, Result]):
         return await future
 
     async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._flush(batch)
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < self._max and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                await self._flush(batch)
+        finally:
+            # Stopped (shutdown): nobody may wait forever for a write that will not happen.
+            while not self._queue.empty():
+                _, future = self._queue.get_nowait()
+                if not future.done():
+                    future.set_exception(StoreError("shutting down; not written"))
 
     async def _flush(self, batch: Sequence[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:

@@ -96,10 +96,20 @@ class Dispatcher:
         self._poll = poll_interval
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
+        self._adopted: list[InboxRow] = []
         self._idle = asyncio.Event()
         self._stopping = False
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def room(self) -> int:
+        """How many more handed-over events this dispatcher takes now (see `adopt`)."""
+        return 0 if self._stopping else self._batch - len(self._adopted)
+
+    def adopt(self, rows: Sequence[InboxRow]) -> None:
+        """Events ingest stored already leased to us: dispatched next, in arrival order."""
+        self._adopted.extend(rows)
         self._wake.set()
 
     def stop(self) -> None:
@@ -111,7 +121,10 @@ class Dispatcher:
         while not self._stopping:
             self._wake.clear()
             try:
-                rows = await self._store.claim_inbox(self._owner, self._batch, self._lease)
+                if self._adopted:
+                    rows, self._adopted = self._adopted, []
+                else:
+                    rows = await self._store.claim_inbox(self._owner, self._batch, self._lease)
             except StoreError as exc:
                 self._log.warning("dispatcher.store_unavailable", error=str(exc))
                 rows = []
@@ -125,6 +138,15 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
                 self._idle.clear()
+
+    async def release_adopted(self) -> int:
+        """At shutdown: hand events we were given but did not dispatch back to the queue
+        now, rather than leaving them leased until their lease runs out."""
+        rows, self._adopted = self._adopted, []
+        now = datetime.now(UTC)
+        for row in rows:
+            await self._store.fail_inbox(row.id, "released at shutdown before dispatch", now)
+        return len(rows)
 
     @property
     def stopping(self) -> bool:

@@ -153,10 +153,17 @@ class Store(Protocol):
         """Raise `StoreUnavailable` unless a trivial query succeeds."""
 
     # -- inbox --------------------------------------------------------------------------
-    async def add_inbox(self, events: Sequence[NewInboxEvent]) -> list[InboxId | None]:
+    async def add_inbox(
+        self,
+        events: Sequence[NewInboxEvent],
+        owner: str | None = None,
+        lease_seconds: float = 60.0,
+    ) -> list[InboxId | None]:
         """Persist deliveries in one transaction (group commit).
 
         Returns, per event, its new ID, or None when (source, delivery_id) was already stored.
+        With `owner`, new rows are stored already claimed by it (lease, one attempt), for a
+        process that dispatches what it receives without a claim round.
         """
 
     async def claim_inbox(self, owner: str, limit: int, lease_seconds: float) -> list[InboxRow]:

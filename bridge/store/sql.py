@@ -273,10 +273,26 @@ class SqlStore:
         return sqlite_dialect.insert(table)
 
     # -- inbox ----------------------------------------------------------------------------
-    async def add_inbox(self, events: Sequence[NewInboxEvent]) -> list[InboxId | None]:
+    async def add_inbox(
+        self,
+        events: Sequence[NewInboxEvent],
+        owner: str | None = None,
+        lease_seconds: float = 60.0,
+    ) -> list[InboxId | None]:
         if not events:
             return []
         now = self._clock()
+        # With an owner the rows are stored already claimed (one attempt counted, as a
+        # claim would): the receiving process dispatches them without a claim round.
+        claim: dict[str, Any] = (
+            {
+                "attempts": 1,
+                "lease_owner": owner,
+                "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            }
+            if owner is not None
+            else {"attempts": 0}
+        )
         rows = [
             {
                 "source": e.source,
@@ -285,8 +301,8 @@ class SqlStore:
                 "body": e.body,
                 "received_at": e.received_at,
                 "state": "pending",
-                "attempts": 0,
                 "next_attempt_at": now,
+                **claim,
             }
             for e in events
         ]

@@ -252,7 +252,7 @@ class BridgeProcess:
             log.write(f"--- start #{self.starts + 1} ---\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, *(["/tmp/rt/fix.py"] if os.environ.get("FIXED") else ["-m", "bridge"]), "serve", "--config", str(self.config), *self.args],
+                [sys.executable, "-m", "bridge", "serve", "--config", str(self.config), *self.args],
                 env=self.env,
                 cwd=self.config.parent,
                 stdout=log,

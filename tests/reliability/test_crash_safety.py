@@ -3,7 +3,7 @@
 Bound: 150 Rootly incidents (`incident.created`), then 75 of them cancelled
 (`incident.cancelled`): 225 signed deliveries, paced over about 25 s, while the bridge
 subprocess is SIGKILLed 10 times at seeded random moments (0.3-2.0 s apart, each followed
-by a restart on the same port and SQLite file). About 60 s on a 2-core machine.
+by a restart on the same port and SQLite file). 30-60 s on a 2-core machine.
 
 "Exactly once" is about effects: a call may be re-sent after a crash (the request landed,
 the bridge died before recording it), but the idempotency key makes a second
@@ -19,6 +19,7 @@ import random
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bridge.sandbox import Sandbox
 from tests.reliability.conftest import BridgeFactory
@@ -34,6 +35,8 @@ from tests.reliability.harness import (
     store_snapshot,
     wait_until,
 )
+
+pytestmark = pytest.mark.slow
 
 INCIDENTS = 150
 CANCELLED_EVERY = 2  # every second incident is cancelled

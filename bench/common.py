@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import secrets
@@ -16,8 +17,11 @@ import socket
 import subprocess
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -213,3 +217,45 @@ async def pg_reachable() -> str | None:
         return f"PostgreSQL unavailable: {type(exc).__name__}; set BRIDGE_TEST_PG_URL"
     await conn.close()
     return None
+
+
+def rootly_alert_created(alert_id: str, n: int) -> bytes:
+    """A realistic Rootly `alert.created` webhook body (the benchmarks' standard event)."""
+    return json.dumps(
+        {
+            "event": {
+                "id": str(uuid.uuid4()),
+                "type": "alert.created",
+                "issued_at": datetime.now(UTC).isoformat(),
+            },
+            "data": {
+                "id": alert_id,
+                "source": "datadog",
+                "status": "triggered",
+                "summary": f"Checkout error rate above 5% ({n})",
+                "description": "p99 latency and 5xx rate on checkout-api are above their SLO.",
+                "external_url": f"https://app.datadoghq.com/monitors/{n}",
+                "incident_ids": [],
+                "labels": [
+                    {"key": "service", "value": "checkout-api"},
+                    {"key": "env", "value": "prod"},
+                ],
+                "created_at": datetime.now(UTC).isoformat(),
+            },
+        }
+    ).encode()
+
+
+async def paced(
+    count: int, rate: float, start_one: Callable[[int], Coroutine[Any, Any, None]], name: str
+) -> None:
+    """Start `start_one(i)` for i in range(count) at `rate` per second (by schedule, not by
+    completion, so a slow answer does not slow the offered load), then wait for all."""
+    start = time.perf_counter()
+    tasks = []
+    for i in range(count):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(start_one(i), name=f"{name}-{i}"))
+    await asyncio.gather(*tasks)

@@ -41,6 +41,7 @@ from bench.common import (
     peak_rss_mb,
     pg_reachable,
     ratio,
+    rootly_alert_created,
     skipped,
     stop_process,
     wait_http_ok,
@@ -72,29 +73,7 @@ class Secrets:
 
 
 def rootly_request(port: int, secret: str, n: int, now: int) -> bytes:
-    body = json.dumps(
-        {
-            "event": {
-                "id": str(uuid.uuid4()),
-                "type": "alert.created",
-                "issued_at": datetime.now(UTC).isoformat(),
-            },
-            "data": {
-                "id": f"al-{n}",
-                "source": "datadog",
-                "status": "triggered",
-                "summary": f"Checkout error rate above 5% ({n})",
-                "description": "p99 latency and 5xx rate on checkout-api are above their SLO.",
-                "external_url": f"https://app.datadoghq.com/monitors/{n}",
-                "incident_ids": [],
-                "labels": [
-                    {"key": "service", "value": "checkout-api"},
-                    {"key": "env", "value": "prod"},
-                ],
-                "created_at": datetime.now(UTC).isoformat(),
-            },
-        }
-    ).encode()
+    body = rootly_alert_created(f"al-{n}", n)
     headers = {
         "Content-Type": "application/json",
         "X-Rootly-Signature": sign_rootly(secret, now, body),

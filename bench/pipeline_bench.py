@@ -22,23 +22,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import Figure, Scale, free_port, percentile, ratio, stop_process, wait_http_ok
+from bench.common import (
+    Figure,
+    Scale,
+    free_port,
+    paced,
+    percentile,
+    ratio,
+    rootly_alert_created,
+    stop_process,
+    wait_http_ok,
+)
 from bench.store_bench import quiet_logger
 from bridge.platforms.rootly.webhook import sign as sign_rootly
 from bridge.sandbox import Sandbox
@@ -50,23 +57,7 @@ ALERT_PATH = "/v2/alert_events/http/*"
 def alert_webhook(secret: str, n: int, run: str) -> tuple[bytes, dict[str, str], str]:
     """A signed Rootly alert.created delivery; returns (body, headers, dedup key)."""
     alert_id = f"al-{run}-{n}"
-    body = json.dumps(
-        {
-            "event": {
-                "id": str(uuid.uuid4()),
-                "type": "alert.created",
-                "issued_at": datetime.now(UTC).isoformat(),
-            },
-            "data": {
-                "id": alert_id,
-                "source": "datadog",
-                "status": "triggered",
-                "summary": f"Checkout error rate above 5% ({n})",
-                "description": "5xx rate on checkout-api is above its SLO.",
-                "incident_ids": [],
-            },
-        }
-    ).encode()
+    body = rootly_alert_created(alert_id, n)
     headers = {
         "Content-Type": "application/json",
         "X-Rootly-Signature": sign_rootly(secret, int(time.time()), body),
@@ -189,14 +180,7 @@ async def event_to_action(scale: Scale, progress: Callable[[str], None] = print)
                     statuses.append(response.status)
                 accepted[key] = time.time()
 
-            start = time.perf_counter()
-            tasks = []
-            for i in range(n):
-                delay = start + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(send(i), name=f"bench.e2a.send-{i}"))
-            await asyncio.gather(*tasks)
+            await paced(n, rate, send, "bench.e2a.send")
             await _wait_calls(sim, n, timeout=max(30.0, n / 5))
             done = {
                 c.body["deduplication_key"]: c.at
@@ -221,14 +205,7 @@ async def event_to_action(scale: Scale, progress: Callable[[str], None] = print)
                     await response.read()
                 base.append((time.perf_counter() - t0) * 1000)
 
-            start = time.perf_counter()
-            tasks = []
-            for i in range(n):
-                delay = start + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(direct(i), name=f"bench.e2a.direct-{i}"))
-            await asyncio.gather(*tasks)
+            await paced(n, rate, direct, "bench.e2a.direct")
         async with aiohttp.ClientSession() as scrape, scrape.get(f"{running.url}/metrics") as r:
             exposition = await r.text()
         samples = {

@@ -81,6 +81,7 @@ class Dispatcher:
         poll_interval: float = 1.0,
         rng: random.Random | None = None,
         handoff: ActionHandoff | None = None,
+        concurrency: int = 8,
     ) -> None:
         self._store = store
         self._handoff = handoff
@@ -97,6 +98,9 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._adopted: list[InboxRow] = []
+        self._slots = asyncio.Semaphore(concurrency)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock_users: dict[str, int] = {}
         self._idle = asyncio.Event()
         self._stopping = False
 
@@ -118,26 +122,82 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                if self._adopted:
-                    rows, self._adopted = self._adopted, []
-                else:
-                    rows = await self._store.claim_inbox(self._owner, self._batch, self._lease)
-            except StoreError as exc:
-                self._log.warning("dispatcher.store_unavailable", error=str(exc))
-                rows = []
-                await asyncio.sleep(self._poll)
-            for row in rows:
-                if self.stopping:
-                    break
-                await self._process_guarded(row)
-            if not rows:
-                self._idle.set()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
-                self._idle.clear()
+        """Claim events and dispatch them, several at a time. Events that name a common
+        object (subject or related) are dispatched one after another in arrival order, so
+        links one of them records are there for the next; unrelated events overlap, since
+        each mostly waits on the store and the platforms."""
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                try:
+                    if self._adopted:
+                        rows, self._adopted = self._adopted, []
+                    else:
+                        rows = await self._store.claim_inbox(self._owner, self._batch, self._lease)
+                except StoreError as exc:
+                    self._log.warning("dispatcher.store_unavailable", error=str(exc))
+                    rows = []
+                    await asyncio.sleep(self._poll)
+                for index, row in enumerate(rows):
+                    if self.stopping:
+                        # Claimed but not started: released at shutdown with the adopted.
+                        self._adopted.extend(rows[index:])
+                        break
+                    event = self._parse(row)
+                    keys = self._serial_keys(row, event)
+                    await self._slots.acquire()
+                    # Taken here, in arrival order (asyncio locks are FIFO), not in the task.
+                    for key in keys:
+                        await self._object_lock(key).acquire()
+                    task = asyncio.create_task(
+                        self._dispatch_one(row, event, keys), name=f"dispatcher.event-{row.id}"
+                    )
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if not rows:
+                    self._idle.set()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                    self._idle.clear()
+        finally:
+            # Events in hand are finished (the caller bounds how long it waits for us).
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _parse(self, row: InboxRow) -> Event | PayloadError:
+        try:
+            return PARSERS[row.source](row.body, row.delivery_id)
+        except PayloadError as exc:
+            return exc
+
+    @staticmethod
+    def _serial_keys(row: InboxRow, event: Event | PayloadError) -> list[str]:
+        refs = refs_to_resolve(event) if isinstance(event, Event) and event.subject else set()
+        return sorted(str(ref) for ref in refs) or [f"inbox:{row.id}"]
+
+    def _object_lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        self._lock_users[key] = self._lock_users.get(key, 0) + 1
+        return lock
+
+    async def _dispatch_one(
+        self, row: InboxRow, event: Event | PayloadError, keys: list[str]
+    ) -> None:
+        try:
+            await self._process_guarded(row, event)
+        finally:
+            for key in keys:
+                self._locks[key].release()
+                users = self._lock_users[key] - 1
+                if users:
+                    self._lock_users[key] = users
+                else:  # nobody holds or waits for it: forget it, the map stays small
+                    del self._lock_users[key]
+                    del self._locks[key]
+            self._slots.release()
 
     async def release_adopted(self) -> int:
         """At shutdown: hand events we were given but did not dispatch back to the queue
@@ -152,10 +212,12 @@ class Dispatcher:
     def stopping(self) -> bool:
         return self._stopping
 
-    async def _process_guarded(self, row: InboxRow) -> None:
+    async def _process_guarded(
+        self, row: InboxRow, parsed: Event | PayloadError | None = None
+    ) -> None:
         """One event's failure must not stop the others: it is retried later, visibly."""
         try:
-            await self.process(row)
+            await self.process(row, parsed)
         except StoreError as exc:
             # The row stays claimed until its lease ends, then it is processed again.
             self._log.warning("dispatcher.store_unavailable", inbox_id=row.id, error=str(exc))
@@ -170,17 +232,18 @@ class Dispatcher:
     def _count(self, source: Platform, result: str) -> None:
         self._metrics.events_dispatched.labels(source, result).inc()
 
-    async def process(self, row: InboxRow) -> None:
+    async def process(self, row: InboxRow, parsed: Event | PayloadError | None = None) -> None:
         """Decide what one stored delivery means; never raises for a bad event."""
         now = datetime.now(UTC)
-        try:
-            event = PARSERS[row.source](row.body, row.delivery_id)
-        except PayloadError as exc:
+        event_or_error = parsed if parsed is not None else self._parse(row)
+        if isinstance(event_or_error, PayloadError):
+            exc = event_or_error
             # Ingest checked the envelope, so this is a body we cannot use at all.
             await self._store.fail_inbox(row.id, f"unparseable: {exc}", None)
             self._count(row.source, "error")
             self._log.error("event.unparseable", inbox_id=row.id, error=str(exc))
             return
+        event = event_or_error
         base: dict[str, Any] = {
             "event_type": event.type,
             "subject": str(event.subject) if event.subject else None,

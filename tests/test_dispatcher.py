@@ -1,0 +1,74 @@
+"""The dispatcher's ordering promise under concurrency, on a real bridge and store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from bridge.app import Bridge
+from bridge.events import DeliveryId
+from bridge.store.base import NewInboxEvent
+from bridge.store.sql import SqlStore
+from tests.conftest import bridge_settings
+
+RULES = """\
+version: 1
+rules:
+  - name: remember-escalation
+    on: {source: rootly, event: incident.updated}
+    links:
+      - add: {a: "{{ subject }}", b: "incident_io:escalation:{{ incident.escalation_id }}"}
+  - name: cancel-linked
+    on: {source: rootly, event: incident.cancelled}
+    actions:
+      - do: incident_io.cancel_escalation
+        for_each: {linked: "incident_io:escalation"}
+"""
+
+
+def rootly_event(delivery: str, event_type: str, data: dict[str, str]) -> NewInboxEvent:
+    body = {"event": {"id": delivery, "type": event_type, "issued_at": None}, "data": data}
+    return NewInboxEvent(
+        source="rootly",
+        delivery_id=DeliveryId(delivery),
+        event_type=event_type,
+        body=json.dumps(body).encode(),
+        received_at=datetime.now(UTC),
+    )
+
+
+async def test_events_about_one_object_keep_their_order_in_one_batch(tmp_path: Path) -> None:
+    """Eight unrelated incidents each get a link-recording event then a cancellation, all
+    stored before the dispatcher starts, so they are claimed in one batch and dispatched
+    concurrently. Each cancellation still sees the link its own earlier event recorded:
+    exactly one cancel per incident, aimed at that incident's escalation."""
+    settings = bridge_settings(tmp_path, rules=RULES, executor={"poll_interval_seconds": 0.05})
+    seed = SqlStore(settings.store.url)
+    await seed.open()
+    events = []
+    for n in range(8):
+        data = {"id": f"inc-{n}", "status": "started", "escalation_id": f"esc-{n}"}
+        events.append(rootly_event(f"upd-{n}", "incident.updated", data))
+    for n in range(8):
+        data = {"id": f"inc-{n}", "status": "cancelled"}
+        events.append(rootly_event(f"cxl-{n}", "incident.cancelled", data))
+    assert None not in await seed.add_inbox(events)
+    await seed.close()
+
+    bridge = Bridge(settings, env={}, registry=CollectorRegistry())
+    bridge.executor.stop()  # no platform behind this bridge: keep actions in the outbox
+    await bridge.start()
+    try:
+        for _ in range(200):
+            if (await bridge.store.counts()).inbox_pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        actions = await bridge.store.list_outbox(None, 100)
+    finally:
+        await bridge.stop()
+    targets = sorted(str(row.action.target) for row in actions)
+    assert targets == sorted(f"incident_io:escalation:esc-{n}" for n in range(8))

@@ -23,6 +23,26 @@ EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
 
+def sandbox_banner(bridge_url: str, sim: Any) -> str:
+    """What a person needs to drive the sandbox by hand. These credentials exist only for
+    this run, which is why they are printed (outside the log stream, which redacts them)."""
+    return "\n".join(
+        [
+            "bridge sandbox: simulated platforms on loopback, credentials made for this run",
+            f"  bridge           {bridge_url}  (POST /webhooks/rootly, /webhooks/incident-io)",
+            f"  Rootly           {sim.rootly_url}  control {sim.rootly_url}/_sandbox/",
+            f"  incident.io      {sim.incident_io_url}  control {sim.incident_io_url}/_sandbox/",
+            f"  Rootly API token {sim.rootly_api_token}",
+            f"  Rootly webhook secret {sim.rootly_webhook_secret}",
+            f"  incident.io API key {sim.incident_io_api_key} (id {sim.incident_io_api_key_id})",
+            f"  incident.io webhook secret {sim.incident_io_webhook_secret}",
+            f"  incident.io alert source {sim.alert_source_config_id}"
+            f" token {sim.alert_source_token}",
+            f'  try: curl -XPOST {sim.rootly_url}/_sandbox/incidents -d \'{{"title": "DB down"}}\'',
+        ]
+    )
+
+
 def _fail(message: str, code: int) -> int:
     print(f"bridge: {message}", file=sys.stderr)
     return code
@@ -67,6 +87,7 @@ async def serve(
             )
         assert bridge.endpoint is not None
         if sim is not None:
+            print(sandbox_banner(bridge.endpoint.url, sim), file=sys.stderr, flush=True)
             sim.set_webhook_targets(
                 rootly=f"{bridge.endpoint.url}/webhooks/rootly",
                 incident_io=f"{bridge.endpoint.url}/webhooks/incident-io",

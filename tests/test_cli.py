@@ -227,6 +227,9 @@ def test_serve_stops_cleanly_on_sigterm_within_grace(tmp_path: Path, sandbox: bo
     assert "bridge.stopped" in events
     if sandbox:
         assert "sandbox.ready" in events
+        # The throwaway sandbox credentials are printed for a person, outside the logs.
+        assert "bridge sandbox:" in err
+        assert "Rootly webhook secret" in err
     assert SECRET_ENV["BRIDGE_ROOTLY__API_TOKEN"] not in err + out
 
 

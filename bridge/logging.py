@@ -104,8 +104,10 @@ def configure_logging(
     root.handlers = [h for h in root.handlers if not isinstance(h, _StdlibToStructlog)]
     root.addHandler(_StdlibToStructlog())
     root.setLevel(logging.getLevelNamesMapping()[level.upper()])
-    # aiohttp's access log line per request would flood the JSON log; metrics count them.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiohttp's access log line per request would flood the JSON log (metrics count them);
+    # Alembic narrates every start-up; both matter only when something goes wrong.
+    for chatty in ("aiohttp.access", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     return redactor
 
 

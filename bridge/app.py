@@ -255,11 +255,11 @@ class Bridge:
         if self.settings.rules.reload:
             self.supervisor.spawn_loop("rules.watch", self.rulebook.watch)
         self.scheduler.start()
+        # When the listener closes, the deliveries that matter have been stored (stop()
+        # waits for them first); what is left is idle keep-alives or clients still sending
+        # a body, which retry. Waiting the whole grace period for them would starve the drain.
         self._runner = BridgeRunner(
-            self.app,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=self.settings.server.shutdown_grace_seconds,
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
         await self._runner.setup()
         site = web.TCPSite(
@@ -288,6 +288,13 @@ class Bridge:
     async def stop(self) -> None:
         """Graceful stop within `server.shutdown_grace_seconds`."""
         if not self._started:
+            # start() failed part-way: whatever it got running must not outlive the store.
+            await self.scheduler.stop()
+            self.dispatcher.stop()
+            self.executor.stop()
+            await self.supervisor.stop(timeout=2.0)
+            if self._runner is not None:
+                await self._runner.cleanup()
             await self._close_resources()
             return
         self._started = False

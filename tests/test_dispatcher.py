@@ -10,8 +10,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from bridge.app import Bridge
-from bridge.events import DeliveryId
-from bridge.store.base import NewInboxEvent
+from bridge.events import DeliveryId, InboxId
+from bridge.store.base import InboxRow, NewInboxEvent
 from bridge.store.sql import SqlStore
 from tests.conftest import bridge_settings
 
@@ -72,3 +72,45 @@ async def test_events_about_one_object_keep_their_order_in_one_batch(tmp_path: P
         await bridge.stop()
     targets = sorted(str(row.action.target) for row in actions)
     assert targets == sorted(f"incident_io:escalation:esc-{n}" for n in range(8))
+
+
+async def test_handed_over_event_waits_for_older_stored_events(tmp_path: Path) -> None:
+    """An event ingest hands to the dispatcher in memory is newer than events already
+    stored unclaimed (stored while the dispatcher had no room): it must not overtake them.
+    The cancellation, handed over, still sees the link the older stored update records."""
+    settings = bridge_settings(tmp_path, rules=RULES, executor={"poll_interval_seconds": 0.05})
+    bridge = Bridge(settings, env={}, registry=CollectorRegistry())
+    bridge.executor.stop()
+    seed = SqlStore(settings.store.url)
+    await seed.open()
+    data = {"id": "inc-1", "status": "started", "escalation_id": "esc-1"}
+    await seed.add_inbox([rootly_event("upd-1", "incident.updated", data)])
+    (cancel_id,) = await seed.add_inbox(
+        [rootly_event("cxl-1", "incident.cancelled", {"id": "inc-1", "status": "cancelled"})],
+        owner=bridge.instance_id,
+    )
+    await seed.close()
+    assert cancel_id is not None
+    row = await stored_row(settings.store.url, cancel_id)
+    bridge.dispatcher.adopt([row])
+    await bridge.start()
+    try:
+        for _ in range(200):
+            if (await bridge.store.counts()).inbox_pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        actions = await bridge.store.list_outbox(None, 10)
+    finally:
+        await bridge.stop()
+    assert [str(a.action.target) for a in actions] == ["incident_io:escalation:esc-1"]
+
+
+async def stored_row(url: str, inbox_id: InboxId) -> InboxRow:
+    store = SqlStore(url)
+    await store.open()
+    try:
+        row = await store.get_inbox(inbox_id)
+    finally:
+        await store.close()
+    assert row is not None
+    return row

@@ -33,25 +33,34 @@ class GroupCommit(Generic[Item, Result]):
         self._max = max_batch
         self._on_written = on_written
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] = asyncio.Queue()
+        self._closed = False
         supervisor.spawn_loop(name, self._run)
 
     async def submit(self, item: Item) -> Result:
         """Write `item` with whatever else is waiting; raises the write's StoreError."""
+        if self._closed:
+            raise StoreError("shutting down; not written")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         await self._queue.put((item, future))
         return await future
 
     async def _run(self) -> None:
+        batch: list[tuple[Item, asyncio.Future[Result]]] = []
         try:
             while True:
                 batch = [await self._queue.get()]
                 while len(batch) < self._max and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 await self._flush(batch)
+                batch = []
         finally:
-            # Stopped (shutdown): nobody may wait forever for a write that will not happen.
+            # Stopped (shutdown): nobody may wait forever for a write that will not happen,
+            # neither the batch in hand nor anything queued or submitted later.
+            self._closed = True
+            pending = [future for _, future in batch]
             while not self._queue.empty():
-                _, future = self._queue.get_nowait()
+                pending.append(self._queue.get_nowait()[1])
+            for future in pending:
                 if not future.done():
                     future.set_exception(StoreError("shutting down; not written"))
 

@@ -131,10 +131,15 @@ class Dispatcher:
             while not self._stopping:
                 self._wake.clear()
                 try:
-                    if self._adopted:
-                        rows, self._adopted = self._adopted, []
-                    else:
-                        rows = await self._store.claim_inbox(self._owner, self._batch, self._lease)
+                    # Rows handed over by ingest are newer than anything stored unclaimed
+                    # (when we had no room, or retries that came due), so the store is
+                    # always asked too and the union runs in arrival (id) order. The claim
+                    # is one cheap read when nothing is waiting.
+                    adopted, self._adopted = self._adopted, []
+                    claimed = await self._store.claim_inbox(
+                        self._owner, max(1, self._batch - len(adopted)), self._lease
+                    )
+                    rows = sorted(adopted + claimed, key=lambda r: r.id)
                 except StoreError as exc:
                     self._log.warning("dispatcher.store_unavailable", error=str(exc))
                     rows = []

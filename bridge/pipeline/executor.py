@@ -106,12 +106,29 @@ class Executor:
         self.wake()
 
     async def drain(self, timeout: float) -> bool:
-        """Wait for in-flight actions; True if they all finished within `timeout`."""
-        tasks = [t for tasks in self._in_flight.values() for t in tasks]
-        if not tasks:
-            return True
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        return not pending
+        """Wait for in-flight actions (including any started while waiting); True if they
+        all finished within `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            tasks = [t for tasks in self._in_flight.values() for t in tasks]
+            if not tasks:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.wait(tasks, timeout=remaining)
+
+    async def _release(self, rows: Sequence[OutboxRow]) -> None:
+        now = datetime.now(UTC)
+        for row in rows:
+            await self._store.retry_action(
+                row.id, self._owner, now, "released at shutdown", count_attempt=False
+            )
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def free_slots(self, platform: Platform) -> int:
         """How many more actions toward `platform` this process would run right now."""
@@ -153,6 +170,11 @@ class Executor:
                     self._log.warning(
                         "executor.store_unavailable", platform=platform, error=str(exc)
                     )
+            if self.stopping and rows:
+                # Claimed while we were told to stop: give them back now rather than run
+                # them against clients about to close (or leave them leased for a restart).
+                await self._release(rows)
+                break
             for row in rows:
                 self._start(row)
             if rows and len(rows) == free:
@@ -215,6 +237,10 @@ class Executor:
             await self._store.dead_letter(row.id, self._owner, str(exc))
             self._metrics.actions.labels(*labels, "dead_lettered").inc()
             log.error("action.dead_lettered", error=str(exc), attempts=row.attempts + 1)
+            return
+        except Exception as exc:  # a bug or a closed client: retried, counted, never orphaned
+            log.exception("action.crashed", error=repr(exc))
+            await self._retry_or_dead(row, f"unexpected {exc!r}", log)
             return
         finally:
             self._metrics.action_duration.labels(*labels).observe(time.monotonic() - started)

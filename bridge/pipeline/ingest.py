@@ -142,15 +142,9 @@ class Ingest:
 
     @property
     def in_flight(self) -> int:
-        """Webhook requests being handled right now (shutdown waits for them)."""
+        """Deliveries being stored right now (shutdown waits for them; a client still
+        sending its body is not counted: nothing of it is stored, and it will retry)."""
         return self._in_flight
-
-    async def handle(self, source: Platform, request: web.Request) -> web.Response:
-        self._in_flight += 1
-        try:
-            return await self._handle(source, request)
-        finally:
-            self._in_flight -= 1
 
     def _count(self, source: Platform, event_type: str, outcome: str) -> None:
         self._metrics.webhooks_received.labels(source, event_type, outcome).inc()
@@ -181,7 +175,7 @@ class Ingest:
                 return None
             chunks.append(chunk)
 
-    async def _handle(self, source: Platform, request: web.Request) -> web.Response:
+    async def handle(self, source: Platform, request: web.Request) -> web.Response:
         config = self._sources.get(source)
         if config is None:
             return _json(404, error=f"{source} is not enabled on this bridge")
@@ -204,6 +198,7 @@ class Ingest:
         except PayloadError as exc:
             return self._reject(source, "payload", 400, str(exc)[:200])
         event_type = envelope.event_type if envelope.known_type else "other"
+        self._in_flight += 1
         try:
             new_id = await self._writer.write(
                 NewInboxEvent(
@@ -218,6 +213,8 @@ class Ingest:
             self._count(source, event_type, "unavailable")
             self._log.error("webhook.store_failed", source=source, error=str(exc))
             return _json(503, error="storage unavailable, retry later")
+        finally:
+            self._in_flight -= 1
         if new_id is None:
             self._count(source, event_type, "duplicate")
             self._log.debug("webhook.duplicate", source=source, delivery_id=envelope.delivery_id)

@@ -420,9 +420,9 @@ class SqlStore:
                 result = await conn.execute(stmt, rows)
                 created = sorted((_outbox_row(m) for m in result.mappings()), key=lambda r: r.id)
             await self._apply_links(conn, link_changes, now)
-            await conn.execute(
+            completed = await conn.execute(
                 update(inbox)
-                .where(inbox.c.id == inbox_id)
+                .where(inbox.c.id == inbox_id, inbox.c.state == "pending")
                 .values(
                     state="processed",
                     processed_at=now,
@@ -432,6 +432,10 @@ class SqlStore:
                     lease_expires_at=None,
                 )
             )
+            if completed.rowcount != 1:
+                # Another dispatcher completed it first (our lease ran out under us): roll
+                # this whole transaction back, so nothing is recorded twice.
+                raise StoreError(f"inbox event {inbox_id} was already processed elsewhere")
         return created
 
     async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:
@@ -442,7 +446,12 @@ class SqlStore:
         else:
             values |= {"state": "pending", "next_attempt_at": retry_at}
         async with self._writing("recording a dispatch failure") as conn:
-            await conn.execute(update(inbox).where(inbox.c.id == inbox_id).values(**values))
+            # Never turn a row someone already processed back into pending work.
+            await conn.execute(
+                update(inbox)
+                .where(inbox.c.id == inbox_id, inbox.c.state == "pending")
+                .values(**values)
+            )
 
     async def get_inbox(self, inbox_id: InboxId) -> InboxRow | None:
         return await self._one_inbox(inbox.c.id == inbox_id)

@@ -171,3 +171,22 @@ async def test_times_are_utc_whatever_zone_goes_in(store: SqlStore, clock: FakeC
     assert row.received_at.tzinfo == UTC
     with pytest.raises(StoreError, match="naive datetime"):
         await store.fail_inbox(inbox_id, "x", datetime(2030, 1, 1))
+
+
+async def test_an_event_is_completed_once_and_never_reopened(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """A second completion of an already processed event (a dispatcher whose lease ran out
+    under it) fails and records nothing; failing it afterwards does not make it pending."""
+    inbox_id = await inbox_event(store, clock())
+    await store.complete_inbox(inbox_id, [action("k-1")], [], {"first": True})
+    with pytest.raises(StoreError, match="already processed"):
+        await store.complete_inbox(
+            inbox_id, [action("k-2")], [LinkChange("add", ROOTLY_INC, IIO_INC, "rule")], {}
+        )
+    assert [a.action.idempotency_key for a in await store.actions_for_inbox(inbox_id)] == ["k-1"]
+    assert await store.count_links() == 0
+    await store.fail_inbox(inbox_id, "late failure from a stale dispatcher", clock())
+    row = await store.get_inbox(inbox_id)
+    assert row is not None
+    assert (row.state, row.error, row.trace) == ("processed", None, freeze({"first": True}))

@@ -1,0 +1,103 @@
+"""Executor behaviour the end-to-end suites cannot provoke on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from bridge.config import ExecutorSettings
+from bridge.events import (
+    Action,
+    ActionResult,
+    IdempotencyKey,
+    ObjectRef,
+    Platform,
+    RuleName,
+)
+from bridge.logging import get_logger
+from bridge.metrics import create_metrics
+from bridge.pipeline.executor import Executor
+from bridge.store.base import NewInboxEvent
+from bridge.store.sql import SqlStore
+from bridge.tasks import Supervisor
+
+
+class FlakyClient:
+    """A platform client with a bug: its first call raises a programming error. Records
+    every call, as the simulators do."""
+
+    platform: Platform = "incident_io"
+
+    def __init__(self) -> None:
+        self.calls: list[Action] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def perform(self, action: Action) -> ActionResult:
+        self.calls.append(action)
+        if len(self.calls) == 1:
+            raise RuntimeError("Session is closed")
+        return ActionResult(object_id=action.target.id if action.target else None)
+
+    async def fetch(self, ref: ObjectRef) -> Mapping[str, Any]:
+        return {"id": ref.id}
+
+
+async def test_unexpected_client_failure_is_retried_not_orphaned(tmp_path: Path) -> None:
+    """An exception outside the error taxonomy (a bug, a closed session) does not leave the
+    action claimed until its lease runs out: it is retried like a transient failure and
+    finishes, with the attempt counted."""
+    store = SqlStore(f"sqlite:///{tmp_path}/x.db")
+    await store.open()
+    supervisor = Supervisor(get_logger("test"))
+    client = FlakyClient()
+    executor = Executor(
+        store=store,
+        clients={"incident_io": client},
+        settings=ExecutorSettings(
+            backoff_base_seconds=0.01, backoff_max_seconds=0.02, poll_interval_seconds=0.05
+        ),
+        concurrency={"incident_io": 2},
+        metrics=create_metrics(CollectorRegistry()),
+        logger=get_logger("test"),
+        owner="tester",
+        supervisor=supervisor,
+    )
+    (inbox_id,) = await store.add_inbox(
+        [NewInboxEvent("rootly", "d-1", "incident.cancelled", b"{}", datetime.now(UTC))]  # type: ignore[arg-type]
+    )
+    assert inbox_id is not None
+    action = Action(
+        operation="incident_io.cancel_escalation",
+        target=ObjectRef("incident_io", "escalation", "esc-1"),
+        params={},
+        rule=RuleName("r"),
+        idempotency_key=IdempotencyKey("k-1"),
+    )
+    await store.complete_inbox(inbox_id, [action], [], {})
+    loop = asyncio.create_task(executor.run("incident_io"))
+    try:
+        for _ in range(200):
+            rows = await store.list_outbox(["done"], 10)
+            if rows:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        executor.stop()
+        await loop
+        await supervisor.stop()
+        await store.close()
+    assert len(client.calls) == 2
+    (row,) = rows
+    assert (row.state, row.attempts) == ("done", 1)
+    assert row.last_error is not None
+    assert "Session is closed" in row.last_error

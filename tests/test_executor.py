@@ -101,3 +101,66 @@ async def test_unexpected_client_failure_is_retried_not_orphaned(tmp_path: Path)
     assert (row.state, row.attempts) == ("done", 1)
     assert row.last_error is not None
     assert "Session is closed" in row.last_error
+
+
+class SlowClient(FlakyClient):
+    """Holds its first call until released (a request stuck behind a long 429 pause)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def perform(self, action: Action) -> ActionResult:
+        self.calls.append(action)
+        await self.release.wait()
+        return ActionResult(object_id=action.target.id if action.target else None)
+
+
+async def test_action_outliving_its_lease_is_not_sent_twice_by_its_own_process(
+    tmp_path: Path,
+) -> None:
+    """While an action waits longer than its lease, the executor claims it again (the lease
+    expired); it must not start a second call: one call, then done once released."""
+    store = SqlStore(f"sqlite:///{tmp_path}/x.db")
+    await store.open()
+    supervisor = Supervisor(get_logger("test"))
+    client = SlowClient()
+    executor = Executor(
+        store=store,
+        clients={"incident_io": client},
+        settings=ExecutorSettings(lease_seconds=1, poll_interval_seconds=0.05),
+        concurrency={"incident_io": 4},
+        metrics=create_metrics(CollectorRegistry()),
+        logger=get_logger("test"),
+        owner="tester",
+        supervisor=supervisor,
+    )
+    (inbox_id,) = await store.add_inbox(
+        [NewInboxEvent("rootly", "d-1", "incident.cancelled", b"{}", datetime.now(UTC))]  # type: ignore[arg-type]
+    )
+    assert inbox_id is not None
+    action = Action(
+        operation="incident_io.cancel_escalation",
+        target=ObjectRef("incident_io", "escalation", "esc-1"),
+        params={},
+        rule=RuleName("r"),
+        idempotency_key=IdempotencyKey("k-1"),
+    )
+    await store.complete_inbox(inbox_id, [action], [], {})
+    loop = asyncio.create_task(executor.run("incident_io"))
+    try:
+        await asyncio.sleep(1.6)  # past the 1 s lease: the row was claimable again
+        assert len(client.calls) == 1
+        client.release.set()
+        for _ in range(100):
+            rows = await store.list_outbox(["done"], 10)
+            if rows:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        executor.stop()
+        await loop
+        await supervisor.stop()
+        await store.close()
+    assert len(client.calls) == 1
+    assert [r.state for r in rows] == ["done"]

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from bridge.config import ExecutorSettings
-from bridge.events import Action, ActionResult, LinkChange, ObjectRef, Platform
+from bridge.events import Action, ActionId, ActionResult, LinkChange, ObjectRef, Platform
 from bridge.logging import Logger
 from bridge.metrics import Metrics
 from bridge.pipeline.batching import GroupCommit
@@ -88,6 +88,7 @@ class Executor:
         self._rng = rng or random.Random()
         self._wakes = {platform: asyncio.Event() for platform in clients}
         self._in_flight: dict[Platform, set[asyncio.Task[None]]] = {p: set() for p in clients}
+        self._running: set[ActionId] = set()
         self._stopping = False
 
     @property
@@ -142,10 +143,15 @@ class Executor:
             self._start(row)
 
     def _start(self, row: OutboxRow) -> None:
+        if row.id in self._running:
+            # Our own lease ran out while the action was still waiting (a long rate-limit
+            # pause) and we claimed it again: the task in hand finishes it, once.
+            return
+        self._running.add(row.id)
         platform = row.action.platform
         task = asyncio.create_task(self._execute(row), name=f"executor.{platform}.action-{row.id}")
         self._in_flight[platform].add(task)
-        task.add_done_callback(self._finished(platform))
+        task.add_done_callback(self._finished(platform, row.id))
 
     def in_flight(self) -> int:
         return sum(len(t) for t in self._in_flight.values())
@@ -186,9 +192,12 @@ class Executor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=self._settings.poll_interval_seconds)
 
-    def _finished(self, platform: Platform) -> Callable[[asyncio.Task[None]], None]:
+    def _finished(
+        self, platform: Platform, action_id: ActionId
+    ) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
             self._in_flight[platform].discard(task)
+            self._running.discard(action_id)
             if not task.cancelled() and task.exception() is not None:
                 self._log.error(
                     "action.crashed", task=task.get_name(), error=repr(task.exception())

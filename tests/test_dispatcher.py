@@ -30,6 +30,14 @@ rules:
 """
 
 
+async def all_dispatched(bridge: Bridge) -> None:
+    """Wait (bounded) until the bridge has dispatched every stored event."""
+    for _ in range(200):
+        if (await bridge.store.counts()).inbox_pending == 0:
+            return
+        await asyncio.sleep(0.05)
+
+
 def rootly_event(delivery: str, event_type: str, data: dict[str, str]) -> NewInboxEvent:
     body = {"event": {"id": delivery, "type": event_type, "issued_at": None}, "data": data}
     return NewInboxEvent(
@@ -63,10 +71,7 @@ async def test_events_about_one_object_keep_their_order_in_one_batch(tmp_path: P
     bridge.executor.stop()  # no platform behind this bridge: keep actions in the outbox
     await bridge.start()
     try:
-        for _ in range(200):
-            if (await bridge.store.counts()).inbox_pending == 0:
-                break
-            await asyncio.sleep(0.05)
+        await all_dispatched(bridge)
         actions = await bridge.store.list_outbox(None, 100)
     finally:
         await bridge.stop()
@@ -95,10 +100,7 @@ async def test_handed_over_event_waits_for_older_stored_events(tmp_path: Path) -
     bridge.dispatcher.adopt([row])
     await bridge.start()
     try:
-        for _ in range(200):
-            if (await bridge.store.counts()).inbox_pending == 0:
-                break
-            await asyncio.sleep(0.05)
+        await all_dispatched(bridge)
         actions = await bridge.store.list_outbox(None, 10)
     finally:
         await bridge.stop()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from bridge.config import ExecutorSettings
 from bridge.events import (
     Action,
     ActionResult,
+    DeliveryId,
     IdempotencyKey,
     ObjectRef,
     Platform,
@@ -22,7 +24,7 @@ from bridge.events import (
 from bridge.logging import get_logger
 from bridge.metrics import create_metrics
 from bridge.pipeline.executor import Executor
-from bridge.store.base import NewInboxEvent
+from bridge.store.base import NewInboxEvent, OutboxRow
 from bridge.store.sql import SqlStore
 from bridge.tasks import Supervisor
 
@@ -52,28 +54,28 @@ class FlakyClient:
         return {"id": ref.id}
 
 
-async def test_unexpected_client_failure_is_retried_not_orphaned(tmp_path: Path) -> None:
-    """An exception outside the error taxonomy (a bug, a closed session) does not leave the
-    action claimed until its lease runs out: it is retried like a transient failure and
-    finishes, with the attempt counted."""
+@contextlib.asynccontextmanager
+async def running_executor(
+    tmp_path: Path, client: FlakyClient, settings: ExecutorSettings
+) -> AsyncIterator[SqlStore]:
+    """A real SQLite store holding one cancel action, and an executor loop working on it
+    with `client`; stopped (loop, group commit, store) on exit."""
     store = SqlStore(f"sqlite:///{tmp_path}/x.db")
     await store.open()
     supervisor = Supervisor(get_logger("test"))
-    client = FlakyClient()
     executor = Executor(
         store=store,
         clients={"incident_io": client},
-        settings=ExecutorSettings(
-            backoff_base_seconds=0.01, backoff_max_seconds=0.02, poll_interval_seconds=0.05
-        ),
-        concurrency={"incident_io": 2},
+        settings=settings,
+        concurrency={"incident_io": 4},
         metrics=create_metrics(CollectorRegistry()),
         logger=get_logger("test"),
         owner="tester",
         supervisor=supervisor,
     )
+    received = datetime.now(UTC)
     (inbox_id,) = await store.add_inbox(
-        [NewInboxEvent("rootly", "d-1", "incident.cancelled", b"{}", datetime.now(UTC))]  # type: ignore[arg-type]
+        [NewInboxEvent("rootly", DeliveryId("d-1"), "incident.cancelled", b"{}", received)]
     )
     assert inbox_id is not None
     action = Action(
@@ -86,16 +88,33 @@ async def test_unexpected_client_failure_is_retried_not_orphaned(tmp_path: Path)
     await store.complete_inbox(inbox_id, [action], [], {})
     loop = asyncio.create_task(executor.run("incident_io"))
     try:
-        for _ in range(200):
-            rows = await store.list_outbox(["done"], 10)
-            if rows:
-                break
-            await asyncio.sleep(0.02)
+        yield store
     finally:
         executor.stop()
         await loop
         await supervisor.stop()
         await store.close()
+
+
+async def done_actions(store: SqlStore) -> list[OutboxRow]:
+    for _ in range(200):
+        rows = await store.list_outbox(["done"], 10)
+        if rows:
+            return rows
+        await asyncio.sleep(0.02)
+    return []
+
+
+async def test_unexpected_client_failure_is_retried_not_orphaned(tmp_path: Path) -> None:
+    """An exception outside the error taxonomy (a bug, a closed session) does not leave the
+    action claimed until its lease runs out: it is retried like a transient failure and
+    finishes, with the attempt counted."""
+    client = FlakyClient()
+    settings = ExecutorSettings(
+        backoff_base_seconds=0.01, backoff_max_seconds=0.02, poll_interval_seconds=0.05
+    )
+    async with running_executor(tmp_path, client, settings) as store:
+        rows = await done_actions(store)
     assert len(client.calls) == 2
     (row,) = rows
     assert (row.state, row.attempts) == ("done", 1)
@@ -121,46 +140,12 @@ async def test_action_outliving_its_lease_is_not_sent_twice_by_its_own_process(
 ) -> None:
     """While an action waits longer than its lease, the executor claims it again (the lease
     expired); it must not start a second call: one call, then done once released."""
-    store = SqlStore(f"sqlite:///{tmp_path}/x.db")
-    await store.open()
-    supervisor = Supervisor(get_logger("test"))
     client = SlowClient()
-    executor = Executor(
-        store=store,
-        clients={"incident_io": client},
-        settings=ExecutorSettings(lease_seconds=1, poll_interval_seconds=0.05),
-        concurrency={"incident_io": 4},
-        metrics=create_metrics(CollectorRegistry()),
-        logger=get_logger("test"),
-        owner="tester",
-        supervisor=supervisor,
-    )
-    (inbox_id,) = await store.add_inbox(
-        [NewInboxEvent("rootly", "d-1", "incident.cancelled", b"{}", datetime.now(UTC))]  # type: ignore[arg-type]
-    )
-    assert inbox_id is not None
-    action = Action(
-        operation="incident_io.cancel_escalation",
-        target=ObjectRef("incident_io", "escalation", "esc-1"),
-        params={},
-        rule=RuleName("r"),
-        idempotency_key=IdempotencyKey("k-1"),
-    )
-    await store.complete_inbox(inbox_id, [action], [], {})
-    loop = asyncio.create_task(executor.run("incident_io"))
-    try:
+    settings = ExecutorSettings(lease_seconds=1, poll_interval_seconds=0.05)
+    async with running_executor(tmp_path, client, settings) as store:
         await asyncio.sleep(1.6)  # past the 1 s lease: the row was claimable again
         assert len(client.calls) == 1
         client.release.set()
-        for _ in range(100):
-            rows = await store.list_outbox(["done"], 10)
-            if rows:
-                break
-            await asyncio.sleep(0.02)
-    finally:
-        executor.stop()
-        await loop
-        await supervisor.stop()
-        await store.close()
+        rows = await done_actions(store)
     assert len(client.calls) == 1
     assert [r.state for r in rows] == ["done"]

@@ -15,13 +15,15 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import asyncpg
 
@@ -259,3 +261,17 @@ async def paced(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(start_one(i), name=f"{name}-{i}"))
     await asyncio.gather(*tasks)
+
+
+def spawn_bridge(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """`python -m bridge serve` in `cwd` with `env`, its output in `cwd/bridge.log`.
+    Returns the process and the open log; the caller stops the one and closes the other."""
+    log = (cwd / "bridge.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve"],
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    return proc, log

@@ -43,6 +43,7 @@ from bench.common import (
     ratio,
     rootly_alert_created,
     skipped,
+    spawn_bridge,
     stop_process,
     wait_http_ok,
 )
@@ -160,15 +161,7 @@ async def bridge_process(
         BRIDGE_LOGGING__LEVEL="info",
         BRIDGE_LOGGING__FORMAT="json",
     )
-    log = (tmp / "bridge.log").open("wb")
-    # A server process for the whole benchmark, not a blocking call.
-    proc = subprocess.Popen(  # noqa: ASYNC220
-        [sys.executable, "-m", "bridge", "serve"],
-        cwd=tmp,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    proc, log = spawn_bridge(env, tmp)
     try:
         await wait_http_ok(f"http://{HOST}:{port}/readyz", 60, proc)
         yield port, proc

@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -43,6 +41,7 @@ from bench.common import (
     percentile,
     ratio,
     rootly_alert_created,
+    spawn_bridge,
     stop_process,
     wait_http_ok,
 )
@@ -116,15 +115,7 @@ async def bridge_beside_sandbox(
                         str(value).lower() if isinstance(value, bool) else str(value)
                     )
             env.update(env_overrides)
-            log = (Path(tmp) / "bridge.log").open("wb")
-            # A server process for the whole benchmark, not a blocking call.
-            proc = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-m", "bridge", "serve"],
-                cwd=tmp,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+            proc, log = spawn_bridge(env, Path(tmp))
             url = f"http://127.0.0.1:{port}"
             try:
                 await wait_http_ok(f"{url}/readyz", 60, proc)

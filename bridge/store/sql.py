@@ -22,14 +22,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import asyncpg
 import structlog
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
-    RowMapping,
     and_,
     bindparam,
     delete,
@@ -49,14 +48,10 @@ from bridge.events import (
     Action,
     ActionId,
     DeliveryId,
-    IdempotencyKey,
     InboxId,
     LinkChange,
     ObjectRef,
-    Operation,
     Platform,
-    ResultLink,
-    RuleName,
     freeze,
     thaw,
 )
@@ -75,6 +70,16 @@ from bridge.store.base import (
     StoreUnavailable,
 )
 from bridge.store.migrate import upgrade_engine
+from bridge.store.rows import (
+    action_values,
+    canonical_pair,
+    inbox_row,
+    link_kind,
+    link_row,
+    link_values,
+    outbox_row,
+)
+from bridge.store.sqlite_direct import DirectSqlite
 from bridge.store.tables import OUTBOX_STATES, echo_records, inbox, links, outbox
 from bridge.store.urls import (
     check_schema,
@@ -90,17 +95,6 @@ WORK_CHANNEL = "bridge_work"
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def canonical_pair(a: ObjectRef, b: ObjectRef) -> tuple[ObjectRef, ObjectRef]:
-    """The order a link is stored in: sorted by ``str(ref)``, so (a, b) == (b, a)."""
-    return (a, b) if str(a) <= str(b) else (b, a)
-
-
-def link_kind(type_a: str, type_b: str) -> str:
-    """The ``bridge_links{kind}`` label of a link between two ``platform:kind`` types, e.g.
-    ``rootly:incident~incident_io:escalation`` (Rootly side first, whatever the order)."""
-    return "~".join(sorted((type_a, type_b), reverse=True))
 
 
 # Hot-path statements built once; their parameters are bound per call.
@@ -160,6 +154,8 @@ class SqlStore:
         )
         self._clock = clock or _utcnow
         self._engine: AsyncEngine | None = None
+        # SQLite: the hot statements bypass SQLAlchemy (see `bridge.store.sqlite_direct`).
+        self._direct: DirectSqlite | None = None
         self.revision: str | None = None
         # SQLite has one writer; serialising writes in-process is honest and cheap.
         self._sqlite_writer = asyncio.Lock()
@@ -200,6 +196,20 @@ class SqlStore:
             if isinstance(exc, Exception) and is_store_failure(exc):
                 raise translate_error(self._url, exc, "opening the store") from exc
             raise
+        if path is not None:
+            direct = DirectSqlite(
+                path,
+                display=self._url.display,
+                writer_lock=self._sqlite_writer,
+                clock=self._clock,
+                logger=self._log,
+            )
+            try:
+                direct.open()
+            except BaseException:
+                await engine.dispose()
+                raise
+            self._direct = direct
         self._engine = engine
         self._log.info("store.opened", revision=self.revision)
 
@@ -209,12 +219,17 @@ class SqlStore:
         self._work_callbacks.clear()
         if listen_conn is not None:
             await _close_quietly(listen_conn)
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.close()
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
             self._log.info("store.closed")
 
     async def ping(self) -> None:
+        if self._direct is not None:
+            return await self._direct.ping()
         await self._read("ping", _PING)
 
     # -- transactions -----------------------------------------------------------------------
@@ -281,6 +296,8 @@ class SqlStore:
     ) -> list[InboxId | None]:
         if not events:
             return []
+        if self._direct is not None:
+            return await self._direct.add_inbox(events, owner, lease_seconds)
         now = self._clock()
         # With an owner the rows are stored already claimed (one attempt counted, as a
         # claim would): the receiving process dispatches them without a claim round.
@@ -321,6 +338,8 @@ class SqlStore:
         that crashes the dispatcher every time is still seen to be failing."""
         if limit <= 0:
             return []
+        if self._direct is not None:
+            return await self._direct.claim_inbox(owner, limit, lease_seconds)
         now = self._clock()
         due = and_(
             inbox.c.state == "pending",
@@ -350,7 +369,7 @@ class SqlStore:
             return []
         async with self._writing("claiming inbox events") as conn:
             rows = (await conn.execute(stmt)).mappings().all()
-        return sorted((_inbox_row(r) for r in rows), key=lambda r: r.id)
+        return sorted((inbox_row(r) for r in rows), key=lambda r: r.id)
 
     async def complete_inbox(
         self,
@@ -384,6 +403,10 @@ class SqlStore:
         owner: str | None,
         lease_seconds: float,
     ) -> list[OutboxRow]:
+        if self._direct is not None:
+            return await self._direct.complete_inbox(
+                inbox_id, actions, link_changes, trace, owner, lease_seconds
+            )
         now = self._clock()
         created: list[OutboxRow] = []
         async with self._writing("recording the dispatch of an event") as conn:
@@ -408,7 +431,7 @@ class SqlStore:
                 actions = fresh
             if actions:
                 stmt = _OUTBOX_INSERT
-                rows = [_action_values(a, now, inbox_id, received_at) for a in actions]
+                rows = [action_values(a, now, inbox_id, received_at) for a in actions]
                 if owner is not None:
                     # Inserted already claimed: the dispatching process runs them at once.
                     lease = {
@@ -418,7 +441,7 @@ class SqlStore:
                     }
                     rows = [row | lease for row in rows]
                 result = await conn.execute(stmt, rows)
-                created = sorted((_outbox_row(m) for m in result.mappings()), key=lambda r: r.id)
+                created = sorted((outbox_row(m) for m in result.mappings()), key=lambda r: r.id)
             await self._apply_links(conn, link_changes, now)
             completed = await conn.execute(
                 update(inbox)
@@ -439,6 +462,8 @@ class SqlStore:
         return created
 
     async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:
+        if self._direct is not None:
+            return await self._direct.fail_inbox(inbox_id, error, retry_at)
         now = self._clock()
         values: dict[str, Any] = {"error": error, "lease_owner": None, "lease_expires_at": None}
         if retry_at is None:
@@ -464,10 +489,10 @@ class SqlStore:
     async def _one_inbox(self, where: ColumnElement[bool]) -> InboxRow | None:
         async with self._reading("reading an inbox event") as conn:
             row = (await conn.execute(select(inbox).where(where))).mappings().first()
-        return _inbox_row(row) if row is not None else None
+        return inbox_row(row) if row is not None else None
 
     async def actions_for_inbox(self, inbox_id: InboxId) -> list[OutboxRow]:
-        return await self._outbox_rows(
+        return await self.outbox_rows(
             select(outbox).where(outbox.c.inbox_id == inbox_id).order_by(outbox.c.id)
         )
 
@@ -481,6 +506,8 @@ class SqlStore:
     ) -> list[OutboxRow]:
         if limit <= 0:
             return []
+        if self._direct is not None:
+            return await self._direct.claim_outbox(owner, limit, lease_seconds, platform)
         now = self._clock()
         due: ColumnElement[bool] = or_(
             and_(outbox.c.state == "pending", outbox.c.next_attempt_at <= now),
@@ -515,7 +542,7 @@ class SqlStore:
             return []
         async with self._writing("claiming actions") as conn:
             rows = (await conn.execute(stmt)).mappings().all()
-        return sorted((_outbox_row(r) for r in rows), key=lambda r: r.id)
+        return sorted((outbox_row(r) for r in rows), key=lambda r: r.id)
 
     async def _any(self, table: Any, where: ColumnElement[bool], doing: str) -> bool:
         """Cheap read before a claim: most polls find nothing, and on SQLite a claim is a
@@ -545,6 +572,8 @@ class SqlStore:
     async def finish_actions(self, outcomes: Sequence[ActionOutcome]) -> list[bool]:
         if not outcomes:
             return []
+        if self._direct is not None:
+            return await self._direct.finish_actions(outcomes)
         now = self._clock()
         recorded: list[bool] = []
         async with self._writing("recording actions' outcomes") as conn:
@@ -584,6 +613,16 @@ class SqlStore:
         error: str,
         count_attempt: bool,
     ) -> bool:
+        if self._direct is not None:
+            return await self._direct.release_action(
+                action_id,
+                owner,
+                "scheduling a retry",
+                state="pending",
+                error=error,
+                attempts_added=1 if count_attempt else 0,
+                next_attempt_at=next_attempt_at,
+            )
         return await self._release(
             action_id,
             owner,
@@ -596,6 +635,16 @@ class SqlStore:
 
     async def dead_letter(self, action_id: ActionId, owner: str, error: str) -> bool:
         """To state ``dead``; the failed attempt that led here is counted."""
+        if self._direct is not None:
+            return await self._direct.release_action(
+                action_id,
+                owner,
+                "dead-lettering an action",
+                state="dead",
+                error=error,
+                attempts_added=1,
+                finished=True,
+            )
         return await self._release(
             action_id,
             owner,
@@ -621,16 +670,16 @@ class SqlStore:
         query = select(outbox).order_by(outbox.c.id).limit(limit).offset(offset)
         if states is not None:
             query = query.where(outbox.c.state.in_(list(states)))
-        return await self._outbox_rows(query)
+        return await self.outbox_rows(query)
 
     async def get_action(self, action_id: ActionId) -> OutboxRow | None:
-        rows = await self._outbox_rows(select(outbox).where(outbox.c.id == action_id))
+        rows = await self.outbox_rows(select(outbox).where(outbox.c.id == action_id))
         return rows[0] if rows else None
 
-    async def _outbox_rows(self, query: Any) -> list[OutboxRow]:
+    async def outbox_rows(self, query: Any) -> list[OutboxRow]:
         async with self._reading("reading actions") as conn:
             rows = (await conn.execute(query)).mappings().all()
-        return [_outbox_row(r) for r in rows]
+        return [outbox_row(r) for r in rows]
 
     async def replay_action(self, action_id: ActionId) -> bool:
         """Dead letter back to pending, due now, attempts reset (the last error is kept)."""
@@ -664,7 +713,7 @@ class SqlStore:
     async def add_link(self, a: ObjectRef, b: ObjectRef, created_by: str) -> bool:
         stmt = (
             self._insert(links)
-            .values(_link_values(a, b, created_by, self._clock()))
+            .values(link_values(a, b, created_by, self._clock()))
             .on_conflict_do_nothing()
             .returning(links.c.id)
         )
@@ -678,19 +727,24 @@ class SqlStore:
     async def _apply_links(
         self, conn: AsyncConnection, changes: Sequence[LinkChange], now: datetime
     ) -> None:
-        adds = [_link_values(c.a, c.b, c.created_by, now) for c in changes if c.op == "add"]
-        if adds:
-            await conn.execute(self._insert(links).on_conflict_do_nothing(), adds)
+        # In the order given (a remove then an add leaves the link), as `DirectSqlite` does.
         for change in changes:
-            if change.op == "remove":
+            if change.op == "add":
+                await conn.execute(
+                    self._insert(links).on_conflict_do_nothing(),
+                    link_values(change.a, change.b, change.created_by, now),
+                )
+            else:
                 await conn.execute(_delete_link(change.a, change.b))
 
     async def linked(self, refs: Sequence[ObjectRef]) -> list[LinkRow]:
         if not refs:
             return []
+        if self._direct is not None:
+            return await self._direct.linked(refs)
         keys = [(r.platform, r.kind, r.id) for r in refs]
         # Prebuilt statement with an expanding parameter: compiled once, not per call.
-        return await self._link_rows(_LINKED, {"keys": keys})
+        return await self.link_rows(_LINKED, {"keys": keys})
 
     async def list_links(self, flt: LinkFilter) -> list[LinkRow]:
         """Links with a side matching every given field of `flt`, oldest first."""
@@ -711,13 +765,11 @@ class SqlStore:
                 sides.append(and_(*conds))
         if sides:
             query = query.where(or_(*sides))
-        return await self._link_rows(query)
+        return await self.link_rows(query)
 
-    async def _link_rows(
-        self, query: Any, params: Mapping[str, Any] | None = None
-    ) -> list[LinkRow]:
+    async def link_rows(self, query: Any, params: Mapping[str, Any] | None = None) -> list[LinkRow]:
         rows = (await self._read("reading links", query, params)).mappings().all()
-        return [_link_row(r) for r in rows]
+        return [link_row(r) for r in rows]
 
     async def count_links(self) -> int:
         async with self._reading("counting links") as conn:
@@ -725,6 +777,8 @@ class SqlStore:
 
     # -- echo guard -----------------------------------------------------------------------
     async def find_echo(self, ref: ObjectRef, change: str, now: datetime) -> bool:
+        if self._direct is not None:
+            return await self._direct.find_echo(ref, change, now)
         found = await self._read(
             "looking up echo records", _FIND_ECHO, {"ref": str(ref), "change": change, "now": now}
         )
@@ -893,23 +947,6 @@ async def _close_quietly(conn: asyncpg.Connection) -> None:
         conn.terminate()
 
 
-# -- row (de)serialisation ----------------------------------------------------------------
-def _link_values(a: ObjectRef, b: ObjectRef, created_by: str, now: datetime) -> dict[str, Any]:
-    if a == b:
-        raise StoreError(f"cannot link {a} to itself")
-    first, second = canonical_pair(a, b)
-    return {
-        "a_platform": first.platform,
-        "a_kind": first.kind,
-        "a_id": first.id,
-        "b_platform": second.platform,
-        "b_kind": second.kind,
-        "b_id": second.id,
-        "created_at": now,
-        "created_by": created_by,
-    }
-
-
 def _delete_link(a: ObjectRef, b: ObjectRef) -> Any:
     first, second = canonical_pair(a, b)
     return delete(links).where(
@@ -919,83 +956,4 @@ def _delete_link(a: ObjectRef, b: ObjectRef) -> Any:
         links.c.b_platform == second.platform,
         links.c.b_kind == second.kind,
         links.c.b_id == second.id,
-    )
-
-
-def _action_values(
-    action: Action, now: datetime, inbox_id: InboxId | None, received_at: datetime | None
-) -> dict[str, Any]:
-    return {
-        "operation": action.operation,
-        "platform": action.platform,
-        "target": str(action.target) if action.target is not None else None,
-        "params": thaw(action.params),
-        "rule": action.rule,
-        "idempotency_key": action.idempotency_key,
-        "result_links": [{"to": str(link.to), "kind": link.kind} for link in action.result_links],
-        "state": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "inbox_id": inbox_id,
-        "created_at": now,
-        "updated_at": now,
-        "event_received_at": received_at,
-    }
-
-
-def _action(row: RowMapping) -> Action:
-    return Action(
-        operation=cast(Operation, row["operation"]),
-        target=ObjectRef.parse(row["target"]) if row["target"] is not None else None,
-        params=freeze(row["params"]),
-        rule=RuleName(row["rule"]),
-        idempotency_key=IdempotencyKey(row["idempotency_key"]),
-        result_links=tuple(
-            ResultLink(to=ObjectRef.parse(link["to"]), kind=link["kind"])
-            for link in row["result_links"]
-        ),
-    )
-
-
-def _outbox_row(row: RowMapping) -> OutboxRow:
-    return OutboxRow(
-        id=ActionId(row["id"]),
-        action=_action(row),
-        state=row["state"],
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        last_error=row["last_error"],
-        inbox_id=InboxId(row["inbox_id"]) if row["inbox_id"] is not None else None,
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-        result=freeze(row["result"]) if row["result"] is not None else None,
-        event_received_at=row["event_received_at"],
-    )
-
-
-def _inbox_row(row: RowMapping) -> InboxRow:
-    return InboxRow(
-        id=InboxId(row["id"]),
-        source=row["source"],
-        delivery_id=DeliveryId(row["delivery_id"]),
-        event_type=row["event_type"],
-        body=bytes(row["body"]),
-        received_at=row["received_at"],
-        state=row["state"],
-        processed_at=row["processed_at"],
-        attempts=row["attempts"],
-        trace=freeze(row["trace"]) if row["trace"] is not None else None,
-        error=row["error"],
-    )
-
-
-def _link_row(row: RowMapping) -> LinkRow:
-    return LinkRow(
-        a=ObjectRef(row["a_platform"], row["a_kind"], row["a_id"]),
-        b=ObjectRef(row["b_platform"], row["b_kind"], row["b_id"]),
-        created_at=row["created_at"],
-        created_by=row["created_by"],
     )

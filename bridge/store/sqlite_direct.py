@@ -1,0 +1,649 @@
+"""`DirectSqlite`: the store's hot statements on SQLite, run directly on the event loop.
+
+Why not through SQLAlchemy and aiosqlite like the rest of the store: every statement there
+costs a greenlet switch, statement compilation or a cache-key walk, and two thread hops
+(loop -> aiosqlite's thread -> loop). Measured under the event-to-action benchmark, that was
+most of the bridge's CPU (about 12 statements per event, several milliseconds per event),
+and each thread hop can wait for the GIL behind the loop. The statements here are indexed
+point reads and small write transactions that SQLite finishes in tens of microseconds,
+faster than the hop itself, so they run inline on the loop:
+
+- WAL with ``synchronous=NORMAL``: a commit is a write to the WAL file, no fsync (durable
+  against a process crash, like before; fsyncs happen at checkpoints).
+- Checkpoints never run on the loop: automatic checkpoints are off on this connection, and a
+  named thread owned by this object (`store.sqlite-checkpointer`) runs a PASSIVE checkpoint
+  (never blocks readers or the writer) after every `CHECKPOINT_EVERY` commits and
+  periodically.
+- No busy wait on the loop: the connection's busy timeout is zero. When another process (the
+  CLI) holds the write lock, the statement is retried with an async back-off until
+  `busy_timeout` has passed, then fails as `StoreUnavailable`. Within this process, write
+  transactions take the store's writer lock first, so they never collide with the
+  SQLAlchemy path's transactions.
+- A write transaction runs without awaiting between BEGIN and COMMIT, so no other coroutine
+  can observe or interleave with it.
+
+Values use the encodings SQLAlchemy uses for the same columns (naive UTC text timestamps
+with microseconds, JSON text), so rows written here read the same through `SqlStore` and
+the reverse; `tests/store` runs the whole store suite over both paths together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+import structlog
+
+from bridge.events import (
+    Action,
+    ActionId,
+    InboxId,
+    LinkChange,
+    ObjectRef,
+    Platform,
+    thaw,
+)
+from bridge.store.base import (
+    ActionOutcome,
+    InboxRow,
+    LinkRow,
+    NewInboxEvent,
+    OutboxRow,
+    StoreError,
+    StoreUnavailable,
+)
+from bridge.store.rows import (
+    action_values,
+    canonical_pair,
+    inbox_row,
+    link_row,
+    link_values,
+    outbox_row,
+)
+
+T = TypeVar("T")
+
+CHECKPOINT_EVERY: Final = 500
+"""Write transactions between checkpoint requests (about 2 MB of WAL at typical sizes)."""
+CHECKPOINT_INTERVAL_SECONDS: Final = 30.0
+
+_INBOX_DATES: Final = ("received_at", "processed_at", "next_attempt_at", "lease_expires_at")
+_OUTBOX_DATES: Final = (
+    "next_attempt_at",
+    "lease_expires_at",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "event_received_at",
+)
+_OUTBOX_JSON: Final = ("params", "result_links", "result")
+
+_INBOX_INSERT: Final = (
+    "INSERT INTO inbox (source, delivery_id, event_type, body, received_at, state,"
+    " next_attempt_at, attempts, lease_owner, lease_expires_at)"
+    " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)"
+    " ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id"
+)
+_INBOX_DUE: Final = (
+    "state = 'pending' AND next_attempt_at <= :now"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= :now)"
+)
+_OUTBOX_DUE: Final = (
+    "((state = 'pending' AND next_attempt_at <= :now)"
+    " OR (state = 'claimed' AND lease_expires_at <= :now))"
+)
+_OUTBOX_COLUMNS: Final = (
+    "operation",
+    "platform",
+    "target",
+    "params",
+    "rule",
+    "idempotency_key",
+    "result_links",
+    "state",
+    "attempts",
+    "next_attempt_at",
+    "inbox_id",
+    "created_at",
+    "updated_at",
+    "event_received_at",
+    "lease_owner",
+    "lease_expires_at",
+)
+_OUTBOX_INSERT: Final = (
+    f"INSERT INTO outbox ({', '.join(_OUTBOX_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in _OUTBOX_COLUMNS)}) RETURNING *"
+)
+_LINK_COLUMNS: Final = (
+    "a_platform",
+    "a_kind",
+    "a_id",
+    "b_platform",
+    "b_kind",
+    "b_id",
+    "created_at",
+    "created_by",
+)
+_LINK_INSERT: Final = (
+    f"INSERT INTO links ({', '.join(_LINK_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in _LINK_COLUMNS)}) ON CONFLICT DO NOTHING"
+)
+_LINK_DELETE: Final = (
+    "DELETE FROM links WHERE a_platform = ? AND a_kind = ? AND a_id = ?"
+    " AND b_platform = ? AND b_kind = ? AND b_id = ?"
+)
+_HELD: Final = "id = ? AND state = 'claimed' AND lease_owner = ?"
+
+
+def encode_time(value: datetime) -> str:
+    """SQLAlchemy's SQLite DATETIME text for an aware datetime (naive UTC, microseconds)."""
+    if value.tzinfo is None:
+        raise StoreError(f"naive datetime {value.isoformat()} given to the store; use UTC")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _decode_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _encode_json(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"value cannot be stored as JSON: {exc}") from exc
+
+
+def _decoded(row: sqlite3.Row, dates: Sequence[str], blobs: Sequence[str]) -> dict[str, Any]:
+    values = dict(zip(row.keys(), row, strict=True))
+    for key in dates:
+        values[key] = _decode_time(values[key])
+    for key in blobs:
+        if values[key] is not None:
+            values[key] = json.loads(values[key])
+    return values
+
+
+def _inbox(row: sqlite3.Row) -> InboxRow:
+    return inbox_row(_decoded(row, _INBOX_DATES, ("trace",)))
+
+
+def _outbox(row: sqlite3.Row) -> OutboxRow:
+    return outbox_row(_decoded(row, _OUTBOX_DATES, _OUTBOX_JSON))
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class _Checkpointer:
+    """A thread that checkpoints the WAL on its own connection, so the loop never does."""
+
+    def __init__(self, path: Path, log: structlog.typing.FilteringBoundLogger) -> None:
+        self._path = path
+        self._log = log
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name="store.sqlite-checkpointer", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._wanted.wait(CHECKPOINT_INTERVAL_SECONDS)
+                self._wanted.clear()
+                if self._stopping:
+                    return
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self._path, isolation_level=None, timeout=5)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    # Not fatal: the next request tries again; the WAL only grows meanwhile.
+                    self._log.warning("store.checkpoint_failed", error=str(exc))
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+class DirectSqlite:
+    """The SQLite hot path of `SqlStore` (see the module docstring for the why)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        display: str,
+        writer_lock: asyncio.Lock,
+        clock: Callable[[], datetime],
+        logger: structlog.typing.FilteringBoundLogger,
+        busy_timeout: float = 5.0,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+    ) -> None:
+        self._path = path
+        self._display = display
+        self._writer_lock = writer_lock
+        self._clock = clock
+        self._busy_timeout = busy_timeout
+        self._log = logger
+        self._conn: sqlite3.Connection | None = None
+        self._commits = 0
+        self._checkpoint_every = checkpoint_every
+        self._checkpointer = _Checkpointer(path, logger)
+        self._linked_sql: dict[int, str] = {}
+
+    def open(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, timeout=0, check_same_thread=True)
+        try:
+            for pragma in (
+                "PRAGMA journal_mode=WAL",
+                "PRAGMA synchronous=NORMAL",
+                "PRAGMA foreign_keys=ON",
+                "PRAGMA wal_autocheckpoint=0",
+            ):
+                conn.execute(pragma).fetchall()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._error("opening the store", exc) from exc
+        conn.row_factory = sqlite3.Row
+        self._conn = conn
+        self._checkpointer.start()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            self._checkpointer.stop()
+
+    # -- running statements -----------------------------------------------------------------
+    def _error(self, doing: str, exc: sqlite3.Error) -> StoreError:
+        message = f"SQLite store {self._display}: {doing} failed: {type(exc).__name__}: {exc}"
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and not (
+            "syntax error" in text or "no such" in text  # our bug or a foreign schema
+        ):
+            return StoreUnavailable(message)
+        return StoreError(message)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"store {self._display} is not open (call open() first)")
+        return self._conn
+
+    async def _run(self, doing: str, work: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """Run `work` (synchronous, on the loop), as one transaction if `write`; while the
+        database is locked by another process, retry with back-off for `busy_timeout`."""
+        deadline: float | None = None
+        delay = 0.001
+        while True:
+            conn = self._connection()
+            try:
+                if not write:
+                    return work(conn)
+                async with self._writer_lock:
+                    return self._transaction(conn, work)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise self._error(doing, exc) from exc
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self._busy_timeout
+                if now >= deadline:
+                    raise self._error(doing, exc) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            except sqlite3.Error as exc:
+                raise self._error(doing, exc) from exc
+
+    def _transaction(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self._commits += 1
+        if self._commits % self._checkpoint_every == 0:
+            self._checkpointer.request()
+        return result
+
+    # -- reads ------------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._run("ping", lambda conn: conn.execute("SELECT 1").fetchall(), write=False)
+
+    async def linked(self, refs: Sequence[ObjectRef]) -> list[LinkRow]:
+        if not refs:
+            return []
+        sql = self._linked_sql.get(len(refs))
+        if sql is None:
+            values = ", ".join("(?, ?, ?)" for _ in refs)
+            sql = self._linked_sql[len(refs)] = (
+                f"SELECT * FROM links WHERE (a_platform, a_kind, a_id) IN (VALUES {values})"
+                f" OR (b_platform, b_kind, b_id) IN (VALUES {values}) ORDER BY id"
+            )
+        keys = [part for r in refs for part in (r.platform, r.kind, r.id)]
+        rows = await self._run(
+            "reading links", lambda conn: conn.execute(sql, keys + keys).fetchall(), write=False
+        )
+        return [
+            link_row(
+                {
+                    **dict(zip(row.keys(), row, strict=True)),
+                    "created_at": _decode_time(row["created_at"]),
+                }
+            )
+            for row in rows
+        ]
+
+    async def find_echo(self, ref: ObjectRef, change: str, now: datetime) -> bool:
+        params = (str(ref), change, encode_time(now))
+
+        def work(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "SELECT 1 FROM echo_records WHERE ref = ? AND change = ? AND expires_at > ?"
+                    " LIMIT 1",
+                    params,
+                ).fetchone()
+                is not None
+            )
+
+        return await self._run("looking up echo records", work, write=False)
+
+    async def _any_due(self, table: Literal["inbox", "outbox"], where: str, params: Any) -> bool:
+        """Cheap read before a claim: most polls find nothing, and a claim would take the
+        write lock for nothing."""
+        sql = f"SELECT 1 FROM {table} WHERE {where} LIMIT 1"
+        return await self._run(
+            "looking for due work",
+            lambda conn: conn.execute(sql, params).fetchone() is not None,
+            write=False,
+        )
+
+    # -- inbox ------------------------------------------------------------------------------
+    async def add_inbox(
+        self, events: Sequence[NewInboxEvent], owner: str | None, lease_seconds: float
+    ) -> list[InboxId | None]:
+        now = self._clock()
+        lease_expires = (
+            encode_time(now + timedelta(seconds=lease_seconds)) if owner is not None else None
+        )
+        attempts = 1 if owner is not None else 0
+        rows = [
+            (
+                e.source,
+                e.delivery_id,
+                e.event_type,
+                e.body,
+                encode_time(e.received_at),
+                encode_time(now),
+                attempts,
+                owner,
+                lease_expires,
+            )
+            for e in events
+        ]
+
+        def work(conn: sqlite3.Connection) -> list[InboxId | None]:
+            out: list[InboxId | None] = []
+            for row in rows:  # a key repeated within the batch: the first occurrence wins
+                created = conn.execute(_INBOX_INSERT, row).fetchone()
+                out.append(InboxId(created[0]) if created is not None else None)
+            return out
+
+        return await self._run("storing webhook deliveries", work, write=True)
+
+    async def claim_inbox(self, owner: str, limit: int, lease_seconds: float) -> list[InboxRow]:
+        now = self._clock()
+        params = {
+            "now": encode_time(now),
+            "owner": owner,
+            "expires": encode_time(now + timedelta(seconds=lease_seconds)),
+            "limit": limit,
+        }
+        if not await self._any_due("inbox", _INBOX_DUE, params):
+            return []
+        sql = (
+            "UPDATE inbox SET lease_owner = :owner, lease_expires_at = :expires,"
+            f" attempts = attempts + 1 WHERE id IN (SELECT id FROM inbox WHERE {_INBOX_DUE}"
+            " ORDER BY id LIMIT :limit) RETURNING *"
+        )
+        rows = await self._run(
+            "claiming inbox events",
+            lambda conn: conn.execute(sql, params).fetchall(),
+            write=True,
+        )
+        return sorted((_inbox(r) for r in rows), key=lambda r: r.id)
+
+    async def complete_inbox(
+        self,
+        inbox_id: InboxId,
+        actions: Sequence[Action],
+        link_changes: Sequence[LinkChange],
+        trace: Mapping[str, Any],
+        owner: str | None,
+        lease_seconds: float,
+    ) -> list[OutboxRow]:
+        now = self._clock()
+        now_text = encode_time(now)
+        trace_text = _encode_json(thaw(trace))
+        lease = (
+            ("claimed", owner, encode_time(now + timedelta(seconds=lease_seconds)))
+            if owner is not None
+            else None
+        )
+
+        def work(conn: sqlite3.Connection) -> list[OutboxRow]:
+            found = conn.execute(
+                "SELECT received_at FROM inbox WHERE id = ?", (inbox_id,)
+            ).fetchone()
+            if found is None:
+                raise StoreError(f"inbox event {inbox_id} does not exist")
+            created: list[OutboxRow] = []
+            if actions:
+                keys = [a.idempotency_key for a in actions]
+                existing = {
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT idempotency_key FROM outbox WHERE idempotency_key IN"
+                        f" ({', '.join('?' for _ in keys)})",
+                        keys,
+                    )
+                }
+                for action in actions:  # the first of repeated keys wins
+                    if action.idempotency_key in existing:
+                        continue
+                    existing.add(action.idempotency_key)
+                    values = action_values(action, now, inbox_id, None)
+                    row = _outbox_params(values, now_text, found[0], lease)
+                    created.append(_outbox(conn.execute(_OUTBOX_INSERT, row).fetchone()))
+            _apply_links(conn, link_changes, now)
+            completed = conn.execute(
+                "UPDATE inbox SET state = 'processed', processed_at = ?, trace = ?,"
+                " error = NULL, lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = ? AND state = 'pending'",
+                (now_text, trace_text, inbox_id),
+            )
+            if completed.rowcount != 1:
+                # Another dispatcher completed it first (our lease ran out under us): the
+                # whole transaction rolls back, so nothing is recorded twice.
+                raise StoreError(f"inbox event {inbox_id} was already processed elsewhere")
+            return sorted(created, key=lambda r: r.id)
+
+        return await self._run("recording the dispatch of an event", work, write=True)
+
+    async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:
+        now = encode_time(self._clock())
+        if retry_at is None:
+            sql = (
+                "UPDATE inbox SET error = ?, lease_owner = NULL, lease_expires_at = NULL,"
+                " state = 'failed', processed_at = ? WHERE id = ? AND state = 'pending'"
+            )
+            params: tuple[Any, ...] = (error, now, inbox_id)
+        else:
+            sql = (
+                "UPDATE inbox SET error = ?, lease_owner = NULL, lease_expires_at = NULL,"
+                " next_attempt_at = ? WHERE id = ? AND state = 'pending'"
+            )
+            params = (error, encode_time(retry_at), inbox_id)
+        # `state = 'pending'`: never turn a row someone already processed back into work.
+        await self._run(
+            "recording a dispatch failure", lambda conn: conn.execute(sql, params), write=True
+        )
+
+    # -- outbox -----------------------------------------------------------------------------
+    async def claim_outbox(
+        self, owner: str, limit: int, lease_seconds: float, platform: Platform | None
+    ) -> list[OutboxRow]:
+        now = self._clock()
+        params: dict[str, Any] = {
+            "now": encode_time(now),
+            "owner": owner,
+            "expires": encode_time(now + timedelta(seconds=lease_seconds)),
+            "limit": limit,
+            "platform": platform,
+        }
+        due = _OUTBOX_DUE + (" AND platform = :platform" if platform is not None else "")
+        if not await self._any_due("outbox", due, params):
+            return []
+        sql = (
+            "UPDATE outbox SET state = 'claimed', lease_owner = :owner,"
+            " lease_expires_at = :expires, updated_at = :now"
+            f" WHERE id IN (SELECT id FROM outbox WHERE {due} ORDER BY id LIMIT :limit)"
+            " RETURNING *"
+        )
+        rows = await self._run(
+            "claiming actions", lambda conn: conn.execute(sql, params).fetchall(), write=True
+        )
+        return sorted((_outbox(r) for r in rows), key=lambda r: r.id)
+
+    async def finish_actions(self, outcomes: Sequence[ActionOutcome]) -> list[bool]:
+        now = self._clock()
+        now_text = encode_time(now)
+
+        def work(conn: sqlite3.Connection) -> list[bool]:
+            recorded: list[bool] = []
+            for outcome in outcomes:
+                updated = conn.execute(
+                    "UPDATE outbox SET state = ?, result = ?, finished_at = ?, updated_at = ?,"
+                    f" lease_owner = NULL, lease_expires_at = NULL WHERE {_HELD}",
+                    (
+                        outcome.state,
+                        _encode_json(thaw(outcome.result)),
+                        now_text,
+                        now_text,
+                        outcome.action_id,
+                        outcome.owner,
+                    ),
+                )
+                recorded.append(updated.rowcount == 1)
+                if updated.rowcount != 1:
+                    continue
+                _apply_links(conn, outcome.link_changes, now)
+                if outcome.echoes:
+                    conn.executemany(
+                        "INSERT INTO echo_records (ref, change, expires_at) VALUES (?, ?, ?)",
+                        [(str(e.ref), e.change, encode_time(e.expires_at)) for e in outcome.echoes],
+                    )
+            return recorded
+
+        return await self._run("recording actions' outcomes", work, write=True)
+
+    async def release_action(
+        self,
+        action_id: ActionId,
+        owner: str,
+        doing: str,
+        *,
+        state: Literal["pending", "dead"],
+        error: str,
+        attempts_added: int,
+        next_attempt_at: datetime | None = None,
+        finished: bool = False,
+    ) -> bool:
+        """A held action back to `state` (retry: pending and due at `next_attempt_at`;
+        dead letter: finished), releasing the lease."""
+        now = self._clock()
+        now_text = encode_time(now)
+        sets = [
+            "state = ?",
+            "last_error = ?",
+            "attempts = attempts + ?",
+            "updated_at = ?",
+            "lease_owner = NULL",
+            "lease_expires_at = NULL",
+        ]
+        params: list[Any] = [state, error, attempts_added, now_text]
+        if next_attempt_at is not None:
+            sets.append("next_attempt_at = ?")
+            params.append(encode_time(next_attempt_at))
+        if finished:
+            sets.append("finished_at = ?")
+            params.append(now_text)
+        sql = f"UPDATE outbox SET {', '.join(sets)} WHERE {_HELD}"
+        params += [action_id, owner]
+        updated = await self._run(doing, lambda conn: conn.execute(sql, params), write=True)
+        return bool(updated.rowcount == 1)
+
+
+def _outbox_params(
+    values: Mapping[str, Any],
+    now_text: str,
+    received_at_text: str | None,
+    lease: tuple[str, str | None, str] | None,
+) -> tuple[Any, ...]:
+    encoded = {
+        **values,
+        "params": _encode_json(values["params"]),
+        "result_links": _encode_json(values["result_links"]),
+        "next_attempt_at": now_text,
+        "created_at": now_text,
+        "updated_at": now_text,
+        "event_received_at": received_at_text,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    if lease is not None:
+        encoded["state"], encoded["lease_owner"], encoded["lease_expires_at"] = lease
+    return tuple(encoded[column] for column in _OUTBOX_COLUMNS)
+
+
+def _apply_links(conn: sqlite3.Connection, changes: Sequence[LinkChange], now: datetime) -> None:
+    """In the order given, like `SqlStore`'s: a remove then an add leaves the link."""
+    for change in changes:
+        if change.op == "add":
+            values = link_values(change.a, change.b, change.created_by, now)
+            values["created_at"] = encode_time(now)
+            conn.execute(_LINK_INSERT, tuple(values[column] for column in _LINK_COLUMNS))
+        else:
+            first, second = canonical_pair(change.a, change.b)
+            conn.execute(
+                _LINK_DELETE,
+                (first.platform, first.kind, first.id, second.platform, second.kind, second.id),
+            )

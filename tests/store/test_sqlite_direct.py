@@ -1,0 +1,153 @@
+"""The SQLite hot path (`DirectSqlite`): what running on the event loop must not cost.
+
+Its statements' results are covered by the whole store suite (every SQLite store test goes
+through it). These tests cover what is particular to running inline on the loop: another
+process holding the write lock never blocks the loop and ends in a clear error, and the
+WAL is checkpointed by the store's own thread rather than on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import structlog
+
+from bridge.events import DeliveryId, ObjectRef
+from bridge.store.base import NewInboxEvent, StoreUnavailable
+from bridge.store.sql import SqlStore
+from bridge.store.sqlite_direct import DirectSqlite
+
+
+def _delivery(n: int, body: bytes = b"{}") -> NewInboxEvent:
+    return NewInboxEvent(
+        source="rootly",
+        delivery_id=DeliveryId(f"d-{n}"),
+        event_type="incident.created",
+        body=body,
+        received_at=datetime(2030, 1, 1, tzinfo=UTC),
+    )
+
+
+@pytest.fixture
+async def db_path(tmp_path: Path) -> Path:
+    """A migrated, otherwise unused SQLite database (its SQLAlchemy pool closed)."""
+    path = tmp_path / "bridge.db"
+    store = SqlStore(f"sqlite:///{path}")
+    await store.open()
+    await store.close()
+    return path
+
+
+@pytest.fixture
+def other_process_lock(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A second connection (as the CLI would be) holding the database's write lock."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    yield conn
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    conn.close()
+
+
+@contextlib.asynccontextmanager
+async def _direct(path: Path, **kwargs: float | int) -> AsyncIterator[DirectSqlite]:
+    direct = DirectSqlite(
+        path,
+        display=str(path),
+        writer_lock=asyncio.Lock(),
+        clock=lambda: datetime(2030, 1, 1, tzinfo=UTC),
+        logger=structlog.get_logger("test"),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    direct.open()
+    try:
+        yield direct
+    finally:
+        direct.close()
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def _count(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
+
+
+async def test_locked_database_waits_without_blocking_the_loop(
+    db_path: Path, other_process_lock: sqlite3.Connection
+) -> None:
+    """A write while another process holds the lock is retried (not failed, not lost) and
+    the loop keeps running meanwhile; it lands once the other process commits."""
+    async with _direct(db_path, busy_timeout=10.0) as direct:
+        ticks = 0
+        writing = True
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while writing:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        ticking = asyncio.create_task(ticker())
+        asyncio.get_running_loop().call_later(0.3, other_process_lock.execute, "COMMIT")
+        ids = await direct.add_inbox([_delivery(1)], None, 60)
+        writing = False
+        await ticking
+        assert ids[0] is not None
+        assert ticks >= 5, "the event loop was blocked while the database was locked"
+    assert _count(db_path) == 1
+
+
+async def test_locked_database_gives_up_with_a_clear_error(
+    db_path: Path, other_process_lock: sqlite3.Connection
+) -> None:
+    """Locked for longer than the busy timeout: StoreUnavailable naming the store, the
+    operation and the reason; nothing is written later behind the caller's back."""
+    async with _direct(db_path, busy_timeout=0.2) as direct:
+        with pytest.raises(StoreUnavailable) as info:
+            await direct.add_inbox([_delivery(1)], None, 60)
+        message = str(info.value)
+        assert str(db_path) in message
+        assert "storing webhook deliveries" in message
+        assert "locked" in message
+        other_process_lock.execute("COMMIT")
+        await asyncio.sleep(0.05)
+    assert _count(db_path) == 0
+
+
+async def test_reads_do_not_wait_for_another_writer(
+    db_path: Path, other_process_lock: sqlite3.Connection
+) -> None:
+    """WAL readers never wait for the writer: lookups answer while the lock is held."""
+    async with _direct(db_path, busy_timeout=0.0) as direct:
+        assert await direct.linked([ObjectRef.parse("rootly:incident:r-1")]) == []
+        assert not await direct.find_echo(
+            ObjectRef.parse("rootly:incident:r-1"), "status=resolved", datetime.now(UTC)
+        )
+        await direct.ping()
+
+
+async def test_checkpoints_run_off_the_loop(db_path: Path) -> None:
+    """The loop's connection never checkpoints; after `checkpoint_every` commits the
+    store's checkpointer thread copies the WAL into the database file."""
+    size_before = _size(db_path)
+    body = b"x" * 100_000
+    async with _direct(db_path, checkpoint_every=5) as direct:
+        for n in range(4):
+            await direct.add_inbox([_delivery(n, body)], None, 60)
+        await asyncio.sleep(0.3)
+        assert _size(db_path) == size_before, "checkpointed before it was asked to"
+        await direct.add_inbox([_delivery(4, body)], None, 60)
+        for _ in range(200):
+            if _size(db_path) >= size_before + 5 * len(body):
+                break
+            await asyncio.sleep(0.05)
+        assert _size(db_path) >= size_before + 5 * len(body)

@@ -156,6 +156,7 @@ class Bridge:
             lease_seconds=settings.executor.lease_seconds,
             poll_interval=settings.executor.poll_interval_seconds,
             handoff=self.executor,
+            supervisor=self.supervisor,
         )
         self.writer = InboxWriter(
             self.store,

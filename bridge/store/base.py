@@ -115,6 +115,21 @@ class ActionOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class InboxCompletion:
+    """The dispatcher's decision on one inbox event, to record with `Store.complete_inboxes`.
+
+    With an `owner`, the new outbox rows are inserted already claimed by it (leased for
+    `lease_seconds`), so the dispatching process runs them without a claim round."""
+
+    inbox_id: InboxId
+    actions: Sequence[Action]
+    link_changes: Sequence[LinkChange]
+    trace: Mapping[str, Any]
+    owner: str | None = None
+    lease_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class LinkFilter:
     platform: Platform | None = None
     kind: str | None = None
@@ -192,6 +207,15 @@ class Store(Protocol):
     ) -> list[OutboxRow]:
         """`complete_inbox`, with the new outbox rows inserted already claimed by `owner`
         (returned in full), so the dispatching process can run them without a claim round."""
+
+    async def complete_inboxes(
+        self, completions: Sequence[InboxCompletion]
+    ) -> list[list[OutboxRow] | StoreError]:
+        """Several `complete_inbox_claiming` (or, without an owner, `complete_inbox`) in one
+        transaction, so one commit serves several events. Each completion is still
+        all-or-nothing on its own: one that fails (the event was processed elsewhere, does
+        not exist, cannot be stored) gets its StoreError in its place and leaves nothing,
+        without undoing the others. Raises StoreError only if the batch failed as a whole."""
 
     async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:
         """Record a dispatch failure; with `retry_at` the event stays pending until then."""

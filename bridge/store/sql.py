@@ -40,6 +40,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -58,6 +59,7 @@ from bridge.events import (
 from bridge.store.base import (
     ActionOutcome,
     EchoRecord,
+    InboxCompletion,
     InboxRow,
     LinkFilter,
     LinkRow,
@@ -378,7 +380,7 @@ class SqlStore:
         link_changes: Sequence[LinkChange],
         trace: Mapping[str, Any],
     ) -> list[ActionId]:
-        rows = await self._complete_inbox(inbox_id, actions, link_changes, trace, None, 0.0)
+        rows = await self._complete_single(InboxCompletion(inbox_id, actions, link_changes, trace))
         return sorted(row.id for row in rows)
 
     async def complete_inbox_claiming(
@@ -390,75 +392,100 @@ class SqlStore:
         owner: str,
         lease_seconds: float,
     ) -> list[OutboxRow]:
-        return await self._complete_inbox(
-            inbox_id, actions, link_changes, trace, owner, lease_seconds
+        return await self._complete_single(
+            InboxCompletion(inbox_id, actions, link_changes, trace, owner, lease_seconds)
         )
 
-    async def _complete_inbox(
-        self,
-        inbox_id: InboxId,
-        actions: Sequence[Action],
-        link_changes: Sequence[LinkChange],
-        trace: Mapping[str, Any],
-        owner: str | None,
-        lease_seconds: float,
-    ) -> list[OutboxRow]:
+    async def _complete_single(self, completion: InboxCompletion) -> list[OutboxRow]:
+        (result,) = await self.complete_inboxes([completion])
+        if isinstance(result, StoreError):
+            raise result
+        return result
+
+    async def complete_inboxes(
+        self, completions: Sequence[InboxCompletion]
+    ) -> list[list[OutboxRow] | StoreError]:
+        if not completions:
+            return []
         if self._direct is not None:
-            return await self._direct.complete_inbox(
-                inbox_id, actions, link_changes, trace, owner, lease_seconds
-            )
+            return await self._direct.complete_inboxes(completions)
         now = self._clock()
+        results: list[list[OutboxRow] | StoreError] = []
+        async with self._writing("recording the dispatch of events") as conn:
+            for completion in completions:
+                try:
+                    # A savepoint each: one event's failure leaves the others' work in place.
+                    async with conn.begin_nested():
+                        results.append(await self._complete_one(conn, completion, now))
+                except sa_exc.StatementError as exc:
+                    # This event's rows cannot be stored (a replica won the race on an
+                    # idempotency key, a value is not serialisable); a lost connection
+                    # fails the whole batch instead.
+                    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+                        raise
+                    results.append(
+                        translate_error(
+                            self._url, exc, f"recording inbox event {completion.inbox_id}"
+                        )
+                    )
+                except StoreError as exc:
+                    results.append(exc)
+        return results
+
+    async def _complete_one(
+        self, conn: AsyncConnection, completion: InboxCompletion, now: datetime
+    ) -> list[OutboxRow]:
+        inbox_id, actions, owner = completion.inbox_id, completion.actions, completion.owner
         created: list[OutboxRow] = []
-        async with self._writing("recording the dispatch of an event") as conn:
-            received_at = (
-                await conn.execute(select(inbox.c.received_at).where(inbox.c.id == inbox_id))
-            ).scalar_one_or_none()
-            if received_at is None:
-                raise StoreError(f"inbox event {inbox_id} does not exist")
-            # Keys already in the outbox are skipped. A SELECT and a plain INSERT instead of
-            # INSERT ... ON CONFLICT: SQLAlchemy compiles ON CONFLICT anew on every call,
-            # which was a tenth of the dispatcher's CPU. On SQLite the write lock makes the
-            # pair atomic; on PostgreSQL a replica racing on the same key makes this
-            # transaction fail on the unique index, and the event is dispatched again.
-            if actions:
-                keys = [a.idempotency_key for a in actions]
-                existing = set((await conn.execute(_EXISTING_KEYS, {"keys": keys})).scalars().all())
-                fresh: list[Action] = []
-                for a in actions:  # the first of repeated keys wins, as ON CONFLICT would
-                    if a.idempotency_key not in existing:
-                        existing.add(a.idempotency_key)
-                        fresh.append(a)
-                actions = fresh
-            if actions:
-                stmt = _OUTBOX_INSERT
-                rows = [action_values(a, now, inbox_id, received_at) for a in actions]
-                if owner is not None:
-                    # Inserted already claimed: the dispatching process runs them at once.
-                    lease = {
-                        "state": "claimed",
-                        "lease_owner": owner,
-                        "lease_expires_at": now + timedelta(seconds=lease_seconds),
-                    }
-                    rows = [row | lease for row in rows]
-                result = await conn.execute(stmt, rows)
-                created = sorted((outbox_row(m) for m in result.mappings()), key=lambda r: r.id)
-            await self._apply_links(conn, link_changes, now)
-            completed = await conn.execute(
-                update(inbox)
-                .where(inbox.c.id == inbox_id, inbox.c.state == "pending")
-                .values(
-                    state="processed",
-                    processed_at=now,
-                    trace=thaw(trace),
-                    error=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
+        received_at = (
+            await conn.execute(select(inbox.c.received_at).where(inbox.c.id == inbox_id))
+        ).scalar_one_or_none()
+        if received_at is None:
+            raise StoreError(f"inbox event {inbox_id} does not exist")
+        # Keys already in the outbox are skipped. A SELECT and a plain INSERT instead of
+        # INSERT ... ON CONFLICT: SQLAlchemy compiles ON CONFLICT anew on every call,
+        # which was a tenth of the dispatcher's CPU. On SQLite the write lock makes the
+        # pair atomic; on PostgreSQL a replica racing on the same key makes this
+        # transaction fail on the unique index, and the event is dispatched again.
+        if actions:
+            keys = [a.idempotency_key for a in actions]
+            existing = set((await conn.execute(_EXISTING_KEYS, {"keys": keys})).scalars().all())
+            fresh: list[Action] = []
+            for a in actions:  # the first of repeated keys wins, as ON CONFLICT would
+                if a.idempotency_key not in existing:
+                    existing.add(a.idempotency_key)
+                    fresh.append(a)
+            actions = fresh
+        if actions:
+            stmt = _OUTBOX_INSERT
+            rows = [action_values(a, now, inbox_id, received_at) for a in actions]
+            if owner is not None:
+                # Inserted already claimed: the dispatching process runs them at once.
+                lease = {
+                    "state": "claimed",
+                    "lease_owner": owner,
+                    "lease_expires_at": now + timedelta(seconds=completion.lease_seconds),
+                }
+                rows = [row | lease for row in rows]
+            result = await conn.execute(stmt, rows)
+            created = sorted((outbox_row(m) for m in result.mappings()), key=lambda r: r.id)
+        await self._apply_links(conn, completion.link_changes, now)
+        completed = await conn.execute(
+            update(inbox)
+            .where(inbox.c.id == inbox_id, inbox.c.state == "pending")
+            .values(
+                state="processed",
+                processed_at=now,
+                trace=thaw(completion.trace),
+                error=None,
+                lease_owner=None,
+                lease_expires_at=None,
             )
-            if completed.rowcount != 1:
-                # Another dispatcher completed it first (our lease ran out under us): roll
-                # this whole transaction back, so nothing is recorded twice.
-                raise StoreError(f"inbox event {inbox_id} was already processed elsewhere")
+        )
+        if completed.rowcount != 1:
+            # Another dispatcher completed it first (our lease ran out under us): this
+            # event's savepoint rolls back, so nothing is recorded twice.
+            raise StoreError(f"inbox event {inbox_id} was already processed elsewhere")
         return created
 
     async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:

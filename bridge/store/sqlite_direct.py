@@ -43,7 +43,6 @@ from typing import Any, Final, Literal, TypeVar
 import structlog
 
 from bridge.events import (
-    Action,
     ActionId,
     InboxId,
     LinkChange,
@@ -53,6 +52,7 @@ from bridge.events import (
 )
 from bridge.store.base import (
     ActionOutcome,
+    InboxCompletion,
     InboxRow,
     LinkRow,
     NewInboxEvent,
@@ -441,62 +441,30 @@ class DirectSqlite:
         )
         return sorted((_inbox(r) for r in rows), key=lambda r: r.id)
 
-    async def complete_inbox(
-        self,
-        inbox_id: InboxId,
-        actions: Sequence[Action],
-        link_changes: Sequence[LinkChange],
-        trace: Mapping[str, Any],
-        owner: str | None,
-        lease_seconds: float,
-    ) -> list[OutboxRow]:
+    async def complete_inboxes(
+        self, completions: Sequence[InboxCompletion]
+    ) -> list[list[OutboxRow] | StoreError]:
         now = self._clock()
         now_text = encode_time(now)
-        trace_text = _encode_json(thaw(trace))
-        lease = (
-            ("claimed", owner, encode_time(now + timedelta(seconds=lease_seconds)))
-            if owner is not None
-            else None
-        )
 
-        def work(conn: sqlite3.Connection) -> list[OutboxRow]:
-            found = conn.execute(
-                "SELECT received_at FROM inbox WHERE id = ?", (inbox_id,)
-            ).fetchone()
-            if found is None:
-                raise StoreError(f"inbox event {inbox_id} does not exist")
-            created: list[OutboxRow] = []
-            if actions:
-                keys = [a.idempotency_key for a in actions]
-                existing = {
-                    row[0]
-                    for row in conn.execute(
-                        "SELECT idempotency_key FROM outbox WHERE idempotency_key IN"
-                        f" ({', '.join('?' for _ in keys)})",
-                        keys,
+        def work(conn: sqlite3.Connection) -> list[list[OutboxRow] | StoreError]:
+            results: list[list[OutboxRow] | StoreError] = []
+            for completion in completions:
+                # A savepoint each: one event's failure leaves the others' work in place.
+                conn.execute("SAVEPOINT completion")
+                try:
+                    results.append(_complete_one(conn, completion, now, now_text))
+                except (StoreError, sqlite3.IntegrityError) as exc:
+                    conn.execute("ROLLBACK TO completion")
+                    results.append(
+                        exc
+                        if isinstance(exc, StoreError)
+                        else self._error(f"recording inbox event {completion.inbox_id}", exc)
                     )
-                }
-                for action in actions:  # the first of repeated keys wins
-                    if action.idempotency_key in existing:
-                        continue
-                    existing.add(action.idempotency_key)
-                    values = action_values(action, now, inbox_id, None)
-                    row = _outbox_params(values, now_text, found[0], lease)
-                    created.append(_outbox(conn.execute(_OUTBOX_INSERT, row).fetchone()))
-            _apply_links(conn, link_changes, now)
-            completed = conn.execute(
-                "UPDATE inbox SET state = 'processed', processed_at = ?, trace = ?,"
-                " error = NULL, lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE id = ? AND state = 'pending'",
-                (now_text, trace_text, inbox_id),
-            )
-            if completed.rowcount != 1:
-                # Another dispatcher completed it first (our lease ran out under us): the
-                # whole transaction rolls back, so nothing is recorded twice.
-                raise StoreError(f"inbox event {inbox_id} was already processed elsewhere")
-            return sorted(created, key=lambda r: r.id)
+                conn.execute("RELEASE completion")
+            return results
 
-        return await self._run("recording the dispatch of an event", work, write=True)
+        return await self._run("recording the dispatch of events", work, write=True)
 
     async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:
         now = encode_time(self._clock())
@@ -647,3 +615,52 @@ def _apply_links(conn: sqlite3.Connection, changes: Sequence[LinkChange], now: d
                 _LINK_DELETE,
                 (first.platform, first.kind, first.id, second.platform, second.kind, second.id),
             )
+
+
+def _complete_one(
+    conn: sqlite3.Connection, completion: InboxCompletion, now: datetime, now_text: str
+) -> list[OutboxRow]:
+    inbox_id = completion.inbox_id
+    trace_text = _encode_json(thaw(completion.trace))
+    lease = (
+        (
+            "claimed",
+            completion.owner,
+            encode_time(now + timedelta(seconds=completion.lease_seconds)),
+        )
+        if completion.owner is not None
+        else None
+    )
+    found = conn.execute("SELECT received_at FROM inbox WHERE id = ?", (inbox_id,)).fetchone()
+    if found is None:
+        raise StoreError(f"inbox event {inbox_id} does not exist")
+    created: list[OutboxRow] = []
+    if completion.actions:
+        keys = [a.idempotency_key for a in completion.actions]
+        existing = {
+            row[0]
+            for row in conn.execute(
+                "SELECT idempotency_key FROM outbox WHERE idempotency_key IN"
+                f" ({', '.join('?' for _ in keys)})",
+                keys,
+            )
+        }
+        for action in completion.actions:  # the first of repeated keys wins
+            if action.idempotency_key in existing:
+                continue
+            existing.add(action.idempotency_key)
+            values = action_values(action, now, inbox_id, None)
+            row = _outbox_params(values, now_text, found[0], lease)
+            created.append(_outbox(conn.execute(_OUTBOX_INSERT, row).fetchone()))
+    _apply_links(conn, completion.link_changes, now)
+    completed = conn.execute(
+        "UPDATE inbox SET state = 'processed', processed_at = ?, trace = ?,"
+        " error = NULL, lease_owner = NULL, lease_expires_at = NULL"
+        " WHERE id = ? AND state = 'pending'",
+        (now_text, trace_text, inbox_id),
+    )
+    if completed.rowcount != 1:
+        # Another dispatcher completed it first (our lease ran out under us): this event's
+        # savepoint rolls back, so nothing is recorded twice.
+        raise StoreError(f"inbox event {inbox_id} was already processed elsewhere")
+    return sorted(created, key=lambda r: r.id)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from bridge.events import DeliveryId, InboxId, LinkChange, freeze
-from bridge.store.base import StoreError
+from bridge.store.base import InboxCompletion, StoreError
 from bridge.store.sql import SqlStore
 from tests.store.conftest import FakeClock
 from tests.store.factories import IIO_INC, ROOTLY_INC, action, delivery, inbox_event
@@ -190,3 +190,50 @@ async def test_an_event_is_completed_once_and_never_reopened(
     row = await store.get_inbox(inbox_id)
     assert row is not None
     assert (row.state, row.error, row.trace) == ("processed", None, freeze({"first": True}))
+
+
+async def test_a_batch_of_completions_fails_one_event_alone(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """`complete_inboxes` records several decisions in one transaction; an event that was
+    already processed, one that does not exist and one whose trace cannot be stored each get
+    their error in place, leave nothing behind, and do not undo the others."""
+    done = await inbox_event(store, clock(), "done")
+    await store.complete_inbox(done, [], [], {"first": True})
+    first = await inbox_event(store, clock(), "first")
+    last = await inbox_event(store, clock(), "last")
+    poisoned = await inbox_event(store, clock(), "poisoned")
+    results = await store.complete_inboxes(
+        [
+            InboxCompletion(
+                first, [action("k-1")], [LinkChange("add", ROOTLY_INC, IIO_INC, "r")], {}
+            ),
+            InboxCompletion(done, [action("k-2")], [], {"second": True}),
+            InboxCompletion(InboxId(424242), [action("k-3")], [], {}),
+            InboxCompletion(poisoned, [action("k-4")], [], {"oops": object()}),
+            InboxCompletion(last, [action("k-5")], [], {}, owner="me", lease_seconds=30),
+        ]
+    )
+    ok_first, processed, missing, unstorable, ok_last = results
+    assert not isinstance(ok_first, StoreError)
+    assert [r.action.idempotency_key for r in ok_first] == ["k-1"]
+    assert isinstance(processed, StoreError)
+    assert "already processed" in str(processed)
+    assert isinstance(missing, StoreError)
+    assert "does not exist" in str(missing)
+    assert isinstance(unstorable, StoreError)
+    assert not isinstance(ok_last, StoreError)
+    assert [(r.state, r.lease_owner) for r in ok_last] == [("claimed", "me")]
+    keys = sorted(r.action.idempotency_key for r in await store.list_outbox(None, 10))
+    assert keys == ["k-1", "k-5"]
+    assert await store.count_links() == 1
+    states = {i: (await store.get_inbox(i)) for i in (first, done, poisoned, last)}
+    assert {i: row.state for i, row in states.items() if row is not None} == {
+        first: "processed",
+        done: "processed",
+        poisoned: "pending",
+        last: "processed",
+    }
+    done_row = states[done]
+    assert done_row is not None
+    assert done_row.trace == freeze({"first": True})

@@ -147,7 +147,7 @@ def encode_time(value: datetime) -> str:
     """SQLAlchemy's SQLite DATETIME text for an aware datetime (naive UTC, microseconds)."""
     if value.tzinfo is None:
         raise StoreError(f"naive datetime {value.isoformat()} given to the store; use UTC")
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _decode_time(value: str | None) -> datetime | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -34,8 +35,10 @@ KNOWN_FAMILIES: Final[dict[str, ObjectKind]] = {
 }
 
 
+@functools.lru_cache(maxsize=64)
 def secret_key(secret: str) -> bytes:
-    """The HMAC key of a `whsec_<base64>` secret."""
+    """The HMAC key of a `whsec_<base64>` secret (cached: decoded once per secret, not per
+    delivery; a handful of secrets are configured at a time)."""
     try:
         return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
     except (binascii.Error, ValueError):

@@ -4,8 +4,8 @@ Setup bulk-loads `links` rows (Rootly incident <-> incident.io escalation pairs)
 into a migrated store: `executemany` on SQLite, `COPY` on PostgreSQL, then ANALYZE. The
 measurement is the product call the dispatcher makes for every event, `store.linked([ref])`,
 for random existing objects (half looked up from each side of the pair), one at a time. The
-baseline is `store.ping()` (`SELECT 1` through the same engine, pool and session path), so
-the ratio isolates the query itself.
+baseline is `store.ping()` (`SELECT 1` through the same path as the lookup: the SQLite
+loop connection, or the asyncpg read pool), so the ratio isolates the query itself.
 """
 
 from __future__ import annotations

@@ -81,7 +81,16 @@ class StoreSettings(_Group):
         description="sqlite:///relative.db, sqlite:////absolute.db, or postgresql://user@host/db "
         "(PostgreSQL is required for more than one replica).",
     )
-    pool_size: int = Field(10, ge=1, le=100, description="PostgreSQL connection pool size.")
+    pool_size: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description=(
+            "Connection pool size. PostgreSQL: each replica opens up to 3 x pool_size + 2"
+            " connections (the main pool and its overflow, the pool for per-event reads, the"
+            " leader lock and LISTEN); size max_connections for that."
+        ),
+    )
 
     @field_validator("url")
     @classmethod

@@ -72,6 +72,7 @@ from bridge.store.base import (
     StoreUnavailable,
 )
 from bridge.store.migrate import upgrade_engine
+from bridge.store.postgres_direct import DirectPostgres
 from bridge.store.rows import (
     action_values,
     canonical_pair,
@@ -158,6 +159,8 @@ class SqlStore:
         self._engine: AsyncEngine | None = None
         # SQLite: the hot statements bypass SQLAlchemy (see `bridge.store.sqlite_direct`).
         self._direct: DirectSqlite | None = None
+        # Both backends: the dispatcher's per-event reads skip SQLAlchemy too.
+        self._fast_reads: DirectSqlite | DirectPostgres | None = None
         self.revision: str | None = None
         # SQLite has one writer; serialising writes in-process is honest and cheap.
         self._sqlite_writer = asyncio.Lock()
@@ -211,7 +214,15 @@ class SqlStore:
             except BaseException:
                 await engine.dispose()
                 raise
-            self._direct = direct
+            self._direct = self._fast_reads = direct
+        else:
+            reads = DirectPostgres(self._url, schema=self._schema, pool_size=self._pool_size)
+            try:
+                await reads.open()
+            except BaseException:
+                await engine.dispose()
+                raise
+            self._fast_reads = reads
         self._engine = engine
         self._log.info("store.opened", revision=self.revision)
 
@@ -221,17 +232,19 @@ class SqlStore:
         self._work_callbacks.clear()
         if listen_conn is not None:
             await _close_quietly(listen_conn)
-        direct, self._direct = self._direct, None
-        if direct is not None:
-            direct.close()
+        reads, self._fast_reads, self._direct = self._fast_reads, None, None
+        if isinstance(reads, DirectSqlite):
+            reads.close()
+        elif reads is not None:
+            await reads.close()
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
             self._log.info("store.closed")
 
     async def ping(self) -> None:
-        if self._direct is not None:
-            return await self._direct.ping()
+        if self._fast_reads is not None:
+            return await self._fast_reads.ping()
         await self._read("ping", _PING)
 
     # -- transactions -----------------------------------------------------------------------
@@ -767,8 +780,8 @@ class SqlStore:
     async def linked(self, refs: Sequence[ObjectRef]) -> list[LinkRow]:
         if not refs:
             return []
-        if self._direct is not None:
-            return await self._direct.linked(refs)
+        if self._fast_reads is not None:
+            return await self._fast_reads.linked(refs)
         keys = [(r.platform, r.kind, r.id) for r in refs]
         # Prebuilt statement with an expanding parameter: compiled once, not per call.
         return await self.link_rows(_LINKED, {"keys": keys})
@@ -804,8 +817,10 @@ class SqlStore:
 
     # -- echo guard -----------------------------------------------------------------------
     async def find_echo(self, ref: ObjectRef, change: str, now: datetime) -> bool:
-        if self._direct is not None:
-            return await self._direct.find_echo(ref, change, now)
+        if now.tzinfo is None:
+            raise StoreError(f"naive datetime {now.isoformat()} given to the store; use UTC")
+        if self._fast_reads is not None:
+            return await self._fast_reads.find_echo(ref, change, now)
         found = await self._read(
             "looking up echo records", _FIND_ECHO, {"ref": str(ref), "change": change, "now": now}
         )

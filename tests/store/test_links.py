@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from bridge.events import LinkChange, ObjectRef
 from bridge.store.base import LinkFilter, StoreError
 from bridge.store.sql import SqlStore
-from tests.store.conftest import FakeClock
+from tests.store.conftest import FakeClock, MakeStore, Target
 from tests.store.factories import IIO_ESC, IIO_INC, ROOTLY_INC, inbox_event
 
 
@@ -94,3 +96,22 @@ async def test_link_changes_in_complete_inbox(store: SqlStore, clock: FakeClock)
     )
     (link,) = await store.linked([ROOTLY_INC])
     assert {link.a, link.b} == {ROOTLY_INC, IIO_INC}
+
+
+@pytest.mark.postgres
+async def test_postgres_reads_survive_a_dropped_connection(
+    make_pg_store: MakeStore, pg_target: Target
+) -> None:
+    """The per-event reads' pool (asyncpg, no reset on release) notices a connection the
+    server dropped (a restart, an idle timeout) and answers from a fresh one: a link lookup
+    and an echo check right after every bridge session was terminated still succeed."""
+    store = await make_pg_store()
+    await store.add_link(ROOTLY_INC, IIO_INC, "test")
+    assert len(await store.linked([ROOTLY_INC])) == 1
+    (killed,) = await pg_target.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE application_name = 'bridge' AND pid <> pg_backend_pid()"
+    )
+    assert killed[0] >= 1
+    assert [(row.a, row.b) for row in await store.linked([IIO_INC])] == [(IIO_INC, ROOTLY_INC)]
+    assert not await store.find_echo(ROOTLY_INC, "status=resolved", datetime.now(UTC))

@@ -83,7 +83,8 @@ class DirectPostgres:
             except Exception as exc:
                 if isinstance(exc, asyncpg.InternalClientError):
                     error: StoreError = StoreUnavailable(
-                        f"PostgreSQL store {self._url.display}: {doing} failed: connection lost ({exc})"
+                        f"PostgreSQL store {self._url.display}: {doing} failed:"
+                        f" connection lost ({exc})"
                     )
                 elif is_store_failure(exc) or isinstance(exc, asyncpg.PostgresError):
                     error = translate_error(self._url, exc, doing)

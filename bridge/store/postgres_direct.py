@@ -1,28 +1,46 @@
-"""`DirectPostgres`: the dispatcher's per-event reads on PostgreSQL, on a plain asyncpg pool.
+"""`DirectPostgres`: PostgreSQL's per-webhook statements on a plain asyncpg pool.
 
 Why beside SQLAlchemy: every event costs two or three small indexed reads (links around its
 objects, the echo guard), and through SQLAlchemy's asyncpg adaptation each cost about
 0.6 ms of CPU and latency (greenlet switch, compilation cache walk, pool reset) against
-about 0.3 ms for the round trip itself, measured by `bench/store_bench.py`. Writes stay on
-SQLAlchemy: they are group-committed, so their overhead is paid once per batch.
+about 0.3 ms for the round trip itself, measured by `bench/store_bench.py`. Storing a
+batch of webhooks is one prepared statement here too (SQLAlchemy compiles its ON CONFLICT
+insert anew each time). The other writes stay on SQLAlchemy: they are group-committed and
+rarer, so its overhead is paid once per batch.
 
 The pool never resets connections on release (asyncpg's default runs a reset query, a round
-trip each time): its connections are only ever used for these single autocommit reads, never
-for session state (advisory locks and LISTEN have their own dedicated connections).
+trip each time): its connections are only ever used for these single-statement autocommit
+transactions, never for session state (advisory locks and LISTEN have their own dedicated
+connections).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 import asyncpg
 
-from bridge.events import ObjectRef
-from bridge.store.base import LinkRow, StoreError, StoreUnavailable
+from bridge.events import InboxId, ObjectRef
+from bridge.store.base import LinkRow, NewInboxEvent, StoreError, StoreUnavailable
 from bridge.store.rows import link_row
 from bridge.store.urls import StoreUrl, is_store_failure, translate_error
+
+_INBOX_INSERT: Final = (
+    "INSERT INTO inbox (source, delivery_id, event_type, body, received_at, state,"
+    " next_attempt_at, attempts, lease_owner, lease_expires_at)"
+    " SELECT s, d, t, b, r, 'pending', $6, $7, $8, $9"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamptz[])"
+    " WITH ORDINALITY AS batch (s, d, t, b, r, n) ORDER BY n"
+    " ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id, source, delivery_id"
+)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise StoreError(f"naive datetime {value.isoformat()} given to the store; use UTC")
+    return value
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
@@ -63,10 +81,14 @@ class DirectPostgres:
             except Exception:
                 pool.terminate()
 
-    async def _fetch(self, doing: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-        """One read; retried once on a fresh connection if its pooled one died (the server
-        restarted, or dropped the session)."""
-        for attempt in (1, 2):
+    async def _fetch(
+        self, doing: str, sql: str, *args: Any, retry: bool = True
+    ) -> list[asyncpg.Record]:
+        """One statement in its own transaction; with `retry` (reads), run again once on a
+        fresh connection if its pooled one died (the server restarted or dropped the
+        session). Writes are not retried: whether a lost one committed is unknown, and the
+        caller's own retry (the sender's, after a 503) is the one that is safe."""
+        for attempt in (1, 2) if retry else (2,):
             pool = self._pool
             if pool is None:
                 raise StoreError(f"store {self._url.display} is not open (call open() first)")
@@ -93,6 +115,33 @@ class DirectPostgres:
                 if attempt == 2 or not isinstance(error, StoreUnavailable):
                     raise error from exc
         raise AssertionError("unreachable")
+
+    async def add_inbox(
+        self,
+        events: Sequence[NewInboxEvent],
+        owner: str | None,
+        lease_seconds: float,
+        now: datetime,
+    ) -> list[InboxId | None]:
+        """`Store.add_inbox` in one statement (one round trip and commit per batch)."""
+        lease_expires = now + timedelta(seconds=lease_seconds) if owner is not None else None
+        rows = await self._fetch(
+            "storing webhook deliveries",
+            _INBOX_INSERT,
+            [e.source for e in events],
+            [e.delivery_id for e in events],
+            [e.event_type for e in events],
+            [e.body for e in events],
+            [_aware(e.received_at) for e in events],
+            _aware(now),
+            1 if owner is not None else 0,
+            owner,
+            lease_expires,
+            retry=False,
+        )
+        created = {(r["source"], r["delivery_id"]): InboxId(r["id"]) for r in rows}
+        # Per event its new ID; a key repeated within the batch: the first occurrence wins.
+        return [created.pop((e.source, e.delivery_id), None) for e in events]
 
     async def ping(self) -> None:
         await self._fetch("ping", "SELECT 1")

@@ -159,8 +159,8 @@ class SqlStore:
         self._engine: AsyncEngine | None = None
         # SQLite: the hot statements bypass SQLAlchemy (see `bridge.store.sqlite_direct`).
         self._direct: DirectSqlite | None = None
-        # Both backends: the dispatcher's per-event reads skip SQLAlchemy too.
-        self._fast_reads: DirectSqlite | DirectPostgres | None = None
+        # Both backends: per-event reads (on PostgreSQL also storing webhooks) skip SQLAlchemy.
+        self._fast_path: DirectSqlite | DirectPostgres | None = None
         self.revision: str | None = None
         # SQLite has one writer; serialising writes in-process is honest and cheap.
         self._sqlite_writer = asyncio.Lock()
@@ -214,7 +214,7 @@ class SqlStore:
             except BaseException:
                 await engine.dispose()
                 raise
-            self._direct = self._fast_reads = direct
+            self._direct = self._fast_path = direct
         else:
             reads = DirectPostgres(self._url, schema=self._schema, pool_size=self._pool_size)
             try:
@@ -222,7 +222,7 @@ class SqlStore:
             except BaseException:
                 await engine.dispose()
                 raise
-            self._fast_reads = reads
+            self._fast_path = reads
         self._engine = engine
         self._log.info("store.opened", revision=self.revision)
 
@@ -232,7 +232,7 @@ class SqlStore:
         self._work_callbacks.clear()
         if listen_conn is not None:
             await _close_quietly(listen_conn)
-        reads, self._fast_reads, self._direct = self._fast_reads, None, None
+        reads, self._fast_path, self._direct = self._fast_path, None, None
         if isinstance(reads, DirectSqlite):
             reads.close()
         elif reads is not None:
@@ -243,8 +243,8 @@ class SqlStore:
             self._log.info("store.closed")
 
     async def ping(self) -> None:
-        if self._fast_reads is not None:
-            return await self._fast_reads.ping()
+        if self._fast_path is not None:
+            return await self._fast_path.ping()
         await self._read("ping", _PING)
 
     # -- transactions -----------------------------------------------------------------------
@@ -313,6 +313,8 @@ class SqlStore:
             return []
         if self._direct is not None:
             return await self._direct.add_inbox(events, owner, lease_seconds)
+        if isinstance(self._fast_path, DirectPostgres):
+            return await self._fast_path.add_inbox(events, owner, lease_seconds, self._clock())
         now = self._clock()
         # With an owner the rows are stored already claimed (one attempt counted, as a
         # claim would): the receiving process dispatches them without a claim round.
@@ -780,8 +782,8 @@ class SqlStore:
     async def linked(self, refs: Sequence[ObjectRef]) -> list[LinkRow]:
         if not refs:
             return []
-        if self._fast_reads is not None:
-            return await self._fast_reads.linked(refs)
+        if self._fast_path is not None:
+            return await self._fast_path.linked(refs)
         keys = [(r.platform, r.kind, r.id) for r in refs]
         # Prebuilt statement with an expanding parameter: compiled once, not per call.
         return await self.link_rows(_LINKED, {"keys": keys})
@@ -819,8 +821,8 @@ class SqlStore:
     async def find_echo(self, ref: ObjectRef, change: str, now: datetime) -> bool:
         if now.tzinfo is None:
             raise StoreError(f"naive datetime {now.isoformat()} given to the store; use UTC")
-        if self._fast_reads is not None:
-            return await self._fast_reads.find_echo(ref, change, now)
+        if self._fast_path is not None:
+            return await self._fast_path.find_echo(ref, change, now)
         found = await self._read(
             "looking up echo records", _FIND_ECHO, {"ref": str(ref), "change": change, "now": now}
         )

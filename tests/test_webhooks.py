@@ -20,7 +20,12 @@ from standardwebhooks.webhooks import Webhook
 from bridge.events import DeliveryId
 from bridge.platforms.incident_io import webhook as iio
 from bridge.platforms.rootly import webhook as rootly
-from bridge.platforms.webhooks import PayloadError, SignatureError
+from bridge.platforms.webhooks import (
+    MAX_JSON_DEPTH,
+    PayloadError,
+    SignatureError,
+    decode_json_object,
+)
 from tests import specs
 
 WHSEC = "whsec_" + base64.b64encode(b"a-very-secret-signing-key").decode()
@@ -278,3 +283,22 @@ class TestParsing:
         body = b'{"event_type": "x", "x": ' + b'{"a":' * 100 + b"1" + b"}" * 100 + b"}"
         with pytest.raises(PayloadError, match="nested"):
             iio.parse(body, DeliveryId("m"))
+
+
+@pytest.mark.parametrize("brackets", ["{", "["])
+def test_json_nesting_limit_is_exact(brackets: str) -> None:
+    """Bodies nested exactly to the limit decode, one level more is refused, whether the
+    cheap bracket count or the full walk decides (a value inside the innermost of
+    MAX_JSON_DEPTH brackets is one level too deep)."""
+
+    def nested(levels: int) -> bytes:
+        inner: object = 1
+        for _ in range(levels):
+            inner = {"k": inner} if brackets == "{" else [inner]
+        return json.dumps({"k": inner}).encode()
+
+    assert decode_json_object(nested(MAX_JSON_DEPTH - 2))
+    with pytest.raises(PayloadError, match="nested deeper"):
+        decode_json_object(nested(MAX_JSON_DEPTH - 1))
+    with pytest.raises(PayloadError, match="nested deeper"):
+        decode_json_object(nested(MAX_JSON_DEPTH))

@@ -53,16 +53,26 @@ class GroupCommit(Generic[Item, Result]):
                     batch.append(self._queue.get_nowait())
                 await self._flush(batch)
                 batch = []
-        finally:
+        except asyncio.CancelledError:
             # Stopped (shutdown): nobody may wait forever for a write that will not happen,
             # neither the batch in hand nor anything queued or submitted later.
             self._closed = True
             pending = [future for _, future in batch]
             while not self._queue.empty():
                 pending.append(self._queue.get_nowait()[1])
-            for future in pending:
-                if not future.done():
-                    future.set_exception(StoreError("shutting down; not written"))
+            self._fail(pending, StoreError("shutting down; not written"))
+            raise
+        except Exception as exc:
+            # A crash (a bug in a callback): the batch in hand fails with it; what is queued
+            # waits for the supervisor's restart of this loop, which stays open.
+            self._fail([future for _, future in batch], StoreError(f"write crashed: {exc!r}"))
+            raise
+
+    @staticmethod
+    def _fail(futures: Sequence[asyncio.Future[Result]], error: StoreError) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
 
     async def _flush(self, batch: Sequence[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:

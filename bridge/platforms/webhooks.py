@@ -70,7 +70,8 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
         raise PayloadError(f"body must be a JSON object, got {type(data).__name__}")
     # Nesting cannot exceed the number of brackets (string contents included): only a body
     # with many of them needs the walk, which is most of the decoding cost otherwise.
-    if text.count("{") + text.count("[") > MAX_JSON_DEPTH:
+    # (a value inside the innermost bracket counts one level deeper, hence >=).
+    if text.count("{") + text.count("[") >= MAX_JSON_DEPTH:
         _depth_guard(data)
     return data
 

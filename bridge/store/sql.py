@@ -233,9 +233,7 @@ class SqlStore:
         if listen_conn is not None:
             await _close_quietly(listen_conn)
         reads, self._fast_path, self._direct = self._fast_path, None, None
-        if isinstance(reads, DirectSqlite):
-            reads.close()
-        elif reads is not None:
+        if reads is not None:
             await reads.close()
         engine, self._engine = self._engine, None
         if engine is not None:

@@ -11,9 +11,10 @@ faster than the hop itself, so they run inline on the loop:
 - WAL with ``synchronous=NORMAL``: a commit is a write to the WAL file, no fsync (durable
   against a process crash, like before; fsyncs happen at checkpoints).
 - Checkpoints never run on the loop: automatic checkpoints are off on this connection, and a
-  named thread owned by this object (`store.sqlite-checkpointer`) runs a PASSIVE checkpoint
-  (never blocks readers or the writer) after every `CHECKPOINT_EVERY` commits and
-  periodically.
+  named thread owned by this object (`store.sqlite-checkpointer`) runs a TRUNCATE checkpoint
+  after every `CHECKPOINT_EVERY` commits and periodically. It holds writers off for the few
+  milliseconds it takes (they back off asynchronously, below), which is what lets the WAL
+  rewind and stay small under steady load.
 - No busy wait on the loop: the connection's busy timeout is zero. When another process (the
   CLI) holds the write lock, the statement is retried with an async back-off until
   `busy_timeout` has passed, then fails as `StoreUnavailable`. Within this process, write
@@ -74,6 +75,8 @@ T = TypeVar("T")
 CHECKPOINT_EVERY: Final = 500
 """Write transactions between checkpoint requests (about 2 MB of WAL at typical sizes)."""
 CHECKPOINT_INTERVAL_SECONDS: Final = 30.0
+CHECKPOINT_WAIT_SECONDS: Final = 1.0
+"""How long a checkpoint waits for the writer and readers in hand before trying later."""
 
 _INBOX_DATES: Final = ("received_at", "processed_at", "next_attempt_at", "lease_expires_at")
 _OUTBOX_DATES: Final = (
@@ -203,9 +206,11 @@ class _Checkpointer:
         self._wanted.set()
 
     def stop(self) -> None:
+        """Stop and wait for the thread (blocking: call it off the loop)."""
         self._stopping = True
         self._wanted.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
@@ -217,8 +222,15 @@ class _Checkpointer:
                     return
                 try:
                     if conn is None:
-                        conn = sqlite3.connect(self._path, isolation_level=None, timeout=5)
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        conn = sqlite3.connect(
+                            self._path, isolation_level=None, timeout=CHECKPOINT_WAIT_SECONDS
+                        )
+                    # TRUNCATE, not PASSIVE: the WAL only rewinds when a checkpoint has
+                    # copied every frame before the next write begins, which under steady
+                    # load a PASSIVE one never achieves (the file grew by hundreds of MB).
+                    # TRUNCATE holds new writers off while it runs (the loop's writes back
+                    # off asynchronously for those few milliseconds) and empties the file.
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 except sqlite3.Error as exc:
                     # Not fatal: the next request tries again; the WAL only grows meanwhile.
                     self._log.warning("store.checkpoint_failed", error=str(exc))
@@ -257,34 +269,51 @@ class DirectSqlite:
         self._linked_sql: dict[int, str] = {}
 
     def open(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, timeout=0, check_same_thread=True)
+        if self._conn is not None:
+            raise StoreError(f"store {self._display} is already open")
+        conn: sqlite3.Connection | None = None
         try:
+            conn = sqlite3.connect(
+                self._path, isolation_level=None, timeout=0, check_same_thread=True
+            )
+            (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"SQLite store {self._display}: WAL journal mode unavailable (got {mode!r});"
+                    " the store needs a local filesystem that supports it"
+                )
             for pragma in (
-                "PRAGMA journal_mode=WAL",
                 "PRAGMA synchronous=NORMAL",
                 "PRAGMA foreign_keys=ON",
                 "PRAGMA wal_autocheckpoint=0",
             ):
                 conn.execute(pragma).fetchall()
-        except sqlite3.Error as exc:
-            conn.close()
+        except (sqlite3.Error, StoreError) as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, StoreError):
+                raise
             raise self._error("opening the store", exc) from exc
         conn.row_factory = sqlite3.Row
         self._conn = conn
+        self._checkpointer = _Checkpointer(self._path, self._log)
         self._checkpointer.start()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-            self._checkpointer.stop()
+            # Joining may wait for a checkpoint in progress: not on the loop.
+            await asyncio.to_thread(self._checkpointer.stop)
 
     # -- running statements -----------------------------------------------------------------
     def _error(self, doing: str, exc: sqlite3.Error) -> StoreError:
         message = f"SQLite store {self._display}: {doing} failed: {type(exc).__name__}: {exc}"
         text = str(exc)
-        if isinstance(exc, sqlite3.OperationalError) and not (
-            "syntax error" in text or "no such" in text  # our bug or a foreign schema
+        if isinstance(exc, sqlite3.OperationalError) and not any(
+            # Our bug, a foreign schema or a request too large: retrying will not help.
+            permanent in text
+            for permanent in ("syntax error", "no such", "too many")
         ):
             return StoreUnavailable(message)
         return StoreError(message)
@@ -298,7 +327,7 @@ class DirectSqlite:
         """Run `work` (synchronous, on the loop), as one transaction if `write`; while the
         database is locked by another process, retry with back-off for `busy_timeout`."""
         deadline: float | None = None
-        delay = 0.001
+        delay = 0.0005
         while True:
             conn = self._connection()
             try:
@@ -314,7 +343,8 @@ class DirectSqlite:
                 if now >= deadline:
                     raise self._error(doing, exc) from exc
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                # Short steps: a checkpoint holds writers off for milliseconds only.
+                delay = min(delay * 2, 0.01)
             except sqlite3.Error as exc:
                 raise self._error(doing, exc) from exc
 
@@ -454,12 +484,24 @@ class DirectSqlite:
                 conn.execute("SAVEPOINT completion")
                 try:
                     results.append(_complete_one(conn, completion, now, now_text))
-                except (StoreError, sqlite3.IntegrityError) as exc:
+                except (
+                    StoreError,
+                    sqlite3.IntegrityError,
+                    sqlite3.InterfaceError,
+                    sqlite3.ProgrammingError,
+                    OverflowError,
+                    ValueError,
+                ) as exc:
+                    # This event's rows cannot be stored; a database failure (disk, lock)
+                    # is an OperationalError and fails the whole batch instead.
                     conn.execute("ROLLBACK TO completion")
                     results.append(
                         exc
                         if isinstance(exc, StoreError)
-                        else self._error(f"recording inbox event {completion.inbox_id}", exc)
+                        else StoreError(
+                            f"SQLite store {self._display}: recording inbox event"
+                            f" {completion.inbox_id} failed: {type(exc).__name__}: {exc}"
+                        )
                     )
                 conn.execute("RELEASE completion")
             return results

@@ -1,0 +1,71 @@
+"""Group commit (`GroupCommit`): batching, failure of a batch, crash recovery, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+import structlog
+
+from bridge.pipeline.batching import GroupCommit
+from bridge.store.base import StoreError
+from bridge.tasks import Supervisor
+
+
+async def test_concurrent_items_share_one_write() -> None:
+    """Items submitted together are written in one call, each caller gets its own result."""
+    supervisor = Supervisor(structlog.get_logger("test"))
+    calls: list[list[int]] = []
+
+    async def write(items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        return [i * 10 for i in items]
+
+    commit: GroupCommit[int, int] = GroupCommit("test.commit", write, supervisor)
+    try:
+        assert await asyncio.gather(*(commit.submit(i) for i in range(5))) == [0, 10, 20, 30, 40]
+        assert calls == [[0, 1, 2, 3, 4]]
+    finally:
+        await supervisor.stop()
+
+
+async def test_a_crashed_loop_is_restarted_and_stays_open() -> None:
+    """A bug in the after-write callback crashes the loop once: the supervisor restarts it
+    and later submissions are written (they are not refused as if shutting down)."""
+    supervisor = Supervisor(structlog.get_logger("test"))
+    crashes = 0
+
+    async def write(items: Sequence[int]) -> list[int]:
+        return list(items)
+
+    def on_written(_results: Sequence[int]) -> None:
+        nonlocal crashes
+        if crashes == 0:
+            crashes += 1
+            raise RuntimeError("bug in a callback")
+
+    commit: GroupCommit[int, int] = GroupCommit(
+        "test.commit", write, supervisor, on_written=on_written
+    )
+    try:
+        assert await commit.submit(1) == 1  # written; then the callback crashed the loop
+        assert await asyncio.wait_for(commit.submit(2), timeout=5) == 2
+        assert crashes == 1
+    finally:
+        await supervisor.stop()
+
+
+async def test_stopped_commit_refuses_and_fails_waiters() -> None:
+    """After the supervisor stops the loop, a submission fails at once with a StoreError
+    instead of waiting forever."""
+    supervisor = Supervisor(structlog.get_logger("test"))
+
+    async def write(items: Sequence[int]) -> list[int]:
+        return list(items)
+
+    commit: GroupCommit[int, int] = GroupCommit("test.commit", write, supervisor)
+    await asyncio.sleep(0)
+    await supervisor.stop()
+    with pytest.raises(StoreError, match="shutting down"):
+        await asyncio.wait_for(commit.submit(1), timeout=5)

@@ -250,10 +250,6 @@ async def run(scale: Scale, progress: Callable[[str], None] = print) -> list[Fig
                     bridge_process(url, keys, work) as (port, proc),
                 ):
                     for endpoint in ENDPOINTS:
-                        # The bare baseline runs right before each bridge run, so both see the
-                        # same machine (other work on a shared machine shifts both alike).
-                        bare_peak = throughput(bare_port, bare_reqs[endpoint], scale)
-                        progress(f"ingest: bare {endpoint} {bare_peak.rps:.0f} req/s")
                         figures += await _measure(
                             scale,
                             tmp,
@@ -263,7 +259,7 @@ async def run(scale: Scale, progress: Callable[[str], None] = print) -> list[Fig
                             url,
                             port,
                             bare_port,
-                            bare_peak,
+                            bare_reqs[endpoint],
                             progress,
                         )
                     rss = peak_rss_mb(proc.pid)
@@ -292,15 +288,26 @@ async def _measure(
     url: str,
     port: int,
     bare_port: int,
-    bare_peak: LoadResult,
+    bare_reqs: Path,
     progress: Callable[[str], None],
 ) -> list[Figure]:
     name = f"ingest.{backend}.{endpoint}"
     unique = int(MAX_EXPECTED_RPS * scale.ingest_seconds)
-    reqs = build_requests(tmp / f"{backend}-{endpoint}-peak.req", endpoint, port, keys, unique)
-    peak = throughput(port, reqs, scale)
-    backlog = await wait_dispatched(url)
-    notes = [f"{peak.generator}, {scale.connections} conns"]
+    # Bare and bridge runs alternate, each right before the other, and the best of each is
+    # kept: on a shared (virtual) machine, interference only ever slows a run down, so the
+    # best run is the closest to what the code can do, for the baseline as for the bridge.
+    bares: list[LoadResult] = []
+    peaks: list[LoadResult] = []
+    backlog = 0
+    for round_ in range(scale.ingest_rounds):
+        bares.append(throughput(bare_port, bare_reqs, scale))
+        path = tmp / f"{backend}-{endpoint}-peak-{round_}.req"
+        peaks.append(throughput(port, build_requests(path, endpoint, port, keys, unique), scale))
+        backlog = max(backlog, await wait_dispatched(url))
+    bare_peak = max(bares, key=lambda r: r.rps)
+    peak = max(peaks, key=lambda r: r.rps)
+    progress(f"ingest: bare {endpoint} {bare_peak.rps:.0f} req/s")
+    notes = [f"{peak.generator}, {scale.connections} conns, best of {scale.ingest_rounds}"]
     if peak.ok_fraction < 0.999:
         notes.append(f"only {peak.ok_fraction:.1%} answered 2xx")
     if peak.sent > unique:

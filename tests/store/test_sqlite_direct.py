@@ -155,16 +155,14 @@ async def test_checkpoints_run_off_the_loop(db_path: Path) -> None:
 
 async def test_wal_stays_bounded_under_steady_writes(db_path: Path) -> None:
     """Commits back to back, with no quiet moment between them, still let checkpoints
-    empty the WAL once it passes its limit: it does not grow with the amount ever written
+    rewind the WAL once it passes its limit: it does not grow with the amount written
     (a PASSIVE checkpoint racing the next commit never rewinds it)."""
     body = b"x" * 10_000
     wal = db_path.with_name(db_path.name + "-wal")
-    async with _direct(db_path, checkpoint_every=20, wal_limit_bytes=200_000) as direct:
-        for n in range(400):  # 4 MB written in all
+    largest = 0
+    async with _direct(db_path, checkpoint_every=5, wal_limit_bytes=200_000) as direct:
+        for n in range(400):  # 4 MB of rows: about 12 MB of WAL (pages, indexes) in all
             await direct.add_inbox([_delivery(n, body)], None, 60)
-        for _ in range(100):
-            if _size(wal) < 1_000_000:
-                break
-            await asyncio.sleep(0.05)
-        assert _size(wal) < 1_000_000
+            largest = max(largest, _size(wal))
+    assert largest < 6_000_000
     assert _count(db_path) == 400

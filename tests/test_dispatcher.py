@@ -116,3 +116,46 @@ async def stored_row(url: str, inbox_id: InboxId) -> InboxRow:
         await store.close()
     assert row is not None
     return row
+
+
+async def test_event_no_rule_handles_is_recorded_without_lookups(tmp_path: Path) -> None:
+    """An incident.io status change that no enabled rule triggers on is recorded at once
+    as no_match with every rule's reason, without asking the platform for fresh state
+    (the platforms here are unreachable: a hydration would leave the event pending for a
+    retry) and without consulting links or the echo guard."""
+    settings = bridge_settings(tmp_path, rules=RULES, executor={"poll_interval_seconds": 0.05})
+    body = {
+        "event_type": "public_incident.incident_status_updated_v2",
+        "public_incident.incident_status_updated_v2": {
+            "incident": {"id": "inc-9", "name": "x", "incident_status": {"category": "closed"}},
+            "new_status": {"category": "closed"},
+            "previous_status": {"category": "active"},
+        },
+    }
+    seed = SqlStore(settings.store.url)
+    await seed.open()
+    (inbox_id,) = await seed.add_inbox(
+        [
+            NewInboxEvent(
+                source="incident_io",
+                delivery_id=DeliveryId("status-1"),
+                event_type="public_incident.incident_status_updated_v2",
+                body=json.dumps(body).encode(),
+                received_at=datetime.now(UTC),
+            )
+        ]
+    )
+    await seed.close()
+    assert inbox_id is not None
+    bridge = Bridge(settings, env={}, registry=CollectorRegistry())
+    await bridge.start()
+    try:
+        await all_dispatched(bridge)
+        row = await bridge.store.get_inbox(inbox_id)
+    finally:
+        await bridge.stop()
+    assert row is not None
+    assert row.state == "processed"
+    assert row.trace is not None
+    assert "no enabled rule triggers" in row.trace["skipped"]
+    assert row.trace["rules"]["cancel-linked"]["reason"] == "trigger mismatch"

@@ -265,6 +265,20 @@ class Dispatcher:
                 row, event, "ignored", {**base, "ignored": "event type not mapped"}
             )
             return
+        rules = self._rules()
+        if not rules.triggered_by(event):
+            # Nothing can act on it: neither the echo verdict, nor the links, nor fresh state
+            # would change the outcome, so none is looked up (most webhooks of a busy
+            # platform are of types no rule handles).
+            evaluation = evaluate(rules, event, LinkGraph(set()), now)
+            trace = {
+                **base,
+                **dict(evaluation.trace),
+                "skipped": "no enabled rule triggers on this event; links, echo guard and"
+                " fresh state not consulted",
+            }
+            await self._complete(row, event, "no_match", trace)
+            return
         # The echo verdict and the links around the event are independent reads: together.
         echo, links = await asyncio.gather(
             self._echo.verdict(event, now), self._links_around(refs_to_resolve(event))
@@ -273,7 +287,6 @@ class Dispatcher:
             self._metrics.echoes_suppressed.labels(event.source).inc()
             await self._complete(row, event, "echo", {**base, "echo": echo})
             return
-        rules = self._rules()
         related_before = event.related
         try:
             if event.needs_hydration or rules.needs_hydration(event) or is_status_event(event):

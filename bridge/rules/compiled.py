@@ -215,6 +215,10 @@ class RuleSet:
     variables: Mapping[str, Any]
     source_path: str
 
+    def triggered_by(self, event: Event) -> bool:
+        """True if at least one enabled rule looks at `event` (source and event type)."""
+        return any(r.enabled and r.triggers(event) for r in self.rules)
+
     def needs_hydration(self, event: Event) -> bool:
         """True if an enabled rule that would look at `event` asks for fresh state."""
         return any(r.enabled and r.hydrate and r.triggers(event) for r in self.rules)

@@ -185,6 +185,7 @@ class Bridge:
             metrics=self.metrics,
             logger=self.log.bind(component="ingest"),
             max_body_bytes=settings.server.max_body_bytes,
+            body_timeout_seconds=settings.server.body_timeout_seconds,
         )
         self.scheduler = Scheduler(
             store=self.store,

@@ -70,6 +70,15 @@ class ServerSettings(_Group):
         le=64 * 1_048_576,
         description="Largest webhook body accepted (413 above).",
     )
+    body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "Longest a webhook body may take to arrive once its headers did (408 after;"
+            " a client trickling its body cannot hold a handler open)."
+        ),
+    )
     shutdown_grace_seconds: float = Field(
         20.0, gt=0, le=600, description="On SIGTERM, how long in-flight work may take to finish."
     )

@@ -22,6 +22,7 @@ WEBHOOK_OUTCOMES = (
     "rejected_signature",
     "rejected_payload",
     "too_large",
+    "too_slow",
     "ignored",
     "unavailable",
 )
@@ -71,7 +72,8 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
         webhook_rejections=Counter(
             "bridge_webhook_rejections_total",
             "Webhook deliveries refused before storage, by source and reason "
-            "(signature, timestamp, missing_header, payload, too_large, content_type).",
+            "(signature, timestamp, missing_header, payload, too_large, body_timeout,"
+            " content_type).",
             ("source", "reason"),
             registry=registry,
         ),

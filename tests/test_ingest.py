@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import Bridge
 from bridge.events import DeliveryId
-from tests.conftest import incident_io_delivery, rootly_delivery
+from tests.conftest import bridge_settings, incident_io_delivery, rootly_delivery
 
 
 def url(bridge: Bridge, path: str) -> str:
@@ -241,3 +244,34 @@ async def test_concurrent_deliveries_are_group_committed(bridge: Bridge) -> None
     for i in (0, 99, 199):
         assert await bridge.store.find_inbox("incident_io", DeliveryId(f"msg_{i}")) is not None
     assert received(bridge, "incident_io", "public_alert.alert_created_v1", "accepted") == 200
+
+
+async def test_trickled_body_is_408_and_not_stored(tmp_path: Path) -> None:
+    """A client that sends its headers, then part of its body and stalls, gets 408 once
+    `server.body_timeout_seconds` has passed (the handler is not held open by it), nothing
+    is stored, and the next delivery on the same bridge is accepted."""
+    settings = bridge_settings(
+        tmp_path, server={"host": "127.0.0.1", "port": 0, "body_timeout_seconds": 0.3}
+    )
+    running = Bridge(settings, env={}, registry=CollectorRegistry())
+    await running.start()
+    try:
+        assert running.endpoint is not None
+        body, headers = rootly_delivery(delivery_id="slow")
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.endpoint.port)
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(
+            f"POST /webhooks/rootly HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"{head}\r\n".encode()
+            + body[:10]
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+        writer.close()
+        assert status_line.startswith(b"HTTP/1.1 408"), status_line
+        assert await running.store.find_inbox("rootly", DeliveryId("slow")) is None
+        assert received(running, "rootly", "unknown", "too_slow") == 1
+        status, _ = await post(running, "/webhooks/rootly", body, headers)
+        assert status == 200
+    finally:
+        await running.stop()

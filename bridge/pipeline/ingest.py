@@ -11,6 +11,7 @@ transaction per batch, so throughput does not collapse to one fsync per webhook.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,7 @@ class Ingest:
         metrics: Metrics,
         logger: Logger,
         max_body_bytes: int,
+        body_timeout_seconds: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sources = sources
@@ -132,6 +134,7 @@ class Ingest:
         self._metrics = metrics
         self._log = logger
         self._max_body = max_body_bytes
+        self._body_timeout = body_timeout_seconds
         self._clock = clock
         self._accepting = True
         self._in_flight = 0
@@ -152,9 +155,12 @@ class Ingest:
     def _reject(
         self, source: Platform, reason: str, status: int, message: str, **log: object
     ) -> web.Response:
-        outcome = {413: "too_large", 401: "rejected_signature", 503: "unavailable"}.get(
-            status, "rejected_payload"
-        )
+        outcome = {
+            413: "too_large",
+            408: "too_slow",
+            401: "rejected_signature",
+            503: "unavailable",
+        }.get(status, "rejected_payload")
         self._count(source, "unknown", outcome)
         self._metrics.webhook_rejections.labels(source, reason).inc()
         self._log.warning("webhook.rejected", source=source, reason=reason, status=status, **log)
@@ -186,7 +192,16 @@ class Ingest:
             return self._reject(
                 source, "content_type", 415, "Content-Type must be application/json"
             )
-        body = await self._read_body(request)
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                body = await self._read_body(request)
+        except TimeoutError:
+            return self._reject(
+                source,
+                "body_timeout",
+                408,
+                f"body not received within {self._body_timeout:g} s",
+            )
         if body is None:
             return self._reject(
                 source, "too_large", 413, f"body larger than {self._max_body} bytes"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -13,6 +14,7 @@ from bridge.app import Bridge
 from bridge.events import DeliveryId, InboxId
 from bridge.store.base import InboxRow, NewInboxEvent
 from bridge.store.sql import SqlStore
+from bridge.store.sqlite_direct import encode_time
 from tests.conftest import bridge_settings
 
 RULES = """\
@@ -159,3 +161,38 @@ async def test_event_no_rule_handles_is_recorded_without_lookups(tmp_path: Path)
     assert row.trace is not None
     assert "no enabled rule triggers" in row.trace["skipped"]
     assert row.trace["rules"]["cancel-linked"]["reason"] == "trigger mismatch"
+
+
+async def test_echo_is_counted_even_when_no_rule_handles_the_event(tmp_path: Path) -> None:
+    """A Rootly `incident.updated` echoing the bridge's own write is recognised as an echo
+    (trace and `bridge_echoes_suppressed_total`) although no rule handles that event type:
+    the shortcut for such events still asks the echo guard."""
+    cancel_only = (
+        "version: 1\nrules:\n  - name: cancel-linked" + RULES.split("  - name: cancel-linked")[1]
+    )
+    settings = bridge_settings(tmp_path, rules=cancel_only)
+    seed = SqlStore(settings.store.url)
+    await seed.open()
+    data = {"id": "inc-1", "title": "t", "status": "started"}
+    (inbox_id,) = await seed.add_inbox([rootly_event("u-1", "incident.updated", data)])
+    await seed.close()
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    with sqlite3.connect(settings.store.url.removeprefix("sqlite:///")) as conn:
+        conn.execute(
+            "INSERT INTO echo_records (ref, change, expires_at) VALUES (?, ?, ?)",
+            ("rootly:incident:inc-1", "updated", encode_time(expires)),
+        )
+    assert inbox_id is not None
+    registry = CollectorRegistry()
+    bridge = Bridge(settings, env={}, registry=registry)
+    await bridge.start()
+    try:
+        await all_dispatched(bridge)
+        row = await bridge.store.get_inbox(inbox_id)
+    finally:
+        await bridge.stop()
+    assert row is not None
+    assert row.trace is not None
+    assert "echo" in row.trace
+    echoes = registry.get_sample_value("bridge_echoes_suppressed_total", {"source": "rootly"})
+    assert echoes == 1.0

@@ -266,26 +266,30 @@ class Dispatcher:
             )
             return
         rules = self._rules()
-        if not rules.triggered_by(event):
-            # Nothing can act on it: neither the echo verdict, nor the links, nor fresh state
-            # would change the outcome, so none is looked up (most webhooks of a busy
-            # platform are of types no rule handles).
-            evaluation = evaluate(rules, event, LinkGraph(set()), now)
-            trace = {
-                **base,
-                **dict(evaluation.trace),
-                "skipped": "no enabled rule triggers on this event; links, echo guard and"
-                " fresh state not consulted",
-            }
-            await self._complete(row, event, "no_match", trace)
-            return
-        # The echo verdict and the links around the event are independent reads: together.
-        echo, links = await asyncio.gather(
-            self._echo.verdict(event, now), self._links_around(refs_to_resolve(event))
-        )
+        triggered = rules.triggered_by(event)
+        if triggered:
+            # The echo verdict and the links around the event are independent reads: together.
+            echo, links = await asyncio.gather(
+                self._echo.verdict(event, now), self._links_around(refs_to_resolve(event))
+            )
+        else:
+            # Nothing can act on it, so neither links nor fresh state are looked up (most
+            # webhooks of a busy platform are of types no rule handles); the echo verdict
+            # still is, one indexed read, so the echo metric keeps counting every echo.
+            echo, links = await self._echo.verdict(event, now), LinkGraph(set())
         if echo is not None:
             self._metrics.echoes_suppressed.labels(event.source).inc()
             await self._complete(row, event, "echo", {**base, "echo": echo})
+            return
+        if not triggered:
+            evaluation = evaluate(rules, event, links, now)
+            trace = {
+                **base,
+                **dict(evaluation.trace),
+                "skipped": "no enabled rule triggers on this event; links and fresh state"
+                " not consulted (so it is not checked for being stale)",
+            }
+            await self._complete(row, event, "no_match", trace)
             return
         related_before = event.related
         try:

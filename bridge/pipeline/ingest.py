@@ -196,12 +196,15 @@ class Ingest:
             async with asyncio.timeout(self._body_timeout):
                 body = await self._read_body(request)
         except TimeoutError:
-            return self._reject(
+            response = self._reject(
                 source,
                 "body_timeout",
                 408,
                 f"body not received within {self._body_timeout:g} s",
             )
+            # The rest of that body is not worth waiting for: close instead of draining it.
+            response.force_close()
+            return response
         if body is None:
             return self._reject(
                 source, "too_large", 413, f"body larger than {self._max_body} bytes"

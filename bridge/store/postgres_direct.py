@@ -32,7 +32,9 @@ _INBOX_INSERT: Final = (
     " next_attempt_at, attempts, lease_owner, lease_expires_at)"
     " SELECT s, d, t, b, r, 'pending', $6, $7, $8, $9"
     " FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamptz[])"
-    " WITH ORDINALITY AS batch (s, d, t, b, r, n) ORDER BY n"
+    # In key order: two replicas inserting overlapping batches lock the same keys in the same
+    # order instead of deadlocking; n keeps the first of a key repeated in the batch first.
+    " WITH ORDINALITY AS batch (s, d, t, b, r, n) ORDER BY s, d, n"
     " ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id, source, delivery_id"
 )
 

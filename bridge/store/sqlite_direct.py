@@ -84,14 +84,17 @@ CHECKPOINT_INTERVAL_SECONDS: Final = 1.0
 """Also checkpoint this often when anything was written: the first checkpoint after the
 writes stop catches up completely, so the next write rewinds the WAL (no WAL growth across
 bursts, none of them needing the writer-holding checkpoint)."""
-CHECKPOINT_WAIT_SECONDS: Final = 1.0
-"""How long a RESTART checkpoint waits for the writer and readers in hand before giving up
-until the next request."""
+CHECKPOINT_WAIT_SECONDS: Final = 5.0
+"""Busy timeout of the checkpointer's own connection (it never holds anyone up)."""
+RESTART_WAIT_MS: Final = 100
+"""How long the writer-holding RESTART waits for the transaction in hand before giving up."""
+RESTART_RETRY_SECONDS: Final = 30.0
+"""After a RESTART could not complete (another connection is reading old frames), how long
+before trying again; writers are not held meanwhile."""
 WAL_LIMIT_BYTES: Final = 256 * 1024 * 1024
+"""WAL size beyond which a checkpoint may hold writers off to rewind it (see above)."""
 CATCH_UP_FRAMES: Final = 256
 """New WAL frames per PASSIVE round below which the final, writer-holding round may start."""
-"""WAL size beyond which a checkpoint may hold writers off to empty it (see above)."""
-"""How long a checkpoint waits for the writer and readers in hand before trying later."""
 
 _INBOX_DATES: Final = ("received_at", "processed_at", "next_attempt_at", "lease_expires_at")
 _OUTBOX_DATES: Final = (
@@ -217,6 +220,7 @@ class _Checkpointer:
         self._writes_held = writes_held
         self._checkpointed = 0
         self._page_bytes: int | None = None
+        self._restart_after = 0.0
         self._path = path
         self._wal = path.with_name(path.name + "-wal")
         self._wal_limit = wal_limit_bytes
@@ -261,31 +265,58 @@ class _Checkpointer:
         was appended meanwhile without holding anyone, until a round finds little new;
         then RESTART holds writers for that small tail and one fsync (measured: 38 ms at
         worst on a slow virtual disk, against 110 ms for one checkpoint of a large WAL)."""
+        if time.monotonic() < self._restart_after:
+            return
         size = self._wal_size()
         previous: int | None = None
         rounds = 0
+        frames = copied = 0
         while rounds < 8:
             rounds += 1
-            _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if previous is not None and frames - previous <= CATCH_UP_FRAMES:
                 break
             previous = frames
+        if copied < frames:
+            # Another connection (a backup, a CLI) is reading frames that cannot be copied
+            # yet: a RESTART would hold the writers and still fail. Try again later.
+            self._restart_failed("a reader holds old WAL frames", size, frames, copied)
+            return
         started = time.monotonic()
         # Hold the loop's writers (they back off asynchronously): left to SQLite's busy
         # handler alone, a RESTART rarely finds a gap between back-to-back commits.
         self._writes_held.set()
         try:
+            conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
             # RESTART, not TRUNCATE: shrinking a file of hundreds of MB can take longer than
             # the checkpoint itself (measured 267 ms held); the next writes reuse the space.
-            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         finally:
             self._writes_held.clear()
+            conn.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_WAIT_SECONDS * 1000)}")
+        held_ms = round((time.monotonic() - started) * 1000, 1)
+        if busy:
+            self._restart_failed("busy", size, frames, copied, writers_held_ms=held_ms)
+            return
         self._report(
             "store.wal_restarted",
             wal_bytes_before=size,
-            wal_bytes=self._wal_size(),
             catch_up_rounds=rounds,
-            writers_held_ms=round((time.monotonic() - started) * 1000, 1),
+            writers_held_ms=held_ms,
+        )
+
+    def _restart_failed(
+        self, reason: str, size: int, frames: int, copied: int, **fields: object
+    ) -> None:
+        self._restart_after = time.monotonic() + RESTART_RETRY_SECONDS
+        self._report(
+            "store.wal_restart_failed",
+            reason=reason,
+            wal_bytes=size,
+            wal_frames=frames,
+            frames_copied=copied,
+            retry_in_seconds=RESTART_RETRY_SECONDS,
+            **fields,
         )
 
     def _run(self) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from bridge.events import DeliveryId, ObjectRef
 from bridge.store.base import NewInboxEvent, StoreUnavailable
@@ -166,3 +167,30 @@ async def test_wal_stays_bounded_under_steady_writes(db_path: Path) -> None:
             largest = max(largest, _size(wal))
     assert largest < 6_000_000
     assert _count(db_path) == 400
+
+
+async def test_a_pinned_wal_is_not_restarted_and_writers_are_not_held(db_path: Path) -> None:
+    """Another connection reading an old snapshot (a backup, a CLI) keeps frames in the
+    WAL that no checkpoint may copy: past the limit the checkpointer reports that and backs
+    off instead of holding the writers for a RESTART that cannot succeed."""
+    body = b"x" * 10_000
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    with capture_logs() as logs:
+        async with _direct(db_path, checkpoint_every=5, wal_limit_bytes=200_000) as direct:
+            await direct.add_inbox([_delivery(0, body)], None, 60)
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM inbox").fetchall()  # pins this snapshot
+            for n in range(1, 200):
+                await direct.add_inbox([_delivery(n, body)], None, 60)
+            for _ in range(100):
+                if any(e["event"] == "store.wal_restart_failed" for e in logs):
+                    break
+                await asyncio.sleep(0.05)
+        reader.execute("ROLLBACK")
+        reader.close()
+    events = [e["event"] for e in logs]
+    assert "store.wal_restart_failed" in events
+    assert "store.wal_restarted" not in events
+    failed = next(e for e in logs if e["event"] == "store.wal_restart_failed")
+    assert failed["reason"] == "a reader holds old WAL frames"
+    assert _count(db_path) == 200

@@ -136,18 +136,16 @@ async def test_reads_do_not_wait_for_another_writer(
         await direct.ping()
 
 
-async def test_checkpoints_run_off_the_loop(db_path: Path) -> None:
-    """The loop's connection never checkpoints; after `checkpoint_every` commits the
-    store's checkpointer thread copies the WAL into the database file."""
+async def test_writes_reach_the_database_file_within_about_a_second(db_path: Path) -> None:
+    """Once writes stop, the checkpointer thread copies (and fsyncs) them into the
+    database file within about a second, without any further write or request: what a
+    power cut can lose is bounded by that second (docs/guarantees.md)."""
     size_before = _size(db_path)
     body = b"x" * 100_000
-    async with _direct(db_path, checkpoint_every=5) as direct:
-        for n in range(4):
+    async with _direct(db_path, checkpoint_every=1_000_000) as direct:
+        for n in range(5):
             await direct.add_inbox([_delivery(n, body)], None, 60)
-        await asyncio.sleep(0.3)
-        assert _size(db_path) == size_before, "checkpointed before it was asked to"
-        await direct.add_inbox([_delivery(4, body)], None, 60)
-        for _ in range(200):
+        for _ in range(100):
             if _size(db_path) >= size_before + 5 * len(body):
                 break
             await asyncio.sleep(0.05)

@@ -1,8 +1,12 @@
 """Benchmarks 1 and 6: webhook ingest throughput and latency, and the bridge's peak memory.
 
 The bridge runs as `python -m bridge serve` in its own process (SQLite file or a fresh
-PostgreSQL database), with rules that match nothing (`rules: []`) so only ingest and the
-dispatcher's bookkeeping run; the platform API URLs point at a dead loopback port and are
+PostgreSQL database), with rules that match nothing (`rules: []`): ingest settles every
+event itself (stored already processed, see `bridge.pipeline.triage`), as it does for the
+many webhook types no rule looks at. On SQLite a second bridge (`ingest.sqlite.<endpoint>.
+dispatched`) runs rules that trigger on the benchmark's event types but whose condition is
+false, so every event is also dispatched (parsed, looked up, evaluated, recorded): the cost
+of events the rules do look at. The platform API URLs point at a dead loopback port and are
 never called. The baseline is `bench.bare_server` (aiohttp, reads the body, answers 200) in
 its own process. Requests are pre-signed with real secrets, one unique delivery ID each,
 timestamps taken when built (well within the 300 s window).
@@ -58,6 +62,29 @@ ENDPOINTS = {"incident_io": "/webhooks/incident-io", "rootly": "/webhooks/rootly
 # Upper bound on the rate we pre-build unique requests for; more is replayed (duplicates).
 MAX_EXPECTED_RPS = 6000
 EMPTY_RULES = "version: 1\nrules: []\n"
+# Rules that look at both benchmark event types (so each event is dispatched) and never
+# fire (so nothing calls the dead platform URLs).
+DISPATCHED_RULES = """\
+version: 1
+rules:
+  - name: bench-rootly-alerts
+    on: {source: rootly, event: alert.created}
+    when: [{field: source, equals: never}]
+    actions:
+      - do: incident_io.create_escalation
+        params: {title: never}
+  - name: bench-incident-io-incidents
+    on: {source: incident_io, event: public_incident.incident_created_v2}
+    when: [{field: source, equals: never}]
+    actions:
+      - do: incident_io.create_escalation
+        params: {title: never}
+"""
+# Variants measured per backend: (figure-name suffix, rules file text).
+VARIANTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "sqlite": (("", EMPTY_RULES), (".dispatched", DISPATCHED_RULES)),
+    "postgresql": (("", EMPTY_RULES),),
+}
 
 
 @dataclass(frozen=True)
@@ -135,13 +162,13 @@ async def store_url(backend: str, tmp: Path) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def bridge_process(
-    url: str, keys: Secrets, tmp: Path
+    url: str, keys: Secrets, tmp: Path, rules_text: str = EMPTY_RULES
 ) -> AsyncIterator[tuple[int, subprocess.Popen[bytes]]]:
     """`python -m bridge serve` on a free port; yields (port, process); stops it after."""
     port = free_port()
     dead = dead_port()
     rules = tmp / "rules.yaml"
-    rules.write_text(EMPTY_RULES)
+    rules.write_text(rules_text)
     # Configured through the environment only (the documented BRIDGE_* interface), with the
     # working directory in `tmp` so no config/bridge.yaml is picked up.
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
@@ -243,37 +270,38 @@ async def run(scale: Scale, progress: Callable[[str], None] = print) -> list[Fig
                         skipped(f"ingest.{backend}.{e}", "throughput", reason) for e in ENDPOINTS
                     ]
                     continue
-                work = tmp / backend
-                work.mkdir()
-                async with (
-                    store_url(backend, work) as url,
-                    bridge_process(url, keys, work) as (port, proc),
-                ):
-                    for endpoint in ENDPOINTS:
-                        figures += await _measure(
-                            scale,
-                            tmp,
-                            keys,
-                            backend,
-                            endpoint,
-                            url,
-                            port,
-                            bare_port,
-                            bare_reqs[endpoint],
-                            progress,
+                for suffix, rules_text in VARIANTS[backend]:
+                    work = tmp / f"{backend}{suffix}"
+                    work.mkdir()
+                    async with (
+                        store_url(backend, work) as url,
+                        bridge_process(url, keys, work, rules_text) as (port, proc),
+                    ):
+                        for endpoint in ENDPOINTS:
+                            figures += await _measure(
+                                scale,
+                                tmp,
+                                keys,
+                                f"ingest.{backend}.{endpoint}{suffix}",
+                                endpoint,
+                                url,
+                                port,
+                                bare_port,
+                                bare_reqs[endpoint],
+                                progress,
+                            )
+                        rss = peak_rss_mb(proc.pid)
+                        figures.append(
+                            Figure(
+                                f"memory.{backend}{suffix}",
+                                "peak RSS",
+                                rss,
+                                "MB",
+                                target="<=150 MB",
+                                ok=None if rss is None else rss <= 150,
+                                note="bridge process VmHWM after the ingest runs",
+                            )
                         )
-                    rss = peak_rss_mb(proc.pid)
-                    figures.append(
-                        Figure(
-                            f"memory.{backend}",
-                            "peak RSS",
-                            rss,
-                            "MB",
-                            target="<=150 MB",
-                            ok=None if rss is None else rss <= 150,
-                            note="bridge process VmHWM after the ingest runs",
-                        )
-                    )
         finally:
             stop_process(bare)
     return figures
@@ -283,7 +311,7 @@ async def _measure(
     scale: Scale,
     tmp: Path,
     keys: Secrets,
-    backend: str,
+    name: str,
     endpoint: str,
     url: str,
     port: int,
@@ -291,7 +319,7 @@ async def _measure(
     bare_reqs: Path,
     progress: Callable[[str], None],
 ) -> list[Figure]:
-    name = f"ingest.{backend}.{endpoint}"
+    files = name.replace(".", "-")
     unique = int(MAX_EXPECTED_RPS * scale.ingest_seconds)
     # Bare and bridge runs alternate, each right before the other, and the best of each is
     # kept: on a shared (virtual) machine, interference only ever slows a run down, so the
@@ -301,7 +329,7 @@ async def _measure(
     backlog = 0
     for round_ in range(scale.ingest_rounds):
         bares.append(throughput(bare_port, bare_reqs, scale))
-        path = tmp / f"{backend}-{endpoint}-peak-{round_}.req"
+        path = tmp / f"{files}-peak-{round_}.req"
         peaks.append(throughput(port, build_requests(path, endpoint, port, keys, unique), scale))
         backlog = max(backlog, await wait_dispatched(url))
     bare_peak = max(bares, key=lambda r: r.rps)
@@ -329,7 +357,7 @@ async def _measure(
     ]
     rate = max(1.0, 0.5 * peak.rps)
     count = int(rate * scale.latency_seconds * 1.2) + 10
-    reqs = build_requests(tmp / f"{backend}-{endpoint}-lat.req", endpoint, port, keys, count)
+    reqs = build_requests(tmp / f"{files}-lat.req", endpoint, port, keys, count)
     lat = latency(port, reqs, scale, rate)
     await wait_dispatched(url)
     bare_reqs = build_requests(tmp / f"bare-{endpoint}-lat.req", endpoint, bare_port, keys, count)

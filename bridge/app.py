@@ -182,6 +182,7 @@ class Bridge:
         self.ingest = Ingest(
             sources=sources,
             writer=self.writer,
+            rules=self.rulebook.current,
             metrics=self.metrics,
             logger=self.log.bind(component="ingest"),
             max_body_bytes=settings.server.max_body_bytes,

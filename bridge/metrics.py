@@ -33,6 +33,25 @@ SOURCES = ("rootly", "incident_io")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+class LabelledCounters:
+    """Children of counter families, looked up once per label set and reused.
+
+    `Counter.labels()` validates its values and takes a lock on every call; on a path run
+    for every webhook that is a measurable share of the work. Label values are a closed
+    set (see each family), so the cache stays as small as the metric itself.
+    """
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
+
+    def inc(self, family: Counter, *labels: str) -> None:
+        key = (id(family), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        child.inc()
+
+
 @dataclass(frozen=True)
 class Metrics:
     registry: CollectorRegistry
@@ -129,14 +148,15 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
         ),
         echoes_suppressed=Counter(
             "bridge_echoes_suppressed_total",
-            "Events recognised as echoes of the bridge's own writes and not mirrored back.",
+            "Events of a type some rule acts on, recognised as echoes of the bridge's own "
+            "writes and not mirrored back (loops prevented).",
             ("source",),
             registry=registry,
         ),
         events_dispatched=Counter(
             "bridge_events_dispatched_total",
-            "Inbox events processed by the dispatcher, by source and result "
-            "(actions, no_match, echo, ignored, error).",
+            "Inbox events processed, by source and result (actions, no_match, echo, stale, "
+            "ignored, error); includes events settled at ingest (no rule triggers on them).",
             ("source", "result"),
             registry=registry,
         ),

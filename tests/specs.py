@@ -8,6 +8,7 @@ against the spec's own `components`.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -148,8 +149,9 @@ def webhook_entry(event_type: str) -> dict[str, Any]:
 
 
 def webhook_example(event_type: str) -> dict[str, Any]:
-    """The official example payload of an incident.io webhook event type."""
-    example: dict[str, Any] = webhook_entry(event_type)["example"]
+    """The official example payload of an incident.io webhook event type: a copy, so a
+    test that edits it cannot change what later tests read from the cached spec."""
+    example: dict[str, Any] = copy.deepcopy(webhook_entry(event_type)["example"])
     return example
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bridge.app import Bridge
-from bridge.events import Action, ActionId, IdempotencyKey, InboxId, ObjectRef, RuleName
+from bridge.events import (
+    Action,
+    ActionId,
+    DeliveryId,
+    IdempotencyKey,
+    ObjectRef,
+    RuleName,
+)
+from bridge.store.base import NewInboxEvent
 from tests.conftest import ADMIN_TOKEN, bridge_settings, rootly_delivery
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -135,11 +144,23 @@ async def test_dead_letter_list_replay_drop_and_trace(
     """A dead-lettered action is listed with its error, replayed back to pending (once), and
     the event's trace shows the action; unknown IDs are 404."""
     store = bridge.store
-    body, headers = rootly_delivery(delivery_id="ev-trace")
-    async with http.post(url(bridge, "/webhooks/rootly"), data=body, headers=headers) as response:
-        inbox_id = InboxId((await response.json())["inbox_id"])
     bridge.dispatcher.stop()  # keep the pipeline's hands off the rows this test drives by hand
     bridge.executor.stop()
+    # Stored by hand, pending: the fixture has no rules, so a webhook would be settled at
+    # ingest (already processed) and this test needs an event to record actions for.
+    body, _ = rootly_delivery(delivery_id="ev-trace")
+    (inbox_id,) = await store.add_inbox(
+        [
+            NewInboxEvent(
+                source="rootly",
+                delivery_id=DeliveryId("ev-trace"),
+                event_type="incident.created",
+                body=body,
+                received_at=datetime.now(UTC),
+            )
+        ]
+    )
+    assert inbox_id is not None
     action = Action(
         operation="incident_io.cancel_escalation",
         target=ObjectRef("incident_io", "escalation", "esc-9"),

@@ -163,10 +163,10 @@ async def test_event_no_rule_handles_is_recorded_without_lookups(tmp_path: Path)
     assert row.trace["rules"]["cancel-linked"]["reason"] == "trigger mismatch"
 
 
-async def test_echo_is_counted_even_when_no_rule_handles_the_event(tmp_path: Path) -> None:
-    """A Rootly `incident.updated` echoing the bridge's own write is recognised as an echo
-    (trace and `bridge_echoes_suppressed_total`) although no rule handles that event type:
-    the shortcut for such events still asks the echo guard."""
+async def test_echo_no_rule_handles_is_not_counted_as_suppressed(tmp_path: Path) -> None:
+    """A Rootly `incident.updated` echoing the bridge's own write, of a type no rule
+    handles, is recorded as no_match and not counted in `bridge_echoes_suppressed_total`:
+    nothing would have acted on it, so no loop was prevented (the metric counts loops)."""
     cancel_only = (
         "version: 1\nrules:\n  - name: cancel-linked" + RULES.split("  - name: cancel-linked")[1]
     )
@@ -193,6 +193,9 @@ async def test_echo_is_counted_even_when_no_rule_handles_the_event(tmp_path: Pat
         await bridge.stop()
     assert row is not None
     assert row.trace is not None
-    assert "echo" in row.trace
+    assert "echo" not in row.trace
+    assert "no enabled rule triggers" in row.trace["skipped"]
+    dispatched = {"source": "rootly", "result": "no_match"}
+    assert registry.get_sample_value("bridge_events_dispatched_total", dispatched) == 1.0
     echoes = registry.get_sample_value("bridge_echoes_suppressed_total", {"source": "rootly"})
-    assert echoes == 1.0
+    assert not echoes

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import Bridge
 from bridge.events import DeliveryId
+from bridge.store.base import InboxRow
 from tests.conftest import bridge_settings, incident_io_delivery, rootly_delivery
 
 
@@ -273,5 +274,75 @@ async def test_trickled_body_is_408_and_not_stored(tmp_path: Path) -> None:
         assert received(running, "rootly", "unknown", "too_slow") == 1
         status, _ = await post(running, "/webhooks/rootly", body, headers)
         assert status == 200
+    finally:
+        await running.stop()
+
+
+ONE_RULE = """\
+version: 1
+rules:
+  - name: page-for-nothing
+    on: {source: rootly, event: incident.created}
+    when: [{field: incident.id, equals: "never-this-id"}]
+    actions:
+      - do: incident_io.create_escalation
+        params: {title: "t"}
+"""
+
+
+def dispatched(bridge: Bridge, source: str, result: str) -> float:
+    value = bridge.metrics.registry.get_sample_value(
+        "bridge_events_dispatched_total", {"source": source, "result": result}
+    )
+    return value or 0.0
+
+
+async def processed_row(bridge: Bridge, source: str, delivery: str) -> InboxRow:
+    """The stored row once it is processed (the dispatcher runs beside ingest), within 10 s."""
+    async with asyncio.timeout(10):
+        while True:
+            row = await bridge.store.find_inbox(source, DeliveryId(delivery))  # type: ignore[arg-type]
+            if row is not None and row.state == "processed":
+                return row
+            await asyncio.sleep(0.02)
+
+
+async def test_events_no_rule_triggers_on_are_settled_at_ingest(tmp_path: Path) -> None:
+    """A webhook of a type no enabled rule triggers on is stored already processed, with a
+    trace saying it was settled at ingest, counted as no_match; an unmapped type likewise
+    as ignored. A type a rule triggers on is stored pending and evaluated by the dispatcher
+    (its trace carries the rule evaluation, not the ingest settlement)."""
+    running = Bridge(
+        bridge_settings(tmp_path, rules=ONE_RULE), env={}, registry=CollectorRegistry()
+    )
+    await running.start()
+    try:
+        for event_type, delivery in [
+            ("incident.updated", "quiet"),
+            ("incident.widgeted", "unknown"),
+            ("incident.created", "handled"),
+        ]:
+            body, headers = rootly_delivery(event_type, delivery_id=delivery)
+            status, _ = await post(running, "/webhooks/rootly", body, headers)
+            assert status == 200
+        quiet = await running.store.find_inbox("rootly", DeliveryId("quiet"))
+        unknown = await running.store.find_inbox("rootly", DeliveryId("unknown"))
+        # Settled rows are processed the moment the 200 is sent, before any dispatch.
+        assert quiet is not None
+        assert unknown is not None
+        assert (quiet.state, quiet.attempts) == ("processed", 0)
+        assert quiet.trace is not None
+        assert "settled" in quiet.trace
+        assert "skipped" in quiet.trace
+        assert (unknown.state, unknown.attempts) == ("processed", 0)
+        assert unknown.trace is not None
+        assert "ignored" in unknown.trace
+        handled = await processed_row(running, "rootly", "handled")
+        assert handled.attempts == 1
+        assert handled.trace is not None
+        assert "settled" not in handled.trace
+        assert handled.trace["rules"]["page-for-nothing"]["reason"] == "condition false"
+        assert dispatched(running, "rootly", "no_match") == 2
+        assert dispatched(running, "rootly", "ignored") == 1
     finally:
         await running.stop()

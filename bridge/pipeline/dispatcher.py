@@ -21,9 +21,10 @@ from typing import Any, Protocol
 
 from bridge.events import Event, ObjectKind, ObjectRef, Platform, freeze
 from bridge.logging import Logger
-from bridge.metrics import Metrics
+from bridge.metrics import LabelledCounters, Metrics
 from bridge.pipeline.batching import GroupCommit
 from bridge.pipeline.echo import EchoGuard
+from bridge.pipeline.triage import NO_RULE_TRIGGERS, UNMAPPED
 from bridge.platforms.base import PlatformClient
 from bridge.platforms.errors import RateLimited, Retryable, TargetMissing, UpstreamError
 from bridge.platforms.incident_io import webhook as incident_io_webhook
@@ -96,6 +97,7 @@ class Dispatcher:
         self._clients = clients
         self._echo = echo_guard
         self._metrics = metrics
+        self._counters = LabelledCounters()
         self._log = logger
         self._owner = owner
         self._on_actions = on_actions
@@ -242,7 +244,7 @@ class Dispatcher:
         await self._idle.wait()
 
     def _count(self, source: Platform, result: str) -> None:
-        self._metrics.events_dispatched.labels(source, result).inc()
+        self._counters.inc(self._metrics.events_dispatched, source, result)
 
     async def process(self, row: InboxRow, parsed: Event | PayloadError | None = None) -> None:
         """Decide what one stored delivery means; never raises for a bad event."""
@@ -261,35 +263,24 @@ class Dispatcher:
             "subject": str(event.subject) if event.subject else None,
         }
         if not event.known_type or event.subject is None:
-            await self._complete(
-                row, event, "ignored", {**base, "ignored": "event type not mapped"}
-            )
+            await self._complete(row, event, "ignored", {**base, "ignored": UNMAPPED})
             return
         rules = self._rules()
-        triggered = rules.triggered_by(event)
-        if triggered:
-            # The echo verdict and the links around the event are independent reads: together.
-            echo, links = await asyncio.gather(
-                self._echo.verdict(event, now), self._links_around(refs_to_resolve(event))
-            )
-        else:
-            # Nothing can act on it, so neither links nor fresh state are looked up (most
-            # webhooks of a busy platform are of types no rule handles); the echo verdict
-            # still is, one indexed read, so the echo metric keeps counting every echo.
-            echo, links = await self._echo.verdict(event, now), LinkGraph(set())
+        if not rules.triggered_by(event):
+            # Nothing can act on it (ingest settles most such events itself; this one was
+            # stored while a rule looked at its type): no links, fresh state or echo verdict,
+            # since an echo nothing would act on is not a loop to suppress.
+            evaluation = evaluate(rules, event, LinkGraph(set()), now)
+            trace = {**base, **dict(evaluation.trace), "skipped": NO_RULE_TRIGGERS}
+            await self._complete(row, event, "no_match", trace)
+            return
+        # The echo verdict and the links around the event are independent reads: together.
+        echo, links = await asyncio.gather(
+            self._echo.verdict(event, now), self._links_around(refs_to_resolve(event))
+        )
         if echo is not None:
             self._metrics.echoes_suppressed.labels(event.source).inc()
             await self._complete(row, event, "echo", {**base, "echo": echo})
-            return
-        if not triggered:
-            evaluation = evaluate(rules, event, links, now)
-            trace = {
-                **base,
-                **dict(evaluation.trace),
-                "skipped": "no enabled rule triggers on this event; links and fresh state"
-                " not consulted (so it is not checked for being stale)",
-            }
-            await self._complete(row, event, "no_match", trace)
             return
         related_before = event.related
         try:

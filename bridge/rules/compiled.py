@@ -204,7 +204,11 @@ class CompiledRule:
 
     def triggers(self, event: Event) -> bool:
         """Whether this rule looks at `event` (source and event-type glob)."""
-        return event.source == self.source and self.event_pattern.match(event.type) is not None
+        return self.triggers_on(event.source, event.type)
+
+    def triggers_on(self, source: str, event_type: str) -> bool:
+        """Whether this rule looks at events of `event_type` from `source`."""
+        return source == self.source and self.event_pattern.match(event_type) is not None
 
 
 @dataclass(frozen=True)
@@ -217,7 +221,11 @@ class RuleSet:
 
     def triggered_by(self, event: Event) -> bool:
         """True if at least one enabled rule looks at `event` (source and event type)."""
-        return any(r.enabled and r.triggers(event) for r in self.rules)
+        return self.triggered_on(event.source, event.type)
+
+    def triggered_on(self, source: str, event_type: str) -> bool:
+        """True if at least one enabled rule looks at events of `event_type` from `source`."""
+        return any(r.enabled and r.triggers_on(source, event_type) for r in self.rules)
 
     def needs_hydration(self, event: Event) -> bool:
         """True if an enabled rule that would look at `event` asks for fresh state."""

@@ -8,6 +8,7 @@ processed") and the executor's outcome (state + links + echo records) are all-or
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +41,19 @@ class SchemaTooNew(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class StoredTrace:
+    """A trace to store with events, JSON-encoded once: one such object is shared by every
+    event it describes (see `bridge.pipeline.triage`)."""
+
+    value: Mapping[str, Any]
+    text: str
+
+    @staticmethod
+    def of(value: Mapping[str, Any]) -> StoredTrace:
+        return StoredTrace(value, json.dumps(value))
+
+
+@dataclass(frozen=True, slots=True)
 class NewInboxEvent:
     """A verified webhook delivery to persist before answering 2xx."""
 
@@ -48,6 +62,9 @@ class NewInboxEvent:
     event_type: str
     body: bytes
     received_at: datetime
+    # Set when the event needs no dispatch (no enabled rule looks at its type): it is
+    # stored already processed, with this trace, and never claimed.
+    settled_trace: StoredTrace | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +195,9 @@ class Store(Protocol):
 
         Returns, per event, its new ID, or None when (source, delivery_id) was already stored.
         With `owner`, new rows are stored already claimed by it (lease, one attempt), for a
-        process that dispatches what it receives without a claim round.
+        process that dispatches what it receives without a claim round. An event with a
+        `settled_trace` is stored processed (at the store's now) with that trace instead,
+        unclaimed, with no attempt counted.
         """
 
     async def claim_inbox(self, owner: str, limit: int, lease_seconds: float) -> list[InboxRow]:

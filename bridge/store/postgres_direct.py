@@ -29,12 +29,17 @@ from bridge.store.urls import StoreUrl, is_store_failure, translate_error
 
 _INBOX_INSERT: Final = (
     "INSERT INTO inbox (source, delivery_id, event_type, body, received_at, state,"
-    " next_attempt_at, attempts, lease_owner, lease_expires_at)"
-    " SELECT s, d, t, b, r, 'pending', $6, $7, $8, $9"
-    " FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamptz[])"
+    " next_attempt_at, attempts, lease_owner, lease_expires_at, processed_at, trace)"
+    # A row with a trace is settled (needs no dispatch): processed now, never claimed.
+    " SELECT s, d, t, b, r, CASE WHEN tr IS NULL THEN 'pending' ELSE 'processed' END,"
+    " $7::timestamptz, CASE WHEN tr IS NULL THEN $8::integer ELSE 0 END,"
+    " CASE WHEN tr IS NULL THEN $9::text END, CASE WHEN tr IS NULL THEN $10::timestamptz END,"
+    " CASE WHEN tr IS NOT NULL THEN $7::timestamptz END, tr::jsonb"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamptz[],"
+    " $6::text[])"
     # In key order: two replicas inserting overlapping batches lock the same keys in the same
     # order instead of deadlocking; n keeps the first of a key repeated in the batch first.
-    " WITH ORDINALITY AS batch (s, d, t, b, r, n) ORDER BY s, d, n"
+    " WITH ORDINALITY AS batch (s, d, t, b, r, tr, n) ORDER BY s, d, n"
     " ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id, source, delivery_id"
 )
 
@@ -135,6 +140,7 @@ class DirectPostgres:
             [e.event_type for e in events],
             [e.body for e in events],
             [_aware(e.received_at) for e in events],
+            [None if e.settled_trace is None else e.settled_trace.text for e in events],
             _aware(now),
             1 if owner is not None else 0,
             owner,

@@ -171,13 +171,6 @@ class SqlStore:
         self._leader_conn: asyncpg.Connection | None = None
         self._listen_conn: asyncpg.Connection | None = None
         self._work_callbacks: list[Callable[[], None]] = []
-        # Built once: SQLAlchemy 2.0 does not cache compiled ON CONFLICT inserts, so at least
-        # the construction is not repeated on the ingest hot path.
-        self._inbox_insert = (
-            self._insert(inbox)
-            .on_conflict_do_nothing(index_elements=["source", "delivery_id"])
-            .returning(inbox.c.id, inbox.c.source, inbox.c.delivery_id)
-        )
 
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
@@ -309,44 +302,13 @@ class SqlStore:
     ) -> list[InboxId | None]:
         if not events:
             return []
+        # Both backends' hot path (one statement per event on the loop's SQLite connection,
+        # one unnest INSERT on PostgreSQL); there is no SQLAlchemy twin to keep in step.
         if self._direct is not None:
             return await self._direct.add_inbox(events, owner, lease_seconds)
         if isinstance(self._fast_path, DirectPostgres):
             return await self._fast_path.add_inbox(events, owner, lease_seconds, self._clock())
-        now = self._clock()
-        # With an owner the rows are stored already claimed (one attempt counted, as a
-        # claim would): the receiving process dispatches them without a claim round.
-        claim: dict[str, Any] = (
-            {
-                "attempts": 1,
-                "lease_owner": owner,
-                "lease_expires_at": now + timedelta(seconds=lease_seconds),
-            }
-            if owner is not None
-            else {"attempts": 0}
-        )
-        rows = [
-            {
-                "source": e.source,
-                "delivery_id": e.delivery_id,
-                "event_type": e.event_type,
-                "body": e.body,
-                "received_at": e.received_at,
-                "state": "pending",
-                "next_attempt_at": now,
-                **claim,
-            }
-            for e in events
-        ]
-        async with self._writing("storing webhook deliveries") as conn:
-            # Executed as "insertmanyvalues": one multi-row INSERT for the whole batch.
-            result = await conn.execute(self._inbox_insert, rows)
-            created = {(r.source, r.delivery_id): InboxId(r.id) for r in result}
-        # Per event its new ID; a key repeated within the batch: the first occurrence wins.
-        out: list[InboxId | None] = []
-        for e in events:
-            out.append(created.pop((e.source, e.delivery_id), None))
-        return out
+        raise StoreError(f"store {self._url.display} is not open (call open() first)")
 
     async def claim_inbox(self, owner: str, limit: int, lease_seconds: float) -> list[InboxRow]:
         """Claim due pending rows in id order; each claim counts one attempt, so an event

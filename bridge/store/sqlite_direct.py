@@ -109,8 +109,8 @@ _OUTBOX_JSON: Final = ("params", "result_links", "result")
 
 _INBOX_INSERT: Final = (
     "INSERT INTO inbox (source, delivery_id, event_type, body, received_at, state,"
-    " next_attempt_at, attempts, lease_owner, lease_expires_at)"
-    " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)"
+    " next_attempt_at, attempts, lease_owner, lease_expires_at, processed_at, trace)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id"
 )
 _INBOX_DUE: Final = (
@@ -549,10 +549,11 @@ class DirectSqlite:
         self, events: Sequence[NewInboxEvent], owner: str | None, lease_seconds: float
     ) -> list[InboxId | None]:
         now = self._clock()
+        now_text = encode_time(now)
         lease_expires = (
             encode_time(now + timedelta(seconds=lease_seconds)) if owner is not None else None
         )
-        attempts = 1 if owner is not None else 0
+        claimed = (1 if owner is not None else 0, owner, lease_expires, None, None)
         rows = [
             (
                 e.source,
@@ -560,10 +561,13 @@ class DirectSqlite:
                 e.event_type,
                 e.body,
                 encode_time(e.received_at),
-                encode_time(now),
-                attempts,
-                owner,
-                lease_expires,
+                "pending" if e.settled_trace is None else "processed",
+                now_text,
+                *(
+                    claimed
+                    if e.settled_trace is None
+                    else (0, None, None, now_text, e.settled_trace.text)
+                ),
             )
             for e in events
         ]

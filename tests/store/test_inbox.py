@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from bridge.events import DeliveryId, InboxId, LinkChange, freeze
-from bridge.store.base import InboxCompletion, StoreError
+from bridge.store.base import InboxCompletion, StoredTrace, StoreError
 from bridge.store.sql import SqlStore
 from tests.store.conftest import FakeClock
 from tests.store.factories import IIO_INC, ROOTLY_INC, action, delivery, inbox_event
@@ -237,3 +238,46 @@ async def test_a_batch_of_completions_fails_one_event_alone(
     done_row = states[done]
     assert done_row is not None
     assert done_row.trace == freeze({"first": True})
+
+
+async def test_settled_event_is_stored_processed_and_never_claimed(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """An event stored with a settled trace is processed at once, with that trace and no
+    attempt; it is never claimed, while the unsettled event of the same batch is pending."""
+    trace = StoredTrace.of({"event": {"source": "rootly"}, "skipped": "no rule"})
+    settled = dataclasses.replace(delivery("quiet", clock()), settled_trace=trace)
+    settled_id, pending_id = await store.add_inbox([settled, delivery("busy", clock())])
+    assert settled_id is not None
+    assert pending_id is not None
+    row = await store.get_inbox(settled_id)
+    assert row is not None
+    assert (row.state, row.attempts, row.processed_at) == ("processed", 0, clock())
+    assert row.trace == trace.value
+    assert [r.id for r in await store.claim_inbox("w", 10, 30)] == [pending_id]
+    clock.advance(3600)
+    # Past every lease only the unsettled event comes back.
+    assert [r.id for r in await store.claim_inbox("w", 10, 30)] == [pending_id]
+    assert (await store.counts()).inbox_pending == 1
+
+
+async def test_settled_event_is_not_claimed_for_the_owner(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """Stored with an owner (ingest's local hand-off), a settled event is still processed,
+    unleased, while the unsettled one is claimed by that owner."""
+    trace = StoredTrace.of({"skipped": "no rule"})
+    settled = dataclasses.replace(delivery("quiet", clock()), settled_trace=trace)
+    settled_id, owned_id = await store.add_inbox(
+        [settled, delivery("busy", clock())], owner="w1", lease_seconds=30
+    )
+    assert settled_id is not None
+    assert owned_id is not None
+    settled_row = await store.get_inbox(settled_id)
+    owned_row = await store.get_inbox(owned_id)
+    assert settled_row is not None
+    assert owned_row is not None
+    assert (settled_row.state, settled_row.attempts) == ("processed", 0)
+    assert (owned_row.state, owned_row.attempts) == ("pending", 1)
+    clock.advance(31)
+    assert [r.id for r in await store.claim_inbox("w2", 10, 30)] == [owned_id]

@@ -36,7 +36,7 @@ class Scale:
 
     name: str
     ingest_seconds: float  # one throughput run per target (bare, bridge) and endpoint
-    latency_seconds: float  # one fixed-rate run per target and endpoint
+    latency_seconds: float  # one fixed-rate run per target, endpoint and round
     connections: int
     e2a_events: int  # event-to-action: events sent at `e2a_rate`
     e2a_rate: float
@@ -46,7 +46,7 @@ class Scale:
     lookups: int
     rules_events: int
     backends: tuple[str, ...]
-    ingest_rounds: int = 1  # throughput: alternating bare/bridge runs, the best of each kept
+    ingest_rounds: int = 1  # alternating bare/bridge runs (throughput, p99), the best of each kept
 
 
 FULL = Scale(

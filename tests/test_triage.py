@@ -86,11 +86,16 @@ def test_triage_forgets_on_rules_reload() -> None:
 
 
 def test_triage_memo_is_bounded_and_stays_correct() -> None:
-    """A flood of distinct types never grows the memo past its cap, and answers stay right."""
-    triage = Triage(lambda: rules(("rootly", "incident.created", True)))
+    """A flood of distinct types never grows the memo past its cap (it starts afresh when
+    full), and answers stay right throughout."""
+    ruleset = rules(("rootly", "incident.created", True))
+    triage = Triage(lambda: ruleset)
+    sizes = []
     for n in range(MAX_REMEMBERED_TYPES * 2 + 5):
         assert triage.settle(envelope("rootly", f"incident.t{n}")) is not None
-        assert len(triage._known) <= MAX_REMEMBERED_TYPES
+        sizes.append(len(triage._known))
+    assert max(sizes) == MAX_REMEMBERED_TYPES
+    assert sizes[MAX_REMEMBERED_TYPES] == 1  # full: emptied before remembering the next
     assert triage.settle(envelope("rootly", "incident.created")) is None
 
 

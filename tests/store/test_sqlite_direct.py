@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -20,9 +20,9 @@ import structlog
 from structlog.testing import capture_logs
 
 from bridge.events import DeliveryId, ObjectRef
-from bridge.store.base import NewInboxEvent, StoreUnavailable
+from bridge.store.base import NewInboxEvent, StoreError, StoreUnavailable
 from bridge.store.sql import SqlStore
-from bridge.store.sqlite_direct import DirectSqlite
+from bridge.store.sqlite_direct import DirectSqlite, encode_time
 
 
 def _delivery(n: int, body: bytes = b"{}") -> NewInboxEvent:
@@ -202,3 +202,16 @@ async def test_a_pinned_wal_is_not_restarted_and_writers_are_not_held(db_path: P
     failed = next(e for e in logs if e["event"] == "store.wal_restart_failed")
     assert failed["reason"] == "a reader holds old WAL frames"
     assert _count(db_path) == 200
+
+
+def test_timestamps_are_encoded_as_sqlalchemy_does_whatever_the_offset() -> None:
+    """The same instant encodes to the same naive-UTC text (SQLAlchemy's DATETIME form, so
+    both paths read each other's rows) whether given in UTC or another offset; a naive
+    datetime is refused rather than guessed."""
+    instant = datetime(2026, 11, 23, 16, 0, 0, 120, tzinfo=UTC)
+    elsewhere = instant.astimezone(timezone(timedelta(hours=-5)))
+    assert encode_time(instant) == "2026-11-23 16:00:00.000120"
+    assert encode_time(elsewhere) == encode_time(instant)
+    assert encode_time(instant.replace(microsecond=0)) == "2026-11-23 16:00:00.000000"
+    with pytest.raises(StoreError, match="naive datetime"):
+        encode_time(instant.replace(tzinfo=None))

@@ -1,0 +1,77 @@
+"""Ingest's inbox writer over a real store: settled events in a batch are stored but never
+handed to the local dispatcher, nor wake it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+
+from bridge.logging import get_logger
+from bridge.pipeline.ingest import InboxWriter
+from bridge.store.base import InboxRow, StoredTrace
+from bridge.store.sql import SqlStore
+from bridge.tasks import Supervisor
+from tests.store.conftest import FakeClock
+from tests.store.factories import delivery
+
+TRACE = StoredTrace.of({"skipped": "no rule"})
+
+
+class RecordingDispatcher:
+    """The local dispatcher as ingest sees it: a fixed room, and what it was handed."""
+
+    def __init__(self, room: int) -> None:
+        self._room = room
+        self.adopted: list[list[InboxRow]] = []
+
+    def room(self) -> int:
+        return self._room
+
+    def adopt(self, rows: Sequence[InboxRow]) -> None:
+        self.adopted.append(list(rows))
+
+
+async def write_together(
+    store: SqlStore, clock: FakeClock, room: int, settled: Sequence[bool]
+) -> tuple[RecordingDispatcher, list[int], list[str | None]]:
+    """Write one event per flag concurrently (one batch); return the fake, how often the
+    dispatcher was woken, and each event's stored state."""
+    supervisor = Supervisor(get_logger("test.inbox_writer"))
+    dispatcher = RecordingDispatcher(room)
+    woken: list[int] = []
+    writer = InboxWriter(store, supervisor, lambda: woken.append(1), owner="me", handoff=dispatcher)
+    events = [
+        dataclasses.replace(delivery(f"d-{n}", clock()), settled_trace=TRACE if quiet else None)
+        for n, quiet in enumerate(settled)
+    ]
+    try:
+        ids = await asyncio.gather(*(writer.write(e) for e in events))
+    finally:
+        await supervisor.stop()
+    states: list[str | None] = []
+    for new_id in ids:
+        row = None if new_id is None else await store.get_inbox(new_id)
+        states.append(None if row is None else row.state)
+    return dispatcher, woken, states
+
+
+async def test_only_unsettled_rows_are_handed_over(store: SqlStore, clock: FakeClock) -> None:
+    """In a batch of settled and unsettled events, with room for the unsettled ones only
+    (less than the batch), the unsettled ones are stored leased and handed over, the
+    settled ones stored processed and not handed over; the dispatcher is woken."""
+    dispatcher, woken, states = await write_together(store, clock, 1, [True, False, True])
+    assert states == ["processed", "pending", "processed"]
+    assert [[r.delivery_id for r in batch] for batch in dispatcher.adopted] == [["d-1"]]
+    assert woken
+
+
+async def test_batch_of_settled_events_neither_hands_over_nor_wakes(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """A batch holding only settled events gives the dispatcher nothing and does not wake
+    it: there is nothing to dispatch."""
+    dispatcher, woken, states = await write_together(store, clock, 0, [True, True])
+    assert states == ["processed", "processed"]
+    assert dispatcher.adopted == []
+    assert woken == []

@@ -14,9 +14,8 @@ timestamps taken when built (well within the 300 s window).
 Per store and endpoint: peak throughput (closed loop, `wrk` if installed else the Python
 generator), then p99 latency at a fixed 50% of the bridge's peak (Python generator, open
 loop) for both the bridge and the bare server; both in alternating rounds, the best of
-each kept. Between runs the dispatcher is allowed to
-finish the backlog so each run starts from an idle bridge. Peak RSS is the bridge process's
-VmHWM after all its runs.
+each kept. Between runs the dispatcher is allowed to finish the backlog so each run starts
+from an idle bridge. Peak RSS is the bridge process's VmHWM after all its runs.
 """
 
 from __future__ import annotations

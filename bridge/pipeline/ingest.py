@@ -98,11 +98,18 @@ class InboxWriter:
 
     async def _write(self, events: Sequence[NewInboxEvent]) -> list[InboxId | None]:
         handoff = self._handoff
+        # Settled events are stored processed: they need neither room nor a wake-up.
         to_dispatch = sum(1 for event in events if event.settled_trace is None)
         claim = handoff is not None and self._owner is not None and handoff.room() >= to_dispatch
-        owner = self._owner if claim else None
-        ids = await self._store.add_inbox(events, owner, self._lease)
-        if claim and handoff is not None and to_dispatch:
+        ids = await self._store.add_inbox(events, self._owner if claim else None, self._lease)
+        fresh = [
+            (event, new_id)
+            for event, new_id in zip(events, ids, strict=True)
+            if new_id is not None and event.settled_trace is None
+        ]
+        if not fresh:
+            return ids
+        if claim and handoff is not None:
             handoff.adopt(
                 [
                     InboxRow(
@@ -118,15 +125,10 @@ class InboxWriter:
                         trace=None,
                         error=None,
                     )
-                    for event, new_id in zip(events, ids, strict=True)
-                    if new_id is not None and event.settled_trace is None
+                    for event, new_id in fresh
                 ]
             )
-        if any(
-            new_id is not None and event.settled_trace is None
-            for event, new_id in zip(events, ids, strict=True)
-        ):
-            self._on_stored()
+        self._on_stored()
         return ids
 
 

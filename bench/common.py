@@ -14,6 +14,7 @@ import math
 import os
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import asyncpg
 
@@ -138,6 +139,24 @@ def fmt(value: float | None) -> str:
 
 def ratio(value: float, baseline: float) -> float | None:
     return value / baseline if baseline > 0 else None
+
+
+class Rated(Protocol):
+    """A load run, as far as comparing rates needs it."""
+
+    @property
+    def rps(self) -> float: ...
+
+
+def paired_ratios(runs: Sequence[Rated], baselines: Sequence[Rated]) -> str:
+    """Each run's rate over its baseline run's (paired by round), and their median, e.g.
+    "0.49 / 0.58 / 0.55 (median 0.55)"; a round whose baseline measured 0 shows "n/a"."""
+    ratios = [ratio(run.rps, base.rps) for run, base in zip(runs, baselines, strict=True)]
+    shown = " / ".join("n/a" if r is None else f"{r:.2f}" for r in ratios)
+    known = [r for r in ratios if r is not None]
+    if not known:
+        return shown
+    return f"{shown} (median {statistics.median(known):.2f})"
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -42,6 +42,7 @@ from bench.common import (
     dead_port,
     free_port,
     fresh_pg_database,
+    paired_ratios,
     peak_rss_mb,
     pg_reachable,
     ratio,
@@ -354,6 +355,10 @@ async def _measure(
     peak = max(peaks, key=lambda r: r.rps)
     progress(f"ingest: bare {endpoint} {bare_peak.rps:.0f} req/s")
     notes = [f"{peak.generator}, {scale.connections} conns, best of {scale.ingest_rounds}"]
+    if len(peaks) > 1:
+        # Each bridge run against the bare run just before it: a slow spell of the shared
+        # machine slows both runs of a pair, so the spread of these is the machine's.
+        notes.append(f"per-round ratios {paired_ratios(peaks, bares)}")
     if peak.ok_fraction < 0.999:
         notes.append(f"only {peak.ok_fraction:.1%} answered 2xx")
     if peak.sent > unique:

@@ -10,17 +10,22 @@ faster than the hop itself, so they run inline on the loop:
 
 - WAL with ``synchronous=NORMAL``: a commit is a write to the WAL file, no fsync (durable
   against a process crash, like before; fsyncs happen at checkpoints).
-- Checkpoints never run on the loop: automatic checkpoints are off on this connection, and a
+- Checkpoints run off the loop: automatic checkpoints are off on this connection, and a
   named thread owned by this object (`store.sqlite-checkpointer`) checkpoints after every
-  `CHECKPOINT_EVERY` commits and periodically. Normally PASSIVE: it never holds the writer,
-  and the WAL rewinds at the first write after a checkpoint that caught up (any pause in
-  the traffic). Under writes with no pause at all a PASSIVE checkpoint never catches up and
-  the WAL would grow without end, so beyond `WAL_LIMIT_BYTES` it catches up and RESTARTs:
-  writers are held off for the last small tail and one fsync (they back off asynchronously,
-  below; tens of milliseconds on slow disks), and the WAL is rewound. Measured: PASSIVE
-  only grew the WAL by 300 MB in 8 s of back-to-back commits; a writer-holding checkpoint
-  every time stalled writes up to 110 ms each time. The WAL file keeps its largest size
-  (at most about the limit); shrinking it would hold the writers for longer.
+  `CHECKPOINT_EVERY` commits and periodically. Always PASSIVE: nobody is held, and the WAL
+  rewinds at the first write after a checkpoint that caught up (any pause in the traffic).
+  Under writes with no pause at all a checkpoint never catches up and the WAL would grow
+  without end, so beyond `WAL_LIMIT_BYTES` the thread catches up (PASSIVE rounds, each
+  followed by a sync of the database file) until little is left, and the loop copies that
+  last small tail itself, right before its next write transaction, which then rewinds the
+  WAL (`_finish_rewind`; a few milliseconds on the loop, measured 2.6-5.6 ms on this
+  project's benchmark machine). Why not a writer-holding RESTART from the thread, as
+  before: it held every write for 40-90 ms at each rewind (every 10-20 s at 2,000-2,500
+  webhooks/s), for two reasons measured in isolation: SQLite syncs the database file only
+  after a checkpoint that completes, so the one complete checkpoint paid for syncing every
+  page the incomplete ones had copied (about 60 ms for a 130 MB WAL), and each of the
+  thread's returns from SQLite waited for the GIL behind the busy loop. The WAL file keeps
+  its largest size (at most about the limit); shrinking it would cost more than it saves.
 - No busy wait on the loop: the connection's busy timeout is zero. When another process (the
   CLI) holds the write lock, the statement is retried with an async back-off until
   `busy_timeout` has passed, then fails as `StoreUnavailable`. Within this process, write
@@ -39,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -78,23 +84,27 @@ from bridge.store.rows import (
 
 T = TypeVar("T")
 
+# fdatasync where the platform has it (Linux), fsync elsewhere (macOS): same guarantee here.
+_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+
 CHECKPOINT_EVERY: Final = 500
 """Write transactions between checkpoint requests (about 2 MB of WAL at typical sizes)."""
 CHECKPOINT_INTERVAL_SECONDS: Final = 1.0
 """Also checkpoint this often when anything was written: the first checkpoint after the
 writes stop catches up completely, so the next write rewinds the WAL (no WAL growth across
-bursts, none of them needing the writer-holding checkpoint)."""
+bursts, none of them needing the loop to finish a rewind)."""
 CHECKPOINT_WAIT_SECONDS: Final = 5.0
 """Busy timeout of the checkpointer's own connection (it never holds anyone up)."""
-RESTART_WAIT_MS: Final = 100
-"""How long the writer-holding RESTART waits for the transaction in hand before giving up."""
 RESTART_RETRY_SECONDS: Final = 30.0
-"""After a RESTART could not complete (another connection is reading old frames), how long
-before trying again; writers are not held meanwhile."""
+"""After a rewind could not be prepared or finished (another connection is reading old
+frames), how long before trying again; the WAL only grows meanwhile."""
+REWIND_WAIT_SECONDS: Final = 5.0
+"""How long the loop may find its final rewind checkpoint busy (another process's checkpoint)
+before the rewind is given up and retried later."""
 WAL_LIMIT_BYTES: Final = 256 * 1024 * 1024
-"""WAL size beyond which a checkpoint may hold writers off to rewind it (see above)."""
+"""WAL size beyond which the WAL is rewound during writes (see above)."""
 CATCH_UP_FRAMES: Final = 256
-"""New WAL frames per PASSIVE round below which the final, writer-holding round may start."""
+"""New WAL frames per catch-up round below which the loop is asked to copy the rest."""
 
 _INBOX_DATES: Final = ("received_at", "processed_at", "next_attempt_at", "lease_expires_at")
 _OUTBOX_DATES: Final = (
@@ -217,10 +227,15 @@ class _Checkpointer:
         log: structlog.typing.FilteringBoundLogger,
         wal_limit_bytes: int,
         commits: Callable[[], int],
-        writes_held: threading.Event,
+        rewind_due: threading.Event,
     ) -> None:
         self._commits = commits
-        self._writes_held = writes_held
+        self._rewind_due = rewind_due
+        # What the loop reports when it finishes a rewind: set before `rewind_due` is.
+        self.rewind_wal_bytes = 0
+        self.rewind_rounds = 0
+        self._asked_at_commit = 0
+        self._asked_at = 0.0
         self._checkpointed = 0
         self._page_bytes: int | None = None
         self._restart_after = 0.0
@@ -263,63 +278,67 @@ class _Checkpointer:
         except OSError:
             return 0
 
-    def _restart(self, conn: sqlite3.Connection) -> None:
-        """Rewind the WAL, holding writers as briefly as possible: PASSIVE rounds copy what
-        was appended meanwhile without holding anyone, until a round finds little new;
-        then RESTART holds writers for that small tail and one fsync (measured: 38 ms at
-        worst on a slow virtual disk, against 110 ms for one checkpoint of a large WAL)."""
-        if time.monotonic() < self._restart_after:
+    def _sync_database(self) -> None:
+        """Sync the database file. SQLite does so only after a checkpoint that completes,
+        which writers that never pause never let happen: without this, the pages the
+        catch-up rounds copied would all be synced by the loop's final checkpoint."""
+        descriptor = os.open(self._path, os.O_RDONLY)
+        try:
+            _datasync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def _catch_up(self, conn: sqlite3.Connection) -> None:
+        """Prepare a rewind of the WAL without holding anyone: PASSIVE rounds copy what was
+        appended meanwhile until a round finds little new; then the loop is asked to copy
+        that small rest before its next write (`DirectSqlite._finish_rewind`)."""
+        if time.monotonic() < self._restart_after or self._rewind_due.is_set():
             return
         size = self._wal_size()
         previous: int | None = None
         rounds = 0
-        frames = copied = 0
         while rounds < 8:
             rounds += 1
-            _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._sync_database()
             if previous is not None and frames - previous <= CATCH_UP_FRAMES:
                 break
             previous = frames
-        if copied < frames:
-            # Another connection (a backup, a CLI) is reading frames that cannot be copied
-            # yet: a RESTART would hold the writers and still fail. Try again later.
-            self._restart_failed("a reader holds old WAL frames", size, frames, copied)
-            return
-        started = time.monotonic()
-        # Hold the loop's writers (they back off asynchronously): left to SQLite's busy
-        # handler alone, a RESTART rarely finds a gap between back-to-back commits.
-        self._writes_held.set()
-        try:
-            conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
-            # RESTART, not TRUNCATE: shrinking a file of hundreds of MB can take longer than
-            # the checkpoint itself (measured 267 ms held); the next writes reuse the space.
-            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-        finally:
-            self._writes_held.clear()
-            conn.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_WAIT_SECONDS * 1000)}")
-        held_ms = round((time.monotonic() - started) * 1000, 1)
-        if busy:
-            self._restart_failed("busy", size, frames, copied, writers_held_ms=held_ms)
-            return
-        self._report(
-            "store.wal_restarted",
-            wal_bytes_before=size,
-            catch_up_rounds=rounds,
-            writers_held_ms=held_ms,
-        )
+        # Frames left uncopied here may only be the loop's write in progress. Whether a
+        # reader pins old frames, the loop's final checkpoint tells: it has no transaction
+        # of its own open then, and nothing else writes.
+        self.rewind_wal_bytes = size
+        self.rewind_rounds = rounds
+        self._asked_at_commit = self._commits()
+        self._asked_at = time.monotonic()
+        self._rewind_due.set()
 
-    def _restart_failed(
-        self, reason: str, size: int, frames: int, copied: int, **fields: object
+    def _rewind_overdue(self, written: int) -> bool:
+        """Whether this thread should checkpoint although the loop was asked to finish a
+        rewind: the loop has not written since (idle: this checkpoint completes and the next
+        write rewinds anyway), or its final checkpoint stayed busy (another process
+        checkpointing) for too long, which is reported and retried later."""
+        if written == self._asked_at_commit:
+            return True
+        if time.monotonic() - self._asked_at < REWIND_WAIT_SECONDS:
+            return False
+        self._rewind_due.clear()
+        self.restart_failed("the final checkpoint stayed busy", self.rewind_wal_bytes)
+        return True
+
+    def restart_failed(
+        self, reason: str, size: int, frames: int | None = None, copied: int | None = None
     ) -> None:
+        """Report a rewind that could not be prepared or finished; retry later (called from
+        this thread or, for the final step, from the loop)."""
         self._restart_after = time.monotonic() + RESTART_RETRY_SECONDS
+        counts = {} if frames is None else {"wal_frames": frames, "frames_copied": copied}
         self._report(
             "store.wal_restart_failed",
             reason=reason,
             wal_bytes=size,
-            wal_frames=frames,
-            frames_copied=copied,
             retry_in_seconds=RESTART_RETRY_SECONDS,
-            **fields,
+            **counts,
         )
 
     def _run(self) -> None:
@@ -333,6 +352,8 @@ class _Checkpointer:
                 written = self._commits()
                 if not asked and written == self._checkpointed:
                     continue  # nothing written since the last checkpoint
+                if self._rewind_due.is_set() and not self._rewind_overdue(written):
+                    continue  # the loop copies the rest; a checkpoint now would make it busy
                 self._checkpointed = written
                 try:
                     if conn is None:
@@ -345,7 +366,7 @@ class _Checkpointer:
                     # Frames in use, not the file's size: after a rewind the file keeps its
                     # size while the log starts again from its beginning.
                     if frames * self._page_size(conn) > self._wal_limit:
-                        self._restart(conn)
+                        self._catch_up(conn)
                 except Exception as exc:
                     # Never fatal (this thread must outlive any one failure): the next
                     # request tries again on a fresh connection; the WAL only grows meanwhile.
@@ -384,9 +405,9 @@ class DirectSqlite:
         self._commits = 0
         self._checkpoint_every = checkpoint_every
         self._wal_limit = wal_limit_bytes
-        self._writes_held = threading.Event()
+        self._rewind_due = threading.Event()
         self._checkpointer = _Checkpointer(
-            path, logger, wal_limit_bytes, self._commit_count, self._writes_held
+            path, logger, wal_limit_bytes, self._commit_count, self._rewind_due
         )
         self._linked_sql: dict[int, str] = {}
 
@@ -419,7 +440,7 @@ class DirectSqlite:
         conn.row_factory = sqlite3.Row
         self._conn = conn
         self._checkpointer = _Checkpointer(
-            self._path, self._log, self._wal_limit, self._commit_count, self._writes_held
+            self._path, self._log, self._wal_limit, self._commit_count, self._rewind_due
         )
         self._checkpointer.start()
 
@@ -471,15 +492,14 @@ class DirectSqlite:
                 if now >= deadline:
                     raise self._error(doing, exc) from exc
                 await asyncio.sleep(delay)
-                # Short steps: a checkpoint holds writers off for milliseconds only.
+                # Short steps: another process (the CLI) holds the lock for milliseconds.
                 delay = min(delay * 2, 0.01)
             except sqlite3.Error as exc:
                 raise self._error(doing, exc) from exc
 
     def _transaction(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-        if self._writes_held.is_set():
-            # The checkpointer is rewinding the WAL: back off like for any lock holder.
-            raise sqlite3.OperationalError("database is locked (WAL checkpoint in progress)")
+        if self._rewind_due.is_set():
+            self._finish_rewind(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = work(conn)
@@ -493,6 +513,40 @@ class DirectSqlite:
         if self._commits % self._checkpoint_every == 0:
             self._checkpointer.request()
         return result
+
+    def _finish_rewind(self, conn: sqlite3.Connection) -> None:
+        """The last step of a WAL rewind, on the loop, right before a write transaction:
+        copy the few frames appended since the checkpointer caught up. With every frame
+        copied, the write that follows starts the WAL again from its beginning. The loop
+        is the only writer, so nothing can append meanwhile; on its own thread no GIL
+        hand-off stands between the steps."""
+        started = time.monotonic()
+        checkpointer = self._checkpointer
+        try:
+            # Busy timeout zero: if another checkpoint is running (the thread's periodic
+            # one), this answers busy at once; the flag stays and the next write retries.
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            # Only the rewind is lost (the WAL keeps growing until the next try), never the
+            # write that follows.
+            self._rewind_due.clear()
+            checkpointer.restart_failed(repr(exc), checkpointer.rewind_wal_bytes)
+            return
+        if busy:
+            return
+        self._rewind_due.clear()
+        if copied < frames:
+            checkpointer.restart_failed(
+                "a reader holds old WAL frames", checkpointer.rewind_wal_bytes, frames, copied
+            )
+            return
+        self._log.info(
+            "store.wal_restarted",
+            wal_bytes_before=checkpointer.rewind_wal_bytes,
+            catch_up_rounds=checkpointer.rewind_rounds,
+            wal_frames=frames,
+            loop_blocked_ms=round((time.monotonic() - started) * 1000, 2),
+        )
 
     # -- reads ------------------------------------------------------------------------------
     async def ping(self) -> None:

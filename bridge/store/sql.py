@@ -226,11 +226,14 @@ class SqlStore:
         if listen_conn is not None:
             await _close_quietly(listen_conn)
         reads, self._fast_path, self._direct = self._fast_path, None, None
-        if reads is not None:
-            await reads.close()
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
+        # Last: on SQLite it closes a descriptor of the database file, which drops every
+        # POSIX lock this process holds on it (see `DirectSqlite.close`).
+        if reads is not None:
+            await reads.close()
+        if engine is not None:
             self._log.info("store.closed")
 
     async def ping(self) -> None:

@@ -105,6 +105,9 @@ WAL_LIMIT_BYTES: Final = 256 * 1024 * 1024
 """WAL size beyond which the WAL is rewound during writes (see above)."""
 CATCH_UP_FRAMES: Final = 256
 """New WAL frames per catch-up round below which the loop is asked to copy the rest."""
+LOOP_FRAMES_LIMIT: Final = 4 * CATCH_UP_FRAMES
+"""If the last catch-up round still found more new frames than this, the loop is not asked
+(copying them would block it too long): the rewind is reported and retried later."""
 
 _INBOX_DATES: Final = ("received_at", "processed_at", "next_attempt_at", "lease_expires_at")
 _OUTBOX_DATES: Final = (
@@ -234,8 +237,13 @@ class _Checkpointer:
         # What the loop reports when it finishes a rewind: set before `rewind_due` is.
         self.rewind_wal_bytes = 0
         self.rewind_rounds = 0
-        self._asked_at_commit = 0
         self._asked_at = 0.0
+        # Final steps the loop tried since it was asked (each found another checkpoint busy).
+        self.final_step_tries = 0
+        # A descriptor of the database file for syncing it, opened by the store once and
+        # closed only after every connection: closing any descriptor of a file drops all of
+        # this process's POSIX locks on it, SQLite's included.
+        self.database_fd: int | None = None
         self._checkpointed = 0
         self._page_bytes: int | None = None
         self._restart_after = 0.0
@@ -282,11 +290,8 @@ class _Checkpointer:
         """Sync the database file. SQLite does so only after a checkpoint that completes,
         which writers that never pause never let happen: without this, the pages the
         catch-up rounds copied would all be synced by the loop's final checkpoint."""
-        descriptor = os.open(self._path, os.O_RDONLY)
-        try:
-            _datasync(descriptor)
-        finally:
-            os.close(descriptor)
+        if self.database_fd is not None:
+            _datasync(self.database_fd)
 
     def _catch_up(self, conn: sqlite3.Connection) -> None:
         """Prepare a rewind of the WAL without holding anyone: PASSIVE rounds copy what was
@@ -297,6 +302,7 @@ class _Checkpointer:
         size = self._wal_size()
         previous: int | None = None
         rounds = 0
+        frames = 0
         while rounds < 8:
             rounds += 1
             _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -304,27 +310,37 @@ class _Checkpointer:
             if previous is not None and frames - previous <= CATCH_UP_FRAMES:
                 break
             previous = frames
+        if previous is not None and frames - previous > LOOP_FRAMES_LIMIT:
+            # Writes outpace the catch-up: the rest would block the loop for too long.
+            self.restart_failed("writes outpace the catch-up", size, frames)
+            return
         # Frames left uncopied here may only be the loop's write in progress. Whether a
         # reader pins old frames, the loop's final checkpoint tells: it has no transaction
         # of its own open then, and nothing else writes.
         self.rewind_wal_bytes = size
         self.rewind_rounds = rounds
-        self._asked_at_commit = self._commits()
+        self.final_step_tries = 0
         self._asked_at = time.monotonic()
         self._rewind_due.set()
 
-    def _rewind_overdue(self, written: int) -> bool:
-        """Whether this thread should checkpoint although the loop was asked to finish a
-        rewind: the loop has not written since (idle: this checkpoint completes and the next
-        write rewinds anyway), or its final checkpoint stayed busy (another process
-        checkpointing) for too long, which is reported and retried later."""
-        if written == self._asked_at_commit:
-            return True
-        if time.monotonic() - self._asked_at < REWIND_WAIT_SECONDS:
+    def _leave_to_loop(self) -> bool:
+        """Whether to skip this periodic checkpoint because the loop was asked to finish a
+        rewind: only within a checkpoint interval of asking (a checkpoint now would make the
+        loop's step busy). Later this thread checkpoints as usual whatever the loop does, so
+        writes still reach the database file within about a second; past
+        `REWIND_WAIT_SECONDS` the request is withdrawn, and reported if the loop tried and
+        always found another checkpoint busy (if it never tried it was idle, and the
+        checkpoints since have let the next write rewind the WAL anyway)."""
+        if not self._rewind_due.is_set():
             return False
-        self._rewind_due.clear()
-        self.restart_failed("the final checkpoint stayed busy", self.rewind_wal_bytes)
-        return True
+        waited = time.monotonic() - self._asked_at
+        if waited < CHECKPOINT_INTERVAL_SECONDS:
+            return True
+        if waited >= REWIND_WAIT_SECONDS:
+            self._rewind_due.clear()
+            if self.final_step_tries:
+                self.restart_failed("the final checkpoint stayed busy", self.rewind_wal_bytes)
+        return False
 
     def restart_failed(
         self, reason: str, size: int, frames: int | None = None, copied: int | None = None
@@ -352,8 +368,8 @@ class _Checkpointer:
                 written = self._commits()
                 if not asked and written == self._checkpointed:
                     continue  # nothing written since the last checkpoint
-                if self._rewind_due.is_set() and not self._rewind_overdue(written):
-                    continue  # the loop copies the rest; a checkpoint now would make it busy
+                if self._leave_to_loop():
+                    continue
                 self._checkpointed = written
                 try:
                     if conn is None:
@@ -442,14 +458,24 @@ class DirectSqlite:
         self._checkpointer = _Checkpointer(
             self._path, self._log, self._wal_limit, self._commit_count, self._rewind_due
         )
+        # Opened now that SQLite has the file open; closed in close(), after the
+        # connections (see `_Checkpointer.database_fd`). Without it the catch-up only
+        # skips its syncs, and the loop's final step syncs instead.
+        with contextlib.suppress(OSError):
+            self._checkpointer.database_fd = os.open(self._path, os.O_RDONLY)
         self._checkpointer.start()
 
     async def close(self) -> None:
+        """Close the connection and stop the checkpointer. Close this last of the process's
+        connections to the file (`SqlStore.close` does): it closes a descriptor of it."""
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
             # Joining may wait for a checkpoint in progress: not on the loop.
             await asyncio.to_thread(self._checkpointer.stop)
+            descriptor, self._checkpointer.database_fd = self._checkpointer.database_fd, None
+            if descriptor is not None:
+                os.close(descriptor)
 
     def _commit_count(self) -> int:
         """Write transactions so far (read by the checkpointer thread; an int read is atomic)."""
@@ -533,6 +559,7 @@ class DirectSqlite:
             checkpointer.restart_failed(repr(exc), checkpointer.rewind_wal_bytes)
             return
         if busy:
+            checkpointer.final_step_tries += 1
             return
         self._rewind_due.clear()
         if copied < frames:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -180,6 +181,32 @@ async def test_rewinding_the_wal_never_holds_a_write(db_path: Path) -> None:
     assert rewind["catch_up_rounds"] >= 1
     assert rewind["loop_blocked_ms"] >= 0
     assert _count(db_path) == written
+
+
+async def test_other_processes_still_see_the_store_open_after_a_rewind(db_path: Path) -> None:
+    """Syncing the database file during a rewind must not drop the process's SQLite locks
+    (closing any descriptor of a file drops all of a process's POSIX locks on it): after
+    rewinds, another process that opens and closes a connection still finds the store
+    open, so it neither checkpoints nor deletes the WAL the store is writing to, and rows
+    written after that survive."""
+    async with _direct(db_path, checkpoint_every=5, wal_limit_bytes=200_000) as direct:
+        with capture_logs() as logs:
+            written = await _write_until_rewound(direct, logs)
+        # A real other process (as the CLI would be): it reads, so it joins the WAL, and
+        # on closing it deletes the WAL if it believes it is the file's last user.
+        other = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+            " c.execute('SELECT count(*) FROM inbox').fetchall(); c.close()",
+            str(db_path),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _out, errors = await other.communicate()
+        assert other.returncode == 0, errors
+        assert db_path.with_name(db_path.name + "-wal").exists()
+        await direct.add_inbox([_delivery(written)], None, 60)
+    assert _count(db_path) == written + 1
 
 
 async def _write_until_rewound(direct: DirectSqlite, logs: Sequence[Mapping[str, Any]]) -> int:

@@ -18,7 +18,7 @@ faster than the hop itself, so they run inline on the loop:
   without end, so beyond `WAL_LIMIT_BYTES` the thread catches up (PASSIVE rounds, each
   followed by a sync of the database file) until little is left, and the loop copies that
   last small tail itself, right before its next write transaction, which then rewinds the
-  WAL (`_finish_rewind`; a few milliseconds on the loop, measured 2.6-5.6 ms on this
+  WAL (`_finish_rewind`; a few milliseconds on the loop, measured 1.8-5.6 ms on this
   project's benchmark machine). Why not a writer-holding RESTART from the thread, as
   before: it held every write for 40-90 ms at each rewind (every 10-20 s at 2,000-2,500
   webhooks/s), for two reasons measured in isolation: SQLite syncs the database file only
@@ -99,8 +99,8 @@ RESTART_RETRY_SECONDS: Final = 30.0
 """After a rewind could not be prepared or finished (another connection is reading old
 frames), how long before trying again; the WAL only grows meanwhile."""
 REWIND_WAIT_SECONDS: Final = 5.0
-"""How long the loop may find its final rewind checkpoint busy (another process's checkpoint)
-before the rewind is given up and retried later."""
+"""How long a request to the loop to finish a rewind stands before it is withdrawn (reported,
+and retried later, if the loop's final checkpoint kept finding another one busy)."""
 WAL_LIMIT_BYTES: Final = 256 * 1024 * 1024
 """WAL size beyond which the WAL is rewound during writes (see above)."""
 CATCH_UP_FRAMES: Final = 256

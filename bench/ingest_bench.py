@@ -387,7 +387,7 @@ async def _measure(
     # same build ranged from 6 to 50 ms). Every run's p99 is printed in the note.
     lats: list[LoadResult] = []
     bare_lats: list[LoadResult] = []
-    for round_ in range(scale.ingest_rounds):
+    for round_ in range(scale.latency_rounds):
         reqs = build_requests(tmp / f"{files}-lat-{round_}.req", endpoint, port, keys, count)
         lats.append(latency(port, reqs, scale, rate))
         await wait_dispatched(url)

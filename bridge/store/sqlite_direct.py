@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -120,11 +121,28 @@ _OUTBOX_DATES: Final = (
 )
 _OUTBOX_JSON: Final = ("params", "result_links", "result")
 
-_INBOX_INSERT: Final = (
-    "INSERT INTO inbox (source, delivery_id, event_type, body, received_at, state,"
-    " next_attempt_at, attempts, lease_owner, lease_expires_at, processed_at, trace)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id"
+_INBOX_INSERT_COLUMNS: Final = (
+    "source",
+    "delivery_id",
+    "event_type",
+    "body",
+    "received_at",
+    "state",
+    "next_attempt_at",
+    "attempts",
+    "lease_owner",
+    "lease_expires_at",
+    "processed_at",
+    "trace",
+)
+INBOX_INSERT_CHUNK: Final = 64
+"""Most rows per INSERT statement. A batch is split into chunks whose sizes are powers of
+two up to this, so at most seven statement texts exist (SQLite's statement cache keeps
+them all prepared) and a chunk binds at most 768 values (SQLite's oldest limit is 999)."""
+# The last inbox ID ever handed out: AUTOINCREMENT gives the next row this plus one.
+_INBOX_LAST_ID: Final = (
+    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'inbox'), 0),"
+    " coalesce((SELECT max(id) FROM inbox), 0))"
 )
 _INBOX_DUE: Final = (
     "state = 'pending' AND next_attempt_at <= :now"
@@ -396,6 +414,58 @@ class _Checkpointer:
                 conn.close()
 
 
+@functools.cache
+def _inbox_insert_sql(rows: int) -> str:
+    one = "(" + ", ".join("?" * len(_INBOX_INSERT_COLUMNS)) + ")"
+    return (
+        f"INSERT INTO inbox ({', '.join(_INBOX_INSERT_COLUMNS)}) VALUES "
+        + ", ".join([one] * rows)
+        + " ON CONFLICT (source, delivery_id) DO NOTHING"
+    )
+
+
+def _insert_inbox(
+    conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]
+) -> list[InboxId | None]:
+    """Insert `rows` (values in `_INBOX_INSERT_COLUMNS` order) in multi-row statements; the
+    new ID of each row, None for a delivery already stored or repeated earlier in `rows`
+    (the first occurrence wins), in the order given.
+
+    Why not one INSERT ... RETURNING per row: every statement costs its own execution and
+    AUTOINCREMENT bookkeeping, and a batch of ten webhooks took about 40% longer that way
+    (measured; the benchmark's peak batches hold 10-30). Inside the write transaction
+    nobody else inserts, and AUTOINCREMENT numbers new rows from the last ID ever given,
+    in insertion order, so when every row went in their IDs follow `last` one by one.
+    That is checked against the table's new maximum; any other case (a duplicate) reads
+    the new rows back by key.
+    """
+    last = conn.execute(_INBOX_LAST_ID).fetchone()[0]
+    changes_before = conn.total_changes
+    start = 0
+    while start < len(rows):
+        size = min(INBOX_INSERT_CHUNK, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start : start + size]
+        conn.execute(_inbox_insert_sql(size), [value for row in chunk for value in row])
+        start += size
+    inserted = conn.total_changes - changes_before
+    if (
+        inserted == len(rows)
+        and conn.execute("SELECT max(id) FROM inbox").fetchone()[0] == last + inserted
+    ):
+        return [InboxId(last + 1 + offset) for offset in range(inserted)]
+    new_ids = {
+        (source, delivery_id): new_id
+        for new_id, source, delivery_id in conn.execute(
+            "SELECT id, source, delivery_id FROM inbox WHERE id > ?", (last,)
+        )
+    }
+    # pop: a key repeated within the batch gets its ID at its first occurrence only.
+    return [
+        InboxId(new_id) if (new_id := new_ids.pop((row[0], row[1]), None)) is not None else None
+        for row in rows
+    ]
+
+
 class DirectSqlite:
     """The SQLite hot path of `SqlStore` (see the module docstring for the why)."""
 
@@ -656,14 +726,9 @@ class DirectSqlite:
             for e in events
         ]
 
-        def work(conn: sqlite3.Connection) -> list[InboxId | None]:
-            out: list[InboxId | None] = []
-            for row in rows:  # a key repeated within the batch: the first occurrence wins
-                created = conn.execute(_INBOX_INSERT, row).fetchone()
-                out.append(InboxId(created[0]) if created is not None else None)
-            return out
-
-        return await self._run("storing webhook deliveries", work, write=True)
+        return await self._run(
+            "storing webhook deliveries", lambda conn: _insert_inbox(conn, rows), write=True
+        )
 
     async def claim_inbox(self, owner: str, limit: int, lease_seconds: float) -> list[InboxRow]:
         now = self._clock()

@@ -54,6 +54,32 @@ async def test_batch_with_duplicates(store: SqlStore, clock: FakeClock) -> None:
     assert await store.add_inbox([]) == []
 
 
+async def test_large_batches_map_each_id_to_its_own_delivery(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """Batches larger than one INSERT statement (SQLite splits them into chunks) answer, for
+    each delivery in the order given, the ID of its own row, with and without duplicates
+    among them: reading each ID back finds that delivery's body."""
+    first = [delivery(f"big-{i}", clock(), body=f"body {i}".encode()) for i in range(100)]
+    ids = await store.add_inbox(first)
+    assert None not in ids
+    assert len(set(ids)) == 100
+    mixed = [
+        delivery(f"big-{i}", clock(), body=f"again {i}".encode())
+        if i % 3 == 0
+        else delivery(f"more-{i}", clock(), body=f"more {i}".encode())
+        for i in range(100)
+    ]
+    mixed_ids = await store.add_inbox(mixed)
+    assert [new_id is None for new_id in mixed_ids] == [i % 3 == 0 for i in range(100)]
+    for event, new_id in [*zip(first, ids, strict=True), *zip(mixed, mixed_ids, strict=True)]:
+        if new_id is None:
+            continue
+        row = await store.get_inbox(new_id)
+        assert row is not None
+        assert (row.delivery_id, row.body) == (event.delivery_id, event.body)
+
+
 async def test_claim_lease_and_expiry(store: SqlStore, clock: FakeClock) -> None:
     """Claims come in arrival order with a lease; leased rows are not claimable until the
     lease expires (a crashed dispatcher), and every claim counts an attempt."""

@@ -30,7 +30,9 @@ from bridge.platforms.webhooks import PayloadError, decode_json_object
 from bridge.store.base import InboxRow, LinkFilter, LinkRow, OutboxRow, Store, StoreError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-CATCH_ALL = "/{tail:.*}"
+# Every path, a decoded newline included (`.` would not match one, and such a request
+# would fall through to aiohttp's plain-text 404, without our JSON or the token check).
+CATCH_ALL = r"/{tail:[\s\S]*}"
 _OUTBOX_STATES = ("pending", "claimed", "done", "skipped", "dead")
 
 

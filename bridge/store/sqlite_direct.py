@@ -435,9 +435,10 @@ def _insert_inbox(
     AUTOINCREMENT bookkeeping, and a batch of ten webhooks took about 40% longer that way
     (measured; the benchmark's peak batches hold 10-30). Inside the write transaction
     nobody else inserts, and AUTOINCREMENT numbers new rows from the last ID ever given,
-    in insertion order, so when every row went in their IDs follow `last` one by one.
-    That is checked against the table's new maximum; any other case (a duplicate) reads
-    the new rows back by key.
+    in insertion order. `total_changes` says whether every row went in (the inbox has no
+    triggers, whose inserts it would not count); the table's new maximum says their IDs
+    are consecutive (a row skipped as a duplicate can still use up an ID). When both hold
+    the IDs follow `last` one by one; any other case reads the new rows back by key.
     """
     last = conn.execute(_INBOX_LAST_ID).fetchone()[0]
     changes_before = conn.total_changes

@@ -12,6 +12,7 @@ import socket
 import time
 
 import aiohttp
+import yarl
 
 from bridge.sandbox import Sandbox
 from tests.reliability.conftest import BridgeFactory
@@ -93,6 +94,30 @@ async def test_admin_api_refuses_missing_wrong_and_empty_tokens(
     for body in bodies:
         for secret in [token, *upstream.secret_values()]:
             assert secret not in body
+
+
+async def test_unknown_paths_answer_json_and_api_paths_ask_for_the_token(
+    bridge_factory: BridgeFactory,
+) -> None:
+    """Proves that a path no route names, an encoded newline in it included, gets the
+    bridge's JSON 404 outside /api/ and the JSON 401 under /api/ without a token (not
+    aiohttp's plain-text 404, which skips the token check)."""
+    bridge = bridge_factory(Upstream.unreachable(), admin_token=new_admin_token())
+    bridge.start()
+    await bridge.wait_ready()
+    async with aiohttp.ClientSession() as session:
+        for path, status in [
+            ("/nope", 404),
+            ("/%0A", 404),
+            ("/webhooks/rootly%0A", 404),
+            ("/api/v1/nope", 401),
+            ("/api/%0Afoo", 401),
+        ]:
+            url = yarl.URL(bridge.url + path, encoded=True)
+            async with session.get(url) as response:
+                assert response.status == status, (path, response.status)
+                assert response.content_type == "application/json", path
+                assert "error" in await response.json()
 
 
 async def test_replayed_deliveries_are_processed_once(

@@ -435,10 +435,11 @@ def _insert_inbox(
     AUTOINCREMENT bookkeeping: batches of ten took 48.5 µs per row that way against 30.0 µs
     in multi-row statements (measured; the benchmark's peak batches hold 10-30). Inside the
     write transaction nobody else inserts, and AUTOINCREMENT numbers new rows from the last
-    ID ever given, in insertion order. `total_changes` says whether every row went in (the inbox has no
-    triggers, whose inserts it would not count); the table's new maximum says their IDs
-    are consecutive (a row skipped as a duplicate can still use up an ID). When both hold
-    the IDs follow `last` one by one; any other case reads the new rows back by key.
+    ID ever given, in insertion order. `total_changes` says whether every row went in (the
+    inbox has no triggers, whose inserts it would not count); the table's new maximum says
+    their IDs are consecutive (a row skipped as a duplicate can still use up an ID). When
+    both hold the IDs follow `last` one by one; any other case reads the new rows back by
+    key.
     """
     last = conn.execute(_INBOX_LAST_ID).fetchone()[0]
     changes_before = conn.total_changes

@@ -187,6 +187,19 @@ def dead_port() -> int:
     return free_port()
 
 
+def main_thread_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process's main thread has used so far: for a server, its
+    event loop's. None where /proc is not there (only Linux has it)."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name, which may itself hold spaces and parentheses:
+    # state is the 3rd field of the line, utime and stime the 14th and 15th.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float | None:
     """Peak resident set size (VmHWM) of a live process, in MiB; None if unreadable."""
     try:

@@ -13,9 +13,11 @@ timestamps taken when built (well within the 300 s window).
 
 Per store and endpoint: peak throughput (closed loop, `wrk` if installed else the Python
 generator), then p99 latency at a fixed 50% of the bridge's peak (Python generator, open
-loop) for both the bridge and the bare server; both in alternating rounds, the best of
-each kept. Between runs the dispatcher is allowed to finish the backlog so each run starts
-from an idle bridge. Peak RSS is the bridge process's VmHWM after all its runs.
+loop) for both the bridge and the bare server, and for the bare server also at 50% of its
+own peak; all in alternating rounds, the best of each kept. Every run also times the
+server's main thread, so the notes say how busy each loop was and its CPU per webhook.
+Between runs the dispatcher is allowed to finish the backlog so each run starts from an
+idle bridge. Peak RSS is the bridge process's VmHWM after all its runs.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Concatenate, ParamSpec
 
 from bench.common import (
     Figure,
@@ -42,6 +45,7 @@ from bench.common import (
     dead_port,
     free_port,
     fresh_pg_database,
+    main_thread_cpu_seconds,
     paired_ratios,
     peak_rss_mb,
     pg_reachable,
@@ -58,6 +62,7 @@ from bridge.platforms.incident_io.webhook import sign as sign_incident_io
 from bridge.platforms.rootly.webhook import sign as sign_rootly
 from bridge.store.sql import SqlStore
 
+P = ParamSpec("P")
 HOST = "127.0.0.1"
 ENDPOINTS = {"incident_io": "/webhooks/incident-io", "rootly": "/webhooks/rootly"}
 # Upper bound on the rate we pre-build unique requests for; more is replayed (duplicates).
@@ -303,8 +308,8 @@ async def run(scale: Scale, progress: Callable[[str], None] = print) -> list[Fig
                                 variant,
                                 endpoint,
                                 url,
-                                port,
-                                bare_port,
+                                Server(port, proc.pid),
+                                Server(bare_port, bare.pid),
                                 bare_reqs[endpoint],
                                 progress,
                             )
@@ -325,6 +330,39 @@ async def run(scale: Scale, progress: Callable[[str], None] = print) -> list[Fig
     return figures
 
 
+@dataclass(frozen=True)
+class Server:
+    """A server under load: where to send requests, and whose main thread to time."""
+
+    port: int
+    pid: int
+
+
+def with_server_cpu(
+    server: Server,
+    run: Callable[Concatenate[int, P], LoadResult],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> LoadResult:
+    """`run(server.port, ...)`'s result with `server_cpu`: the server's main-thread CPU over
+    the run, per second of load (the generator's start-up, while the server idles, is left
+    out)."""
+    before = main_thread_cpu_seconds(server.pid)
+    result = run(server.port, *args, **kwargs)
+    after = main_thread_cpu_seconds(server.pid)
+    if before is None or after is None or result.seconds <= 0:
+        return result
+    return replace(result, server_cpu=(after - before) / result.seconds)
+
+
+def busy(result: LoadResult) -> str:
+    """How busy the server's loop was during `result`, e.g. "78% busy, 650 µs/webhook"."""
+    per_request = result.server_us_per_request
+    if result.server_cpu is None or per_request is None:
+        return "not timed (no /proc)"
+    return f"{result.server_cpu:.0%} busy, {per_request:.0f} µs/webhook"
+
+
 async def _measure(
     scale: Scale,
     tmp: Path,
@@ -333,8 +371,8 @@ async def _measure(
     variant: Variant,
     endpoint: str,
     url: str,
-    port: int,
-    bare_port: int,
+    bridge: Server,
+    bare: Server,
     bare_reqs: Path,
     progress: Callable[[str], None],
 ) -> list[Figure]:
@@ -347,9 +385,10 @@ async def _measure(
     peaks: list[LoadResult] = []
     backlog = 0
     for round_ in range(scale.ingest_rounds):
-        bares.append(throughput(bare_port, bare_reqs, scale))
+        bares.append(with_server_cpu(bare, throughput, bare_reqs, scale))
         path = tmp / f"{files}-peak-{round_}.req"
-        peaks.append(throughput(port, build_requests(path, endpoint, port, keys, unique), scale))
+        reqs = build_requests(path, endpoint, bridge.port, keys, unique)
+        peaks.append(with_server_cpu(bridge, throughput, reqs, scale))
         backlog = max(backlog, await wait_dispatched(url))
     bare_peak = max(bares, key=lambda r: r.rps)
     peak = max(peaks, key=lambda r: r.rps)
@@ -359,6 +398,7 @@ async def _measure(
         # Each bridge run against the bare run just before it: a slow spell of the shared
         # machine slows both runs of a pair, so the spread of these is the machine's.
         notes.append(f"per-round ratios {paired_ratios(peaks, bares)}")
+    notes.append(f"loop {busy(peak)} (bare {busy(bare_peak)})")
     if peak.ok_fraction < 0.999:
         notes.append(f"only {peak.ok_fraction:.1%} answered 2xx")
     if peak.sent > unique:
@@ -381,28 +421,41 @@ async def _measure(
         )
     ]
     rate = max(1.0, 0.5 * peak.rps)
-    count = int(rate * scale.latency_seconds * 1.2) + 10
+    # The bare handler also runs at half of its own peak, where the p99 target would put
+    # it: what the HTTP stack alone does at that load on this machine (see README).
+    own_rate = max(1.0, 0.5 * bare_peak.rps)
     # Alternating rounds again, the lowest p99 of each kept, for the same reason as above:
     # a neighbour's burst on the shared machine only ever adds latency (single runs of the
     # same build ranged from 6 to 50 ms). Every run's p99 is printed in the note.
     lats: list[LoadResult] = []
     bare_lats: list[LoadResult] = []
+    own_lats: list[LoadResult] = []
+    baselines = [(rate, bare_lats)] + ([(own_rate, own_lats)] if variant.p99_target else [])
     for round_ in range(scale.latency_rounds):
-        reqs = build_requests(tmp / f"{files}-lat-{round_}.req", endpoint, port, keys, count)
-        lats.append(latency(port, reqs, scale, rate))
-        await wait_dispatched(url)
-        bare_reqs = build_requests(
-            tmp / f"bare-{endpoint}-lat-{round_}.req", endpoint, bare_port, keys, count
+        reqs = build_requests(
+            tmp / f"{files}-lat-{round_}.req", endpoint, bridge.port, keys, _count(rate, scale)
         )
-        bare_lats.append(latency(bare_port, bare_reqs, scale, rate))
+        lats.append(with_server_cpu(bridge, latency, reqs, scale, rate))
+        await wait_dispatched(url)
+        for bare_rate, runs in baselines:
+            bare_file = tmp / f"bare-{endpoint}-lat-{round_}.req"
+            count = _count(bare_rate, scale)
+            bare_lat_reqs = build_requests(bare_file, endpoint, bare.port, keys, count)
+            runs.append(with_server_cpu(bare, latency, bare_lat_reqs, scale, bare_rate))
     lat = min(lats, key=lambda r: r.latency_ms["p99"])
     bare_lat = min(bare_lats, key=lambda r: r.latency_ms["p99"])
     p99 = lat.latency_ms["p99"]
-    runs = " / ".join(f"{r.latency_ms['p99']:.1f}" for r in lats)
     note = (
         f"at {rate:.0f} req/s = 50% of peak; p50 {lat.latency_ms['p50']:.2f} ms;"
-        f" best of {len(lats)}, p99 per run {runs} ms"
+        f" best of {len(lats)}, p99 per run {_p99s(lats)} ms; loop {busy(lat)}"
+        f" (at peak {busy(peak)}); bare at this rate {busy(bare_lat)}"
     )
+    if own_lats:
+        own = min(own_lats, key=lambda r: r.latency_ms["p99"])
+        note += (
+            f"; bare at 50% of its own peak ({own_rate:.0f} req/s): p99 per run"
+            f" {_p99s(own_lats)} ms, {busy(own)}"
+        )
     if backlog:
         note += f"; {backlog} deliveries still undispatched from the peak run (40 s cap)"
     answered = min(r.ok_fraction for r in lats)
@@ -423,3 +476,12 @@ async def _measure(
         )
     )
     return figs
+
+
+def _count(rate: float, scale: Scale) -> int:
+    """Unique requests to build for one fixed-rate run (a margin over rate x seconds)."""
+    return int(rate * scale.latency_seconds * 1.2) + 10
+
+
+def _p99s(runs: list[LoadResult]) -> str:
+    return " / ".join(f"{r.latency_ms['p99']:.1f}" for r in runs)

@@ -103,6 +103,16 @@ class LoadResult:
     statuses: dict[str, int]
     latency_ms: dict[str, float]
     rate: float | None = None
+    # CPU seconds the server's main thread (its event loop) used per second of load, when
+    # the caller measured it (`bench.ingest_bench.with_server_cpu`).
+    server_cpu: float | None = None
+
+    @property
+    def server_us_per_request(self) -> float | None:
+        """The server's main-thread CPU per request, in microseconds."""
+        if self.server_cpu is None or not self.sent:
+            return None
+        return self.server_cpu * self.seconds / self.sent * 1e6
 
     @property
     def rps(self) -> float:
@@ -205,6 +215,7 @@ async def _run_python(
     for conn in conns:
         if conn.transport is not None:
             conn.transport.close()
+    # Imported here: the generator process needs only this of bench.common.
     from bench.common import percentile
 
     ms = [x * 1000 for x in latencies]

@@ -69,3 +69,38 @@ async def test_stopped_commit_refuses_and_fails_waiters() -> None:
     await supervisor.stop()
     with pytest.raises(StoreError, match="shutting down"):
         await asyncio.wait_for(commit.submit(1), timeout=5)
+
+
+async def test_stopping_while_a_crashed_loop_waits_to_restart_fails_waiters() -> None:
+    """The supervisor stopped during the back-off before it restarts a crashed loop: what
+    was submitted meanwhile fails with a StoreError, and so does anything submitted after,
+    instead of waiting forever for a loop that will never run again."""
+    supervisor = Supervisor(structlog.get_logger("test"))
+    crashed = asyncio.Event()
+    writes = 0
+
+    async def write(items: Sequence[int]) -> list[int]:
+        nonlocal writes
+        writes += 1
+        if writes > 1:
+            # Had the machine been slow enough for the restart to beat stop(), the loop
+            # would hold item 2 here until cancelled, and still fail it as shutting down.
+            await asyncio.Event().wait()
+        return list(items)
+
+    def on_written(_results: Sequence[int]) -> None:
+        crashed.set()
+        raise RuntimeError("bug in a callback")
+
+    commit: GroupCommit[int, int] = GroupCommit(
+        "test.commit", write, supervisor, on_written=on_written
+    )
+    assert await commit.submit(1) == 1  # written; then the callback crashed the loop
+    await crashed.wait()
+    waiting = asyncio.ensure_future(commit.submit(2))  # queued while the loop is down
+    await asyncio.sleep(0)
+    await supervisor.stop()  # within the restart's 0.1 s back-off
+    with pytest.raises(StoreError, match="shutting down"):
+        await asyncio.wait_for(waiting, timeout=5)
+    with pytest.raises(StoreError, match="shutting down"):
+        await asyncio.wait_for(commit.submit(3), timeout=5)

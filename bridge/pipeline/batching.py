@@ -40,7 +40,9 @@ class GroupCommit(Generic[Item, Result]):
         # Built on the loop that runs it; asking asyncio for the running loop costs a
         # getpid() system call per call on Python 3.11, and submit() runs per webhook.
         self._loop = asyncio.get_running_loop()
-        supervisor.spawn_loop(name, self._run)
+        # Closed when the supervisor's task ends, not only when `_run` is cancelled: stopped
+        # while it waits to restart a crashed `_run`, the cancellation never reaches `_run`.
+        supervisor.spawn_loop(name, self._run).add_done_callback(self._stopped)
 
     async def submit(self, item: Item) -> Result:
         """Write `item` with whatever else is waiting; raises the write's StoreError."""
@@ -65,18 +67,23 @@ class GroupCommit(Generic[Item, Result]):
                 await self._flush(batch)
                 batch = []
         except asyncio.CancelledError:
-            # Stopped (shutdown): nobody may wait forever for a write that will not happen,
-            # neither the batch in hand nor anything waiting or submitted later.
-            self._closed = True
-            pending = [future for _, future in (*batch, *self._waiting)]
-            self._waiting.clear()
-            self._fail(pending, StoreError("shutting down; not written"))
+            # Stopped (shutdown): the batch in hand will not be written; `_stopped` fails
+            # what is waiting and refuses what comes later.
+            self._fail([future for _, future in batch], StoreError("shutting down; not written"))
             raise
         except Exception as exc:
             # A crash (a bug in a callback): the batch in hand fails with it; what is waiting
             # stays for the supervisor's restart of this loop, which stays open.
             self._fail([future for _, future in batch], StoreError(f"write crashed: {exc!r}"))
             raise
+
+    def _stopped(self, _task: asyncio.Task[None]) -> None:
+        """The loop will not run again: nobody may wait forever for a write that will not
+        happen, neither what is waiting nor anything submitted later."""
+        self._closed = True
+        pending = [future for _, future in self._waiting]
+        self._waiting.clear()
+        self._fail(pending, StoreError("shutting down; not written"))
 
     @staticmethod
     def _fail(futures: Sequence[asyncio.Future[Result]], error: StoreError) -> None:

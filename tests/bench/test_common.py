@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from bench.common import paired_ratios
+from bench.common import main_thread_cpu_seconds, paired_ratios
+from bench.loadgen import LoadResult
+
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="needs Linux /proc (per-thread CPU times)"
+)
 
 
 @dataclass(frozen=True)
@@ -34,3 +45,51 @@ def test_paired_ratios_refuse_unpaired_rounds() -> None:
     """Runs and baselines of different lengths are a bug in the caller, not a figure."""
     with pytest.raises(ValueError, match=r"shorter|longer"):
         paired_ratios([Run(1.0)], [Run(1.0), Run(2.0)])
+
+
+def _burn(seconds: float) -> None:
+    """Use `seconds` of this thread's CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+@needs_proc
+def test_main_thread_cpu_counts_the_main_thread_only() -> None:
+    """The figure is the main thread's (a server's event loop's) CPU: CPU the main thread
+    burns shows up in full, CPU another thread of the process burns does not."""
+    pid = os.getpid()
+    before = main_thread_cpu_seconds(pid)
+    _burn(0.3)
+    after_main = main_thread_cpu_seconds(pid)
+    worker = threading.Thread(target=_burn, args=(0.3,))
+    worker.start()
+    worker.join()
+    after_worker = main_thread_cpu_seconds(pid)
+    assert before is not None and after_main is not None and after_worker is not None
+    # Clock ticks are 10 ms: allow a few of them either way.
+    assert after_main - before == pytest.approx(0.3, abs=0.05)
+    assert after_worker - after_main < 0.05
+
+
+@needs_proc
+def test_main_thread_cpu_of_a_process_that_is_gone_is_unknown() -> None:
+    """A pid with no process behind it gives None, not an exception or zero."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert main_thread_cpu_seconds(int(child.stdout)) is None
+
+
+def test_server_cpu_per_request_is_loop_time_over_requests() -> None:
+    """A loop 50% busy over a 2 s run of 1,000 requests spent 1,000 µs per request; a run
+    whose server was not timed has no figure."""
+    run = LoadResult("python", sent=1000, seconds=2.0, statuses={"200": 1000}, latency_ms={})
+    assert run.server_us_per_request is None
+    timed = LoadResult(
+        "python", sent=1000, seconds=2.0, statuses={"200": 1000}, latency_ms={}, server_cpu=0.5
+    )
+    assert timed.server_us_per_request == pytest.approx(1000.0)

@@ -104,3 +104,18 @@ async def test_stopping_while_a_crashed_loop_waits_to_restart_fails_waiters() ->
         await asyncio.wait_for(waiting, timeout=5)
     with pytest.raises(StoreError, match="shutting down"):
         await asyncio.wait_for(commit.submit(3), timeout=5)
+
+
+async def test_stopped_before_the_loop_ever_ran_fails_submissions() -> None:
+    """The supervisor stopped before the commit's loop took its first step (its coroutine
+    never starts, so no handler inside it runs): a submission still fails with a StoreError
+    instead of waiting forever."""
+    supervisor = Supervisor(structlog.get_logger("test"))
+
+    async def write(items: Sequence[int]) -> list[int]:
+        return list(items)
+
+    commit: GroupCommit[int, int] = GroupCommit("test.commit", write, supervisor)
+    await supervisor.stop()
+    with pytest.raises(StoreError, match="shutting down"):
+        await asyncio.wait_for(commit.submit(1), timeout=5)

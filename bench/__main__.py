@@ -1,6 +1,6 @@
 """`python -m bench` (= `make bench`): run every benchmark, print each figure and a summary.
 
-Options: `--quick` (smaller sizes, about 2 minutes), `--only NAME` (repeatable; names:
+Options: `--quick` (smaller sizes, about 4 minutes), `--only NAME` (repeatable; names:
 ingest, event_to_action, drain, rules, store). Benchmarks never fail the build: the exit
 code is 0 whatever the figures, unless a benchmark crashed (then 1, after the others ran).
 """
@@ -78,7 +78,7 @@ async def run_all(names: Sequence[str], scale: Scale) -> tuple[list[Figure], lis
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 4 minutes)")
     parser.add_argument(
         "--only",
         action="append",

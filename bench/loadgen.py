@@ -110,9 +110,9 @@ class LoadResult:
     @property
     def server_us_per_request(self) -> float | None:
         """The server's main-thread CPU per request, in microseconds."""
-        if self.server_cpu is None or not self.sent:
+        if self.server_cpu is None or not self.rps:
             return None
-        return self.server_cpu * self.seconds / self.sent * 1e6
+        return self.server_cpu / self.rps * 1e6
 
     @property
     def rps(self) -> float:

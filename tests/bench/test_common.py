@@ -107,4 +107,4 @@ def test_peak_runs_get_more_unique_requests_than_the_bare_handler_answered(
     seconds = 3.0
     unique = unique_requests(bare_rps, seconds)
     assert unique > bare_rps * seconds
-    assert unique <= bare_rps * seconds * 1.5 + 100  # bounded: each one is signed and stored
+    assert unique <= bare_rps * seconds * 1.5 + 100  # bounded: each is signed and written out

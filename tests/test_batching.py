@@ -30,6 +30,34 @@ async def test_concurrent_items_share_one_write() -> None:
         await supervisor.stop()
 
 
+async def test_a_write_waits_one_loop_turn_for_work_already_scheduled() -> None:
+    """A submission scheduled in the same loop turn as the writer's wake-up, but behind
+    it, joins that write instead of waiting for the next one: the writer lets the loop's
+    queued work run first (under load: the answers of the last batch, handlers about to
+    submit)."""
+    supervisor = Supervisor(structlog.get_logger("test"))
+    calls: list[list[str]] = []
+
+    async def write(items: Sequence[str]) -> list[str]:
+        calls.append(list(items))
+        return list(items)
+
+    commit: GroupCommit[str, str] = GroupCommit("test.commit", write, supervisor)
+    try:
+        for _ in range(3):  # the writer starts and waits for work
+            await asyncio.sleep(0)
+        first = asyncio.ensure_future(commit.submit("a"))
+        # Next turn `first` queues "a" and schedules the writer's wake-up; this coroutine
+        # resumes after it in that same turn and schedules the second submission, which
+        # the loop runs after the writer's wake-up.
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(commit.submit("b"))
+        assert [await first, await second] == ["a", "b"]
+        assert calls == [["a", "b"]]
+    finally:
+        await supervisor.stop()
+
+
 async def test_a_crashed_loop_is_restarted_and_stays_open() -> None:
     """A bug in the after-write callback crashes the loop once: the supervisor restarts it
     and later submissions are written (they are not refused as if shutting down)."""

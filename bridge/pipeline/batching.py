@@ -3,8 +3,8 @@
 Each caller awaits its own result; a single owned task writes whatever has queued up since
 the last write, in one call. Under load the batches grow by themselves (nothing waits on a
 timer), so one disk flush serves many webhooks or action outcomes; when idle, a lone item is
-written after one loop turn. A failed write fails every caller of that batch with the same
-error.
+written after a few loop turns. A failed write fails every caller of that batch with the
+same error.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from bridge.tasks import Supervisor
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+# Loop turns a write lets pass before it starts (see `GroupCommit._run`).
+WRITE_AFTER_TURNS = 4
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -63,12 +66,15 @@ class GroupCommit(Generic[Item, Result]):
                 while not self._waiting:
                     self._wake = self._loop.create_future()
                     await self._wake
-                # One loop turn before writing: what the loop has already scheduled runs
-                # first (the answers of the batch just written, handlers about to submit),
-                # instead of waiting behind this commit. In paired runs of the bridge it
-                # raised peak ingest 6-9% and lowered the p99 at half of it (7.3 against
-                # 9.0 ms); an idle write waits only that one turn.
-                await asyncio.sleep(0)
+                # A few loop turns before writing: what the loop has scheduled runs first
+                # (the answers of the batch just written, handlers about to submit, the
+                # requests those answers bring back), instead of waiting behind this
+                # commit. Paired runs of the bridge at peak ingest, ten rounds each: one
+                # turn against none +6-9%, two against one +7%, four against two +3%;
+                # the p99 at half of peak no worse (5.0 against 5.3 ms at four against
+                # two). An idle write waits only these turns (microseconds), no timer.
+                for _ in range(WRITE_AFTER_TURNS):
+                    await asyncio.sleep(0)
                 batch = self._waiting[: self._max]
                 del self._waiting[: self._max]
                 await self._flush(batch)

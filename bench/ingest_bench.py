@@ -65,7 +65,6 @@ from bridge.store.sql import SqlStore
 P = ParamSpec("P")
 HOST = "127.0.0.1"
 ENDPOINTS = {"incident_io": "/webhooks/incident-io", "rootly": "/webhooks/rootly"}
-UNIQUE_MARGIN = 1.25  # see `unique_requests`
 EMPTY_RULES = "version: 1\nrules: []\n"
 # Rules that look at both benchmark event types (so each event is dispatched) and never
 # fire (so nothing calls the dead platform URLs).
@@ -443,14 +442,13 @@ async def _measure(
     own_lats: list[LoadResult] = []
     baselines = [(rate, bare_lats)] + ([(own_rate, own_lats)] if variant.p99_target else [])
     for round_ in range(scale.latency_rounds):
-        reqs = build_requests(
-            tmp / f"{files}-lat-{round_}.req", endpoint, bridge.port, keys, _count(rate, scale)
-        )
+        count = unique_requests(rate, scale.latency_seconds)
+        reqs = build_requests(tmp / f"{files}-lat-{round_}.req", endpoint, bridge.port, keys, count)
         lats.append(with_server_cpu(bridge, latency, reqs, scale, rate))
         await wait_dispatched(url)
         for bare_rate, runs in baselines:
             bare_file = tmp / f"bare-{endpoint}-lat-{round_}.req"
-            count = _count(bare_rate, scale)
+            count = unique_requests(bare_rate, scale.latency_seconds)
             bare_lat_reqs = build_requests(bare_file, endpoint, bare.port, keys, count)
             runs.append(with_server_cpu(bare, latency, bare_lat_reqs, scale, bare_rate))
     lat = min(lats, key=lambda r: r.latency_ms["p99"])
@@ -490,19 +488,15 @@ async def _measure(
     return figs
 
 
-def unique_requests(bare_rps: float, seconds: float) -> int:
-    """Unique requests to build for one peak run of `seconds`: a margin over what the bare
-    handler answered in that time, as the bridge does not outrun it. A replayed request is
-    a duplicate, which the bridge answers without storing it, so a fixed count would
-    flatter its peak on a faster machine (on one four times faster than the machine a
-    fixed 6,000 req/s was set for, 60% of the requests were repeats). A run that still
-    replays some says so in its note."""
-    return int(bare_rps * seconds * UNIQUE_MARGIN) + 100
-
-
-def _count(rate: float, scale: Scale) -> int:
-    """Unique requests to build for one fixed-rate run (a margin over rate x seconds)."""
-    return int(rate * scale.latency_seconds * 1.2) + 10
+def unique_requests(rate: float, seconds: float) -> int:
+    """Unique requests to build for a run of `seconds` at up to `rate` req/s: a margin over
+    rate x seconds. For a fixed-rate run, its rate; for a peak run, what the bare handler
+    answered, as the bridge does not outrun it. A replayed request is a duplicate, which
+    the bridge answers without storing it, so a fixed count would flatter its peak on a
+    faster machine (on one four times faster than the machine a fixed 6,000 req/s was set
+    for, 60% of the requests were repeats). A peak run that still replays some says so in
+    its note."""
+    return int(rate * seconds * 1.25) + 100
 
 
 def _p99s(runs: list[LoadResult]) -> str:

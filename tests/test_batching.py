@@ -30,7 +30,7 @@ async def test_concurrent_items_share_one_write() -> None:
         await supervisor.stop()
 
 
-async def test_a_write_waits_one_loop_turn_for_work_already_scheduled() -> None:
+async def test_a_write_lets_work_already_scheduled_join_it() -> None:
     """A submission scheduled in the same loop turn as the writer's wake-up, but behind
     it, joins that write instead of waiting for the next one: the writer lets the loop's
     queued work run first (under load: the answers of the last batch, handlers about to

@@ -193,7 +193,8 @@ def wait_ready(port: int, process: subprocess.Popen[str], timeout: float = 30) -
 @pytest.mark.parametrize("sandbox", [False, True])
 def test_serve_stops_cleanly_on_sigterm_within_grace(tmp_path: Path, sandbox: bool) -> None:
     """A real `bridge serve` (plain, and with --sandbox) becomes ready, and on SIGTERM
-    drains and exits 0 within the grace period, logging JSON without tracebacks."""
+    drains and exits 0 within the grace period, logging JSON without tracebacks; start-up
+    froze its heap out of the garbage collector's full passes."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(SECRET_ENV)
@@ -224,6 +225,7 @@ def test_serve_stops_cleanly_on_sigterm_within_grace(tmp_path: Path, sandbox: bo
         json.loads(line)["event"] for line in (err + out).splitlines() if line.startswith("{")
     ]
     assert "bridge.started" in events
+    assert "bridge.heap_frozen" in events
     assert "bridge.stopped" in events
     if sandbox:
         assert "sandbox.ready" in events

@@ -179,7 +179,11 @@ class RulesSettings(_Group):
 
 class ExecutorSettings(_Group):
     max_attempts: int = Field(
-        10, ge=1, le=1000, description="Failed attempts before dead-lettering."
+        10,
+        ge=1,
+        le=1000,
+        description="Failed attempts before dead-lettering (taking an action over from an"
+        " expired lease, whose holder died mid-action, counts as one).",
     )
     backoff_base_seconds: float = Field(
         1.0, gt=0, le=3600, description="First retry delay (full jitter)."

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from bridge.events import (
 from bridge.logging import get_logger
 from bridge.metrics import create_metrics
 from bridge.pipeline.executor import Executor
-from bridge.store.base import NewInboxEvent, OutboxRow
+from bridge.store.base import LEASE_LOST, NewInboxEvent, OutboxRow
 from bridge.store.sql import SqlStore
 from bridge.tasks import Supervisor
 
@@ -56,11 +56,17 @@ class FlakyClient:
 
 @contextlib.asynccontextmanager
 async def running_executor(
-    tmp_path: Path, client: FlakyClient, settings: ExecutorSettings
+    tmp_path: Path,
+    client: FlakyClient,
+    settings: ExecutorSettings,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    before_start: Callable[[SqlStore], Awaitable[None]] | None = None,
 ) -> AsyncIterator[SqlStore]:
-    """A real SQLite store holding one cancel action, and an executor loop working on it
-    with `client`; stopped (loop, group commit, store) on exit."""
-    store = SqlStore(f"sqlite:///{tmp_path}/x.db")
+    """A real SQLite store (on `clock`) holding one cancel action, and an executor loop
+    working on it with `client`, started after `before_start(store)`; stopped (loop, group
+    commit, store) on exit."""
+    store = SqlStore(f"sqlite:///{tmp_path}/x.db", clock=clock)
     await store.open()
     supervisor = Supervisor(get_logger("test"))
     executor = Executor(
@@ -86,6 +92,8 @@ async def running_executor(
         idempotency_key=IdempotencyKey("k-1"),
     )
     await store.complete_inbox(inbox_id, [action], [], {})
+    if before_start is not None:
+        await before_start(store)
     loop = asyncio.create_task(executor.run("incident_io"))
     try:
         yield store
@@ -149,3 +157,34 @@ async def test_action_outliving_its_lease_is_not_sent_twice_by_its_own_process(
         rows = await done_actions(store)
     assert len(client.calls) == 1
     assert [r.state for r in rows] == ["done"]
+
+
+async def test_action_whose_holders_keep_dying_is_dead_lettered_not_tried_again(
+    tmp_path: Path,
+) -> None:
+    """Three holders took the action in turn and died without an outcome (their leases
+    expired). Each takeover counts an attempt: two between them, the third the executor's
+    own; with three allowed, the executor dead-letters the action without calling the
+    platform, naming the holder whose lease was lost last."""
+    now = [datetime.now(UTC)]
+    lease = ExecutorSettings().lease_seconds
+
+    async def two_holders_die(store: SqlStore) -> None:
+        for holder in ("crashed-1", "crashed-2", "crashed-3"):
+            assert len(await store.claim_outbox(holder, 1, lease)) == 1
+            now[0] += timedelta(seconds=lease + 1)
+
+    client = FlakyClient()
+    settings = ExecutorSettings(max_attempts=3, poll_interval_seconds=0.05)
+    async with running_executor(
+        tmp_path, client, settings, clock=lambda: now[0], before_start=two_holders_die
+    ) as store:
+        for _ in range(200):
+            dead = await store.list_outbox(["dead"], 10)
+            if dead:
+                break
+            await asyncio.sleep(0.02)
+    assert client.calls == []
+    (row,) = dead
+    assert row.attempts == 3
+    assert row.last_error == f"gave up after 3 attempts: {LEASE_LOST}crashed-3"

@@ -11,7 +11,11 @@ with a lease. Outcomes:
   after `max_attempts` failures it is dead-lettered;
 - `TargetMissing` / `StateConflict`: `skipped`, with the reason (the target is gone or
   already where we wanted it; retrying cannot change that);
-- `Permanent` (other 4xx) or a bad parameter: dead-lettered with the platform's message.
+- `Permanent` (other 4xx) or a bad parameter: dead-lettered with the platform's message;
+- no outcome at all (the holder's lease expired: the process died or stalled mid-action):
+  the store counts the takeover as an attempt, and an action taken over with
+  `max_attempts` already used is dead-lettered without another try, so an action that
+  kills the bridge every time cannot crash-loop it.
 
 Idempotency: actions carry deterministic keys (the outbox refuses a second row with the
 same key) and the operations are idempotent upstream (create_escalation sends the key;
@@ -223,6 +227,16 @@ class Executor:
             target=str(action.target) if action.target else None,
             rule=action.rule,
         )
+        if row.attempts >= self._settings.max_attempts:
+            # Attempts used up at claim time: every failed attempt is judged when it fails,
+            # so what used the last one was a takeover from an expired lease (counted by
+            # the claim): its holders died or stalled mid-action, perhaps because of this
+            # action. Not tried again.
+            error = f"gave up after {row.attempts} attempts: {row.last_error}"
+            await self._store.dead_letter(row.id, self._owner, error, count_attempt=False)
+            self._metrics.actions.labels(*labels, "dead_lettered").inc()
+            log.error("action.dead_lettered", error=error, attempts=row.attempts)
+            return
         try:
             result = await self._clients[action.platform].perform(action)
         except RateLimited as exc:

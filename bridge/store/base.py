@@ -27,6 +27,12 @@ from bridge.events import (
 InboxState = Literal["pending", "processed", "failed"]
 OutboxState = Literal["pending", "claimed", "done", "skipped", "dead"]
 
+# `last_error` of an action taken over from an expired lease, followed by the holder's name.
+# Its holder died or stalled without an outcome: the attempt counts, so an action that
+# crashes the process every time is dead-lettered after `max_attempts` instead of
+# crash-looping the bridge forever.
+LEASE_LOST = "lease expired without an outcome; holder "
+
 
 class StoreError(Exception):
     """Storage is unreachable or refused the operation; the message says which and why."""
@@ -255,7 +261,9 @@ class Store(Protocol):
     ) -> list[OutboxRow]:
         """Claim due rows (pending with next_attempt_at <= now, or claimed with an expired
         lease), oldest first. PostgreSQL: FOR UPDATE SKIP LOCKED, so replicas never claim
-        the same row. Increments nothing: attempts are counted by `retry_action`."""
+        the same row. A row taken over from an expired lease counts one attempt, with
+        `last_error` set to `LEASE_LOST` + the lost holder; failed attempts are otherwise
+        counted by `retry_action`."""
 
     async def finish_action(
         self,
@@ -283,7 +291,11 @@ class Store(Protocol):
     ) -> bool:
         """Back to pending at `next_attempt_at`; `count_attempt` False for rate limits."""
 
-    async def dead_letter(self, action_id: ActionId, owner: str, error: str) -> bool: ...
+    async def dead_letter(
+        self, action_id: ActionId, owner: str, error: str, *, count_attempt: bool = True
+    ) -> bool:
+        """To state ``dead``; counts the failed attempt that led here unless `count_attempt`
+        is false (an action given up on before trying it again)."""
 
     async def list_outbox(
         self, states: Sequence[OutboxState] | None, limit: int, offset: int = 0

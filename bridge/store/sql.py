@@ -31,6 +31,7 @@ from sqlalchemy import (
     ColumnElement,
     and_,
     bindparam,
+    case,
     delete,
     func,
     literal,
@@ -57,6 +58,7 @@ from bridge.events import (
     thaw,
 )
 from bridge.store.base import (
+    LEASE_LOST,
     ActionOutcome,
     EchoRecord,
     InboxCompletion,
@@ -540,6 +542,13 @@ class SqlStore:
                 lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
                 updated_at=now,
+                # Taken over from an expired lease: an attempt (see `LEASE_LOST`). SET
+                # expressions read the row as it was before this update.
+                attempts=outbox.c.attempts + case((outbox.c.state == "claimed", 1), else_=0),
+                last_error=case(
+                    (outbox.c.state == "claimed", literal(LEASE_LOST) + outbox.c.lease_owner),
+                    else_=outbox.c.last_error,
+                ),
             )
             .returning(*outbox.c)
         )
@@ -638,8 +647,12 @@ class SqlStore:
             attempts=outbox.c.attempts + (1 if count_attempt else 0),
         )
 
-    async def dead_letter(self, action_id: ActionId, owner: str, error: str) -> bool:
-        """To state ``dead``; the failed attempt that led here is counted."""
+    async def dead_letter(
+        self, action_id: ActionId, owner: str, error: str, *, count_attempt: bool = True
+    ) -> bool:
+        """To state ``dead``; counts the failed attempt that led here unless `count_attempt`
+        is false."""
+        added = 1 if count_attempt else 0
         if self._direct is not None:
             return await self._direct.release_action(
                 action_id,
@@ -647,7 +660,7 @@ class SqlStore:
                 "dead-lettering an action",
                 state="dead",
                 error=error,
-                attempts_added=1,
+                attempts_added=added,
                 finished=True,
             )
         return await self._release(
@@ -656,7 +669,7 @@ class SqlStore:
             "dead-lettering an action",
             state="dead",
             last_error=error,
-            attempts=outbox.c.attempts + 1,
+            attempts=outbox.c.attempts + added,
             finished_at=self._clock(),
         )
 

@@ -65,6 +65,7 @@ from bridge.events import (
     thaw,
 )
 from bridge.store.base import (
+    LEASE_LOST,
     ActionOutcome,
     InboxCompletion,
     InboxRow,
@@ -821,13 +822,18 @@ class DirectSqlite:
             "expires": encode_time(now + timedelta(seconds=lease_seconds)),
             "limit": limit,
             "platform": platform,
+            "lost": LEASE_LOST,
         }
         due = _OUTBOX_DUE + (" AND platform = :platform" if platform is not None else "")
         if not await self._any_due("outbox", due, params):
             return []
+        # A row taken over from an expired lease counts as an attempt (see `LEASE_LOST`).
         sql = (
             "UPDATE outbox SET state = 'claimed', lease_owner = :owner,"
-            " lease_expires_at = :expires, updated_at = :now"
+            " lease_expires_at = :expires, updated_at = :now,"
+            " attempts = attempts + (state = 'claimed'),"
+            " last_error = CASE WHEN state = 'claimed' THEN :lost || lease_owner"
+            " ELSE last_error END"
             f" WHERE id IN (SELECT id FROM outbox WHERE {due} ORDER BY id LIMIT :limit)"
             " RETURNING *"
         )

@@ -7,7 +7,7 @@ import asyncio
 from datetime import timedelta
 
 from bridge.events import ActionId, LinkChange
-from bridge.store.base import EchoRecord
+from bridge.store.base import LEASE_LOST, EchoRecord
 from bridge.store.sql import SqlStore
 from tests.store.conftest import FakeClock
 from tests.store.factories import IIO_INC, ROOTLY_INC, action, inbox_event, queue_actions
@@ -28,6 +28,32 @@ async def test_claim_lease_and_expired_lease_reclaim(store: SqlStore, clock: Fak
     taken_over = await store.claim_outbox("w2", 10, 10)
     assert [r.id for r in taken_over] == ids
     assert {r.lease_owner for r in taken_over} == {"w2"}
+
+
+async def test_takeover_from_an_expired_lease_counts_an_attempt(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """A claim of a pending row counts nothing; taking a row over from an expired lease (its
+    holder died or stalled without an outcome) counts one attempt and records whose lease
+    was lost, so an action that kills the process every time runs out of attempts."""
+    (action_id,) = await queue_actions(store, clock(), ["k-1"])
+    (first,) = await store.claim_outbox("w1", 1, lease_seconds=10)
+    assert (first.attempts, first.last_error) == (0, None)
+    clock.advance(11)
+    (second,) = await store.claim_outbox("w2", 1, lease_seconds=10)
+    assert second.id == action_id
+    assert second.attempts == 1
+    assert second.last_error == LEASE_LOST + "w1"
+    clock.advance(11)
+    (third,) = await store.claim_outbox("w3", 1, lease_seconds=10)
+    assert (third.attempts, third.last_error) == (2, LEASE_LOST + "w2")
+    # A retry after a real failure is counted by retry_action, then claimed as pending.
+    assert await store.retry_action(action_id, "w3", clock(), "HTTP 503", count_attempt=True)
+    (fourth,) = await store.claim_outbox("w4", 1, lease_seconds=10)
+    assert (fourth.attempts, fourth.last_error) == (3, "HTTP 503")
+    assert await store.dead_letter(action_id, "w4", "given up", count_attempt=False)
+    (dead,) = await store.list_outbox(["dead"], 10)
+    assert (dead.attempts, dead.last_error) == (3, "given up")
 
 
 async def test_claim_by_platform(store: SqlStore, clock: FakeClock) -> None:

@@ -232,10 +232,10 @@ class Executor:
             # so what used the last one was a takeover from an expired lease (counted by
             # the claim): its holders died or stalled mid-action, perhaps because of this
             # action. Not tried again.
-            error = f"gave up after {row.attempts} attempts: {row.last_error}"
-            await self._store.dead_letter(row.id, self._owner, error, count_attempt=False)
-            self._metrics.actions.labels(*labels, "dead_lettered").inc()
-            log.error("action.dead_lettered", error=error, attempts=row.attempts)
+            error = row.last_error or "lease expired"
+            await self._dead_letter(
+                row, error, log, row.attempts, gave_up=True, count_attempt=False
+            )
             return
         try:
             result = await self._clients[action.platform].perform(action)
@@ -257,9 +257,7 @@ class Executor:
             log.info("action.skipped", reason=reason, detail=str(exc))
             return
         except (UpstreamError, ValueError) as exc:
-            await self._store.dead_letter(row.id, self._owner, str(exc))
-            self._metrics.actions.labels(*labels, "dead_lettered").inc()
-            log.error("action.dead_lettered", error=str(exc), attempts=row.attempts + 1)
+            await self._dead_letter(row, str(exc), log, row.attempts + 1)
             return
         except Exception as exc:  # a bug or a closed client: retried, counted, never orphaned
             log.exception("action.crashed", error=repr(exc))
@@ -293,15 +291,28 @@ class Executor:
             # Our lease expired and someone else holds the row now; their outcome stands.
             self._log.warning("action.lease_lost", action_id=row.id)
 
+    async def _dead_letter(
+        self,
+        row: OutboxRow,
+        error: str,
+        log: Logger,
+        attempts: int,
+        *,
+        gave_up: bool = False,
+        count_attempt: bool = True,
+    ) -> None:
+        """Dead-letter `row` for `error` (stored as "gave up after N attempts: ..." when the
+        attempts ran out), counted in the metrics and logged as `action.dead_lettered`."""
+        stored = f"gave up after {attempts} attempts: {error}" if gave_up else error
+        await self._store.dead_letter(row.id, self._owner, stored, count_attempt=count_attempt)
+        self._metrics.actions.labels(row.action.platform, row.action.name, "dead_lettered").inc()
+        log.error("action.dead_lettered", error=error, attempts=attempts)
+
     async def _retry_or_dead(self, row: OutboxRow, error: str, log: Logger) -> None:
         labels = (row.action.platform, row.action.name)
         attempts = row.attempts + 1
         if attempts >= self._settings.max_attempts:
-            await self._store.dead_letter(
-                row.id, self._owner, f"gave up after {attempts} attempts: {error}"
-            )
-            self._metrics.actions.labels(*labels, "dead_lettered").inc()
-            log.error("action.dead_lettered", error=error, attempts=attempts)
+            await self._dead_letter(row, error, log, attempts, gave_up=True)
             return
         delay = self._backoff(row.attempts)
         retry_at = datetime.now(UTC) + timedelta(seconds=delay)

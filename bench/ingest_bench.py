@@ -432,7 +432,7 @@ async def _measure(
     ]
     rate = max(1.0, 0.5 * peak.rps)
     # The bare handler also runs at half of its own peak, where the p99 target would put
-    # it: what the HTTP stack alone does at that load on this machine (see README).
+    # it: what the HTTP stack alone does at that load on this machine (see README, Benchmarks).
     own_rate = max(1.0, 0.5 * bare_peak.rps)
     # Alternating rounds again, the lowest p99 of each kept, for the same reason as above:
     # a neighbour's burst on the shared machine only ever adds latency (single runs of the

@@ -190,7 +190,11 @@ class ExecutorSettings(_Group):
     )
     backoff_max_seconds: float = Field(300.0, gt=0, le=86_400, description="Retry delay cap.")
     lease_seconds: float = Field(
-        60.0, ge=1, le=3600, description="How long a claimed action is ours."
+        60.0,
+        ge=1,
+        le=3600,
+        description="How long a claimed action or event is ours unless renewed (what is"
+        " in hand is renewed every third of it).",
     )
     batch_size: int = Field(50, ge=1, le=1000, description="Actions claimed per round.")
     poll_interval_seconds: float = Field(

@@ -49,7 +49,7 @@ def freeze_startup_heap(log: Logger) -> None:
     as long as the process) out of the garbage collector's reach, after collecting what is
     already garbage. Without it the collector's occasional full pass walks all of them while
     webhooks wait: measured under ingest load, one full collection took 56 ms over 111,000
-    objects; after freezing, 0.4 ms over 679 (see README, Benchmarks)."""
+    objects; after freezing, 0.4 ms over 679 (see docs/benchmarks.md)."""
     gc.collect()
     gc.freeze()
     log.info("bridge.heap_frozen", objects=gc.get_freeze_count())

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from bridge.app import Bridge
-from bridge.events import DeliveryId, InboxId
-from bridge.store.base import InboxRow, NewInboxEvent
+from bridge.events import DeliveryId, Event, InboxId
+from bridge.pipeline import dispatcher as dispatcher_module
+from bridge.store.base import InboxRow, NewInboxEvent, StoreUnavailable
 from bridge.store.sql import SqlStore
 from bridge.store.sqlite_direct import encode_time
 from tests.conftest import bridge_settings
@@ -57,8 +60,6 @@ async def test_events_about_one_object_keep_their_order_in_one_batch(tmp_path: P
     concurrently. Each cancellation still sees the link its own earlier event recorded:
     exactly one cancel per incident, aimed at that incident's escalation."""
     settings = bridge_settings(tmp_path, rules=RULES, executor={"poll_interval_seconds": 0.05})
-    seed = SqlStore(settings.store.url)
-    await seed.open()
     events = []
     for n in range(8):
         data = {"id": f"inc-{n}", "status": "started", "escalation_id": f"esc-{n}"}
@@ -66,8 +67,7 @@ async def test_events_about_one_object_keep_their_order_in_one_batch(tmp_path: P
     for n in range(8):
         data = {"id": f"inc-{n}", "status": "cancelled"}
         events.append(rootly_event(f"cxl-{n}", "incident.cancelled", data))
-    assert None not in await seed.add_inbox(events)
-    await seed.close()
+    assert None not in await store_events(settings.store.url, events)
 
     bridge = Bridge(settings, env={}, registry=CollectorRegistry())
     bridge.executor.stop()  # no platform behind this bridge: keep actions in the outbox
@@ -88,15 +88,13 @@ async def test_handed_over_event_waits_for_older_stored_events(tmp_path: Path) -
     settings = bridge_settings(tmp_path, rules=RULES, executor={"poll_interval_seconds": 0.05})
     bridge = Bridge(settings, env={}, registry=CollectorRegistry())
     bridge.executor.stop()
-    seed = SqlStore(settings.store.url)
-    await seed.open()
     data = {"id": "inc-1", "status": "started", "escalation_id": "esc-1"}
-    await seed.add_inbox([rootly_event("upd-1", "incident.updated", data)])
-    (cancel_id,) = await seed.add_inbox(
+    await store_events(settings.store.url, [rootly_event("upd-1", "incident.updated", data)])
+    (cancel_id,) = await store_events(
+        settings.store.url,
         [rootly_event("cxl-1", "incident.cancelled", {"id": "inc-1", "status": "cancelled"})],
         owner=bridge.instance_id,
     )
-    await seed.close()
     assert cancel_id is not None
     row = await stored_row(settings.store.url, cancel_id)
     bridge.dispatcher.adopt([row])
@@ -107,6 +105,107 @@ async def test_handed_over_event_waits_for_older_stored_events(tmp_path: Path) -
     finally:
         await bridge.stop()
     assert [str(a.action.target) for a in actions] == ["incident_io:escalation:esc-1"]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [StoreUnavailable("store blipped"), RuntimeError("a bug in the claim")],
+    ids=["store-error", "crash"],
+)
+async def test_handed_over_event_survives_a_failed_claim(
+    tmp_path: Path, failure: Exception
+) -> None:
+    """A round whose claim fails (the store blipped, or a bug crashed the loop, which the
+    supervisor restarts) keeps the events ingest handed over: they are still ours and
+    their leases are being renewed, so dropping them would strand them for good. They are
+    dispatched on the next round, long before their lease (60 s) could have run out."""
+    settings = bridge_settings(tmp_path, rules=RULES, executor={"poll_interval_seconds": 0.05})
+    bridge = Bridge(settings, env={}, registry=CollectorRegistry())
+    bridge.executor.stop()
+    data = {"id": "inc-1", "status": "started", "escalation_id": "esc-1"}
+    (inbox_id,) = await store_events(
+        settings.store.url,
+        [rootly_event("upd-1", "incident.updated", data)],
+        owner=bridge.instance_id,
+    )
+    assert inbox_id is not None
+    bridge.dispatcher.adopt([await stored_row(settings.store.url, inbox_id)])
+    real_claim = bridge.store.claim_inbox
+    failed: list[Exception] = []
+
+    async def claim_failing_once(owner: str, limit: int, lease_seconds: float) -> list[InboxRow]:
+        if not failed:
+            failed.append(failure)
+            raise failure
+        return await real_claim(owner, limit, lease_seconds)
+
+    bridge.store.claim_inbox = claim_failing_once  # type: ignore[method-assign]
+    await bridge.start()
+    try:
+        await all_dispatched(bridge)
+        row = await bridge.store.get_inbox(inbox_id)
+    finally:
+        await bridge.stop()
+    assert failed
+    assert row is not None
+    assert row.state == "processed"
+
+
+async def test_event_whose_parser_crashes_does_not_hold_up_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parser bug on one stored event (an exception, not a PayloadError for a bad body)
+    does not crash the dispatcher's loop: the events claimed in the same batch are
+    dispatched at once, not a lease (60 s) later, and the crashing one is scheduled for a
+    retry with the crash as its error, like any crashed dispatch, which after
+    MAX_DISPATCH_ATTEMPTS is failed visibly instead of cycling for ever."""
+    real_parse = dispatcher_module.PARSERS["rootly"]
+
+    def parse_with_a_bug(body: bytes, delivery_id: DeliveryId) -> Event:
+        if delivery_id == "poison":
+            raise KeyError("a bug in the parser")
+        return real_parse(body, delivery_id)
+
+    monkeypatch.setitem(dispatcher_module.PARSERS, "rootly", parse_with_a_bug)
+    settings = bridge_settings(tmp_path, rules=RULES, executor={"poll_interval_seconds": 0.05})
+    ids = await store_events(
+        settings.store.url,
+        [
+            rootly_event(delivery, "incident.updated", {"id": f"inc-{n}", "status": "started"})
+            for n, delivery in enumerate(["poison", "ok-1", "ok-2"])
+        ],
+    )
+    poison, *others = [inbox_id for inbox_id in ids if inbox_id is not None]
+    assert len(others) == 2
+    bridge = Bridge(settings, env={}, registry=CollectorRegistry())
+    await bridge.start()
+    try:
+        for _ in range(200):
+            rows = [await bridge.store.get_inbox(inbox_id) for inbox_id in others]
+            if all(row is not None and row.state == "processed" for row in rows):
+                break
+            await asyncio.sleep(0.05)
+        crashed = await bridge.store.get_inbox(poison)
+    finally:
+        await bridge.stop()
+    assert [row.state if row else None for row in rows] == ["processed", "processed"]
+    assert crashed is not None
+    assert crashed.state == "pending"
+    assert crashed.error is not None
+    assert "dispatch crashed" in crashed.error
+    assert "a bug in the parser" in crashed.error
+
+
+async def store_events(
+    url: str, events: Sequence[NewInboxEvent], owner: str | None = None
+) -> list[InboxId | None]:
+    """`add_inbox` on the store at `url` (before the bridge under test opens it)."""
+    store = SqlStore(url)
+    await store.open()
+    try:
+        return await store.add_inbox(events, owner=owner)
+    finally:
+        await store.close()
 
 
 async def stored_row(url: str, inbox_id: InboxId) -> InboxRow:
@@ -134,9 +233,8 @@ async def test_event_no_rule_handles_is_recorded_without_lookups(tmp_path: Path)
             "previous_status": {"category": "active"},
         },
     }
-    seed = SqlStore(settings.store.url)
-    await seed.open()
-    (inbox_id,) = await seed.add_inbox(
+    (inbox_id,) = await store_events(
+        settings.store.url,
         [
             NewInboxEvent(
                 source="incident_io",
@@ -145,9 +243,8 @@ async def test_event_no_rule_handles_is_recorded_without_lookups(tmp_path: Path)
                 body=json.dumps(body).encode(),
                 received_at=datetime.now(UTC),
             )
-        ]
+        ],
     )
-    await seed.close()
     assert inbox_id is not None
     bridge = Bridge(settings, env={}, registry=CollectorRegistry())
     await bridge.start()
@@ -171,11 +268,10 @@ async def test_echo_no_rule_handles_is_not_counted_as_suppressed(tmp_path: Path)
         "version: 1\nrules:\n  - name: cancel-linked" + RULES.split("  - name: cancel-linked")[1]
     )
     settings = bridge_settings(tmp_path, rules=cancel_only)
-    seed = SqlStore(settings.store.url)
-    await seed.open()
     data = {"id": "inc-1", "title": "t", "status": "started"}
-    (inbox_id,) = await seed.add_inbox([rootly_event("u-1", "incident.updated", data)])
-    await seed.close()
+    (inbox_id,) = await store_events(
+        settings.store.url, [rootly_event("u-1", "incident.updated", data)]
+    )
     expires = datetime.now(UTC) + timedelta(hours=1)
     with sqlite3.connect(settings.store.url.removeprefix("sqlite:///")) as conn:
         conn.execute(

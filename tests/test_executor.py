@@ -54,6 +54,53 @@ class FlakyClient:
         return {"id": ref.id}
 
 
+class GatedClient(FlakyClient):
+    """A platform client whose calls answer only once the test opens `gate` (a call held
+    up behind a long rate-limit pause). Records every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def perform(self, action: Action) -> ActionResult:
+        self.calls.append(action)
+        await self.gate.wait()
+        return ActionResult(object_id=action.target.id if action.target else None)
+
+
+async def queue_cancel_action(store: SqlStore) -> None:
+    """Store one Rootly cancellation whose decision is one incident.io cancel action."""
+    received = datetime.now(UTC)
+    (inbox_id,) = await store.add_inbox(
+        [NewInboxEvent("rootly", DeliveryId("d-1"), "incident.cancelled", b"{}", received)]
+    )
+    assert inbox_id is not None
+    action = Action(
+        operation="incident_io.cancel_escalation",
+        target=ObjectRef("incident_io", "escalation", "esc-1"),
+        params={},
+        rule=RuleName("r"),
+        idempotency_key=IdempotencyKey("k-1"),
+    )
+    await store.complete_inbox(inbox_id, [action], [], {})
+
+
+def build_executor(
+    store: SqlStore, client: FlakyClient, settings: ExecutorSettings, supervisor: Supervisor
+) -> Executor:
+    """An executor owned by "tester" with `client` as its only (incident.io) platform."""
+    return Executor(
+        store=store,
+        clients={"incident_io": client},
+        settings=settings,
+        concurrency={"incident_io": 4},
+        metrics=create_metrics(CollectorRegistry()),
+        logger=get_logger("test"),
+        owner="tester",
+        supervisor=supervisor,
+    )
+
+
 @contextlib.asynccontextmanager
 async def running_executor(
     tmp_path: Path,
@@ -69,29 +116,8 @@ async def running_executor(
     store = SqlStore(f"sqlite:///{tmp_path}/x.db", clock=clock)
     await store.open()
     supervisor = Supervisor(get_logger("test"))
-    executor = Executor(
-        store=store,
-        clients={"incident_io": client},
-        settings=settings,
-        concurrency={"incident_io": 4},
-        metrics=create_metrics(CollectorRegistry()),
-        logger=get_logger("test"),
-        owner="tester",
-        supervisor=supervisor,
-    )
-    received = datetime.now(UTC)
-    (inbox_id,) = await store.add_inbox(
-        [NewInboxEvent("rootly", DeliveryId("d-1"), "incident.cancelled", b"{}", received)]
-    )
-    assert inbox_id is not None
-    action = Action(
-        operation="incident_io.cancel_escalation",
-        target=ObjectRef("incident_io", "escalation", "esc-1"),
-        params={},
-        rule=RuleName("r"),
-        idempotency_key=IdempotencyKey("k-1"),
-    )
-    await store.complete_inbox(inbox_id, [action], [], {})
+    executor = build_executor(store, client, settings, supervisor)
+    await queue_cancel_action(store)
     if before_start is not None:
         await before_start(store)
     loop = asyncio.create_task(executor.run("incident_io"))
@@ -188,3 +214,78 @@ async def test_action_whose_holders_keep_dying_is_dead_lettered_not_tried_again(
     (row,) = dead
     assert row.attempts == 3
     assert row.last_error == f"gave up after 3 attempts: {LEASE_LOST}crashed-3"
+
+
+async def test_action_in_flight_longer_than_its_lease_is_not_taken_over(tmp_path: Path) -> None:
+    """An action whose call outlasts three leases (a long rate-limit pause) stays with its
+    live holder, which renews the lease: another replica claiming all the while never gets
+    it, the holder does not claim it again, and it is performed once and finished with no
+    attempt counted against it."""
+    client = GatedClient()
+    settings = ExecutorSettings(lease_seconds=1, poll_interval_seconds=0.05)
+    async with running_executor(tmp_path, client, settings) as store:
+        for _ in range(200):
+            if client.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert len(client.calls) == 1
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3 * settings.lease_seconds
+        taken: list[OutboxRow] = []
+        while loop.time() < until:
+            taken += await store.claim_outbox("other-replica", 10, settings.lease_seconds)
+            await asyncio.sleep(0.05)
+        assert taken == []
+        client.gate.set()
+        (row,) = await done_actions(store)
+    assert len(client.calls) == 1
+    assert (row.attempts, row.last_error, row.lease_owner) == (0, None, None)
+
+
+async def test_stop_during_a_claim_does_not_hand_back_an_action_still_running(
+    tmp_path: Path,
+) -> None:
+    """Stopped while a claim is in flight, the executor gives back what that claim brought
+    that it has not started, but not an action it is still running whose lease had lapsed
+    (renewals failed) and that the claim brought back to it: handed back, that action
+    would be pending while its call is still out, and run a second time. The running call
+    finishes it, once."""
+    now = [datetime.now(UTC)]
+    settings = ExecutorSettings(poll_interval_seconds=0.05)
+    store = SqlStore(f"sqlite:///{tmp_path}/x.db", clock=lambda: now[0])
+    await store.open()
+    supervisor = Supervisor(get_logger("test"))
+    client = GatedClient()
+    executor = build_executor(store, client, settings, supervisor)
+    await queue_cancel_action(store)
+    real_claim = store.claim_outbox
+    stop_on_next_claim = asyncio.Event()
+
+    async def claim(
+        owner: str, limit: int, lease_seconds: float, platform: Platform | None = None
+    ) -> list[OutboxRow]:
+        if stop_on_next_claim.is_set():
+            executor.stop()
+        return await real_claim(owner, limit, lease_seconds, platform)
+
+    store.claim_outbox = claim  # type: ignore[method-assign]
+    loop = asyncio.create_task(executor.run("incident_io"))
+    try:
+        for _ in range(200):
+            if client.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert len(client.calls) == 1
+        now[0] += timedelta(seconds=settings.lease_seconds + 1)  # no renewal in between
+        stop_on_next_claim.set()
+        await asyncio.wait_for(loop, timeout=10)
+        client.gate.set()
+        assert await executor.drain(10)
+        (row,) = await store.list_outbox(None, 10)
+    finally:
+        client.gate.set()
+        executor.stop()
+        await supervisor.stop()
+        await store.close()
+    assert len(client.calls) == 1
+    assert (row.state, row.lease_owner) == ("done", None)

@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from bridge.events import Event, ObjectKind, ObjectRef, Platform, freeze
+from bridge.events import Event, InboxId, ObjectKind, ObjectRef, Platform, freeze
 from bridge.logging import Logger
 from bridge.metrics import LabelledCounters, Metrics
 from bridge.pipeline.batching import GroupCommit
 from bridge.pipeline.echo import EchoGuard
+from bridge.pipeline.leases import LeaseKeeper
 from bridge.pipeline.triage import NO_RULE_TRIGGERS, UNMAPPED
 from bridge.platforms.base import PlatformClient
 from bridge.platforms.errors import RateLimited, Retryable, TargetMissing, UpstreamError
@@ -112,6 +114,16 @@ class Dispatcher:
         self._lock_users: dict[str, int] = {}
         self._idle = asyncio.Event()
         self._stopping = False
+        # Events in hand (handed over, claimed, being dispatched) keep their leases, so one
+        # whose hydration waits out a long rate-limit pause is not claimed and fetched again
+        # (see bridge.pipeline.leases).
+        self._leases: LeaseKeeper[InboxId] = LeaseKeeper(
+            "dispatcher.lease-renewal",
+            functools.partial(store.renew_inbox, owner),
+            lease_seconds,
+            supervisor,
+            logger,
+        )
 
     def wake(self) -> None:
         self._wake.set()
@@ -122,6 +134,8 @@ class Dispatcher:
 
     def adopt(self, rows: Sequence[InboxRow]) -> None:
         """Events ingest stored already leased to us: dispatched next, in arrival order."""
+        for row in rows:
+            self._leases.hold(row.id)
         self._adopted.extend(rows)
         self._wake.set()
 
@@ -144,31 +158,52 @@ class Dispatcher:
                     # (when we had no room, or retries that came due), so the store is
                     # always asked too and the union runs in arrival (id) order. The claim
                     # is one cheap read when nothing is waiting.
-                    adopted, self._adopted = self._adopted, []
+                    # Taken off `_adopted` only once the claim has answered: if it fails
+                    # (or this loop crashes), the handed-over rows, still ours and renewed,
+                    # are there for the next round instead of stranded.
+                    adopted = self._adopted[:]
                     claimed = await self._store.claim_inbox(
                         self._owner, max(1, self._batch - len(adopted)), self._lease
                     )
-                    rows = sorted(adopted + claimed, key=lambda r: r.id)
+                    del self._adopted[: len(adopted)]
                 except StoreError as exc:
                     self._log.warning("dispatcher.store_unavailable", error=str(exc))
                     rows = []
                     await asyncio.sleep(self._poll)
-                for index, row in enumerate(rows):
-                    if self.stopping:
-                        # Claimed but not started: released at shutdown with the adopted.
-                        self._adopted.extend(rows[index:])
-                        break
-                    event = self._parse(row)
-                    keys = self._serial_keys(row, event)
-                    await self._slots.acquire()
-                    # Taken here, in arrival order (asyncio locks are FIFO), not in the task.
-                    for key in keys:
-                        await self._object_lock(key).acquire()
-                    task = asyncio.create_task(
-                        self._dispatch_one(row, event, keys), name=f"dispatcher.event-{row.id}"
-                    )
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                else:
+                    # A claimed row already in hand is one whose lease lapsed while renewals
+                    # failed: the dispatch in hand finishes it, once.
+                    claimed = [row for row in claimed if self._leases.hold(row.id)]
+                    rows = sorted(adopted + claimed, key=lambda r: r.id)
+                started = 0
+                try:
+                    for index, row in enumerate(rows):
+                        if self.stopping:
+                            # Claimed but not started: released at shutdown with the adopted.
+                            self._adopted.extend(rows[index:])
+                            started = len(rows)
+                            break
+                        event = self._parse_or_defer(row)
+                        keys = self._serial_keys(row, event)
+                        await self._slots.acquire()
+                        # Taken here, in arrival order (asyncio locks are FIFO), not in the
+                        # task.
+                        for key in keys:
+                            await self._object_lock(key).acquire()
+                        task = asyncio.create_task(
+                            self._dispatch_one(row, event, keys),
+                            name=f"dispatcher.event-{row.id}",
+                        )
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                        started = index + 1
+                except BaseException:
+                    # A bug (the supervisor restarts this loop) or cancellation: the rows not
+                    # started are let go, to be claimed again when their leases run out,
+                    # rather than held and renewed with nobody working on them.
+                    for row in rows[started:]:
+                        self._leases.release(row.id)
+                    raise
                 if not rows:
                     self._idle.set()
                     with contextlib.suppress(TimeoutError):
@@ -185,8 +220,18 @@ class Dispatcher:
         except PayloadError as exc:
             return exc
 
+    def _parse_or_defer(self, row: InboxRow) -> Event | PayloadError | None:
+        """`_parse`, or None if the parser crashed (a bug, not a bad body): the dispatch
+        parses again inside `_process_guarded`, where a crash is logged, retried with
+        backoff and, after MAX_DISPATCH_ATTEMPTS, failed visibly. Raised here, it would
+        crash this loop and hold up every event claimed with it, once per lease, forever."""
+        try:
+            return self._parse(row)
+        except Exception:
+            return None
+
     @staticmethod
-    def _serial_keys(row: InboxRow, event: Event | PayloadError) -> list[str]:
+    def _serial_keys(row: InboxRow, event: Event | PayloadError | None) -> list[str]:
         refs = refs_to_resolve(event) if isinstance(event, Event) and event.subject else set()
         return sorted(str(ref) for ref in refs) or [f"inbox:{row.id}"]
 
@@ -198,11 +243,12 @@ class Dispatcher:
         return lock
 
     async def _dispatch_one(
-        self, row: InboxRow, event: Event | PayloadError, keys: list[str]
+        self, row: InboxRow, event: Event | PayloadError | None, keys: list[str]
     ) -> None:
         try:
             await self._process_guarded(row, event)
         finally:
+            self._leases.release(row.id)
             for key in keys:
                 self._locks[key].release()
                 users = self._lock_users[key] - 1
@@ -218,6 +264,9 @@ class Dispatcher:
         now, rather than leaving them leased until their lease runs out."""
         rows, self._adopted = self._adopted, []
         now = datetime.now(UTC)
+        # Let go first: if the store fails part-way, the rest are left to their leases.
+        for row in rows:
+            self._leases.release(row.id)
         for row in rows:
             await self._store.fail_inbox(row.id, "released at shutdown before dispatch", now)
         return len(rows)

@@ -12,7 +12,9 @@ with a lease. Outcomes:
 - `TargetMissing` / `StateConflict`: `skipped`, with the reason (the target is gone or
   already where we wanted it; retrying cannot change that);
 - `Permanent` (other 4xx) or a bad parameter: dead-lettered with the platform's message;
-- no outcome at all (the holder's lease expired: the process died or stalled mid-action):
+- no outcome at all (the holder's lease expired: the process died or stalled mid-action;
+  a live holder renews the leases of its in-flight actions every third of a lease, see
+  `bridge.pipeline.leases`, so a long rate-limit wait is not mistaken for a death):
   the store counts the takeover as an attempt, and an action taken over with
   `max_attempts` already used is dead-lettered without another try, so an action that
   kills the bridge every time cannot crash-loop it.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,6 +42,7 @@ from bridge.logging import Logger
 from bridge.metrics import Metrics
 from bridge.pipeline.batching import GroupCommit
 from bridge.pipeline.echo import echo_records_for
+from bridge.pipeline.leases import LeaseKeeper
 from bridge.platforms.base import PlatformClient
 from bridge.platforms.errors import (
     RateLimited,
@@ -92,7 +96,14 @@ class Executor:
         self._rng = rng or random.Random()
         self._wakes = {platform: asyncio.Event() for platform in clients}
         self._in_flight: dict[Platform, set[asyncio.Task[None]]] = {p: set() for p in clients}
-        self._running: set[ActionId] = set()
+        # In-flight actions keep their leases (see bridge.pipeline.leases).
+        self._leases: LeaseKeeper[ActionId] = LeaseKeeper(
+            "executor.lease-renewal",
+            functools.partial(store.renew_actions, owner),
+            settings.lease_seconds,
+            supervisor,
+            logger,
+        )
         self._stopping = False
 
     @property
@@ -147,15 +158,24 @@ class Executor:
             self._start(row)
 
     def _start(self, row: OutboxRow) -> None:
-        if row.id in self._running:
-            # Our own lease ran out while the action was still waiting (a long rate-limit
-            # pause) and we claimed it again: the task in hand finishes it, once.
+        if not self._leases.hold(row.id):
+            # Our own lease ran out while the action was still in flight (its renewals
+            # failed for a whole lease: the store was unreachable) and we claimed it
+            # again: the task in hand finishes it, once.
             return
-        self._running.add(row.id)
         platform = row.action.platform
-        task = asyncio.create_task(self._execute(row), name=f"executor.{platform}.action-{row.id}")
+        task = asyncio.create_task(self._held(row), name=f"executor.{platform}.action-{row.id}")
         self._in_flight[platform].add(task)
-        task.add_done_callback(self._finished(platform, row.id))
+        task.add_done_callback(self._finished(platform))
+
+    async def _held(self, row: OutboxRow) -> None:
+        try:
+            await self._execute(row)
+        finally:
+            # Let go in the task, right after its outcome is written, not in a done
+            # callback a loop step later: a claim in between would find the row (retried
+            # and already due) still held here and leave it to nobody.
+            self._leases.release(row.id)
 
     def in_flight(self) -> int:
         return sum(len(t) for t in self._in_flight.values())
@@ -182,8 +202,10 @@ class Executor:
                     )
             if self.stopping and rows:
                 # Claimed while we were told to stop: give them back now rather than run
-                # them against clients about to close (or leave them leased for a restart).
-                await self._release(rows)
+                # them against clients about to close (or leave them leased for a restart);
+                # not one still running here (re-claimed after its lease lapsed), which
+                # would then run twice.
+                await self._release([row for row in rows if row.id not in self._leases])
                 break
             for row in rows:
                 self._start(row)
@@ -196,12 +218,9 @@ class Executor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=self._settings.poll_interval_seconds)
 
-    def _finished(
-        self, platform: Platform, action_id: ActionId
-    ) -> Callable[[asyncio.Task[None]], None]:
+    def _finished(self, platform: Platform) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
             self._in_flight[platform].discard(task)
-            self._running.discard(action_id)
             if not task.cancelled() and task.exception() is not None:
                 self._log.error(
                     "action.crashed", task=task.get_name(), error=repr(task.exception())

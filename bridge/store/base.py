@@ -209,6 +209,11 @@ class Store(Protocol):
     async def claim_inbox(self, owner: str, limit: int, lease_seconds: float) -> list[InboxRow]:
         """Claim pending inbox rows in arrival order (id order), with a lease."""
 
+    async def renew_inbox(
+        self, owner: str, inbox_ids: Sequence[InboxId], lease_seconds: float
+    ) -> list[InboxId]:
+        """`renew_actions` for inbox events `owner` still holds (pending, leased to it)."""
+
     async def complete_inbox(
         self,
         inbox_id: InboxId,
@@ -264,6 +269,13 @@ class Store(Protocol):
         the same row. A row taken over from an expired lease counts one attempt, with
         `last_error` set to `LEASE_LOST` + the lost holder; failed attempts are otherwise
         counted by `retry_action`."""
+
+    async def renew_actions(
+        self, owner: str, action_ids: Sequence[ActionId], lease_seconds: float
+    ) -> list[ActionId]:
+        """Extend to now + `lease_seconds` the leases `owner` still holds among `action_ids`
+        (a holder alive but slow, waiting out a rate-limit pause, is not taken over);
+        returns those IDs. An action finished or taken over meanwhile is left alone."""
 
     async def finish_action(
         self,

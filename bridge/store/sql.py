@@ -353,6 +353,13 @@ class SqlStore:
             rows = (await conn.execute(stmt)).mappings().all()
         return sorted((inbox_row(r) for r in rows), key=lambda r: r.id)
 
+    async def renew_inbox(
+        self, owner: str, inbox_ids: Sequence[InboxId], lease_seconds: float
+    ) -> list[InboxId]:
+        held = and_(inbox.c.state == "pending", inbox.c.lease_owner == owner)
+        renewed = await self._renew(inbox, held, inbox_ids, lease_seconds, "inbox events")
+        return [InboxId(inbox_id) for inbox_id in renewed]
+
     async def complete_inbox(
         self,
         inbox_id: InboxId,
@@ -570,6 +577,37 @@ class SqlStore:
             outbox.c.state == "claimed",
             outbox.c.lease_owner == owner,
         )
+
+    async def renew_actions(
+        self, owner: str, action_ids: Sequence[ActionId], lease_seconds: float
+    ) -> list[ActionId]:
+        held = and_(outbox.c.state == "claimed", outbox.c.lease_owner == owner)
+        renewed = await self._renew(outbox, held, action_ids, lease_seconds, "actions")
+        return [ActionId(action_id) for action_id in renewed]
+
+    async def _renew(
+        self,
+        table: Any,
+        held: ColumnElement[bool],
+        ids: Sequence[int],
+        lease_seconds: float,
+        what: str,
+    ) -> list[int]:
+        """Extend the leases of the rows among `ids` that match `held`; their IDs, sorted.
+        Not on the hot path (one statement per holder every third of a lease), so one
+        SQLAlchemy statement serves both backends. An expired lease nobody took over is
+        still the holder's."""
+        if not ids:
+            return []
+        stmt = (
+            update(table)
+            .where(table.c.id.in_(list(ids)), held)
+            .values(lease_expires_at=self._clock() + timedelta(seconds=lease_seconds))
+            .returning(table.c.id)
+        )
+        async with self._writing(f"renewing the leases of {what}") as conn:
+            renewed = (await conn.execute(stmt)).scalars().all()
+        return sorted(renewed)
 
     async def finish_action(
         self,

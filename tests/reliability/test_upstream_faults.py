@@ -185,3 +185,49 @@ async def test_permanent_4xx_is_dead_lettered_with_the_platform_message_and_repl
         async with session.post(replay_url, headers=headers) as response:
             assert response.status == 404
         assert len(sandbox.incident_io.calls("POST", "/v2/escalations")) == 2
+
+
+async def test_platform_slower_than_the_lease_gets_each_call_once(tmp_path: Path) -> None:
+    """Proves that a live bridge keeps what it is working on while the platforms answer
+    more slowly than its leases last (1-s leases, every API call answered after 3 s, as in
+    a long rate-limit pause): a human's acknowledgement in incident.io is hydrated with one
+    GET of the escalation and mirrored onto the Rootly incident with one PUT; no other
+    claimer gets the event or the action while they are in flight; and neither is charged
+    an attempt it did not use (the event is claimed once, the action never taken over)."""
+    patient = {"request_timeout_seconds": 10.0}
+    overrides = {"executor": {"lease_seconds": 1}, "rootly": patient, "incident_io": patient}
+    async with _stack(tmp_path, overrides=overrides) as stack:
+        sandbox = stack.sandbox
+        assert stack.bridge is not None
+        store = stack.bridge.store
+        incident = await sandbox.rootly.create_incident("Slow platform")
+        await stack.settle(timeout=30)
+        ((escalation,),) = escalations_by_key(sandbox).values()
+        fetch_path = f"/v2/escalations/{escalation['id']}"
+        mirror_path = f"/v1/incidents/{incident['id']}"
+        fetched_before = len(sandbox.incident_io.calls("GET", fetch_path))
+        for sim in (sandbox.rootly, sandbox.incident_io):
+            sim.faults.update({"latency_seconds": 3.0})
+        await sandbox.incident_io.ack_escalation(escalation["id"], user="Alice")
+        taken: list[object] = []
+
+        async def mirrored_while_another_replica_claims() -> bool:
+            taken.extend(await store.claim_inbox("other-replica", 10, 1))
+            taken.extend(await store.claim_outbox("other-replica", 10, 1))
+            return bool(sandbox.rootly.calls("PUT", mirror_path)) and not await stack.busy()
+
+        await wait_until(
+            mirrored_while_another_replica_claims, timeout=60, interval=0.05, what="the mirror"
+        )
+        (action,) = [
+            row for row in await store.list_outbox(None, 100) if row.action.platform == "rootly"
+        ]
+        assert action.inbox_id is not None
+        event = await store.get_inbox(action.inbox_id)
+        assert event is not None
+    assert taken == []
+    assert len(sandbox.incident_io.calls("GET", fetch_path)) - fetched_before == 1
+    assert len(sandbox.rootly.calls("PUT", mirror_path)) == 1
+    assert sandbox.rootly.get_incident(incident["id"])["acknowledged_at"] is not None
+    assert (event.state, event.attempts) == ("processed", 1)
+    assert (action.state, action.attempts, action.last_error) == ("done", 0, None)

@@ -99,6 +99,34 @@ async def test_claim_lease_and_expiry(store: SqlStore, clock: FakeClock) -> None
     assert [r.attempts for r in again] == [2, 2, 2]
 
 
+async def test_renewed_inbox_lease_keeps_an_event_from_being_claimed_again(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """A holder that renews keeps its events past the first lease's end: no other claim,
+    no attempt counted. Renewal touches only what `owner` still holds: not another owner's
+    event, not an unclaimed one, not a processed one (each missing from the returned IDs),
+    and an expired lease nobody took over is still the holder's to renew."""
+    held, other, unclaimed = await store.add_inbox([delivery(f"d-{i}", clock()) for i in range(3)])
+    assert held is not None and other is not None and unclaimed is not None
+    await store.claim_inbox("w1", 1, lease_seconds=10)
+    await store.claim_inbox("w2", 1, lease_seconds=10)
+    clock.advance(8)
+    assert await store.renew_inbox("w1", [held, other, unclaimed], lease_seconds=10) == [held]
+    clock.advance(8)  # 16 s after the claims: past the first lease, within the renewed one
+    claimed = await store.claim_inbox("w3", 10, lease_seconds=10)
+    # w2 did not renew: its event was claimed again (a second attempt); w1's was not.
+    assert [(r.id, r.attempts) for r in claimed] == [(other, 2), (unclaimed, 1)]
+    row = await store.get_inbox(held)
+    assert row is not None
+    assert (row.state, row.attempts) == ("pending", 1)
+    clock.advance(5)  # w1's renewed lease has expired, but nobody claimed the event
+    assert await store.renew_inbox("w1", [held], lease_seconds=10) == [held]
+    assert await store.claim_inbox("w3", 10, lease_seconds=10) == []
+    await store.complete_inbox(held, [], [], {})
+    assert await store.renew_inbox("w1", [held], lease_seconds=10) == []
+    assert await store.renew_inbox("w1", [], lease_seconds=10) == []
+
+
 async def test_fail_inbox_with_and_without_retry(store: SqlStore, clock: FakeClock) -> None:
     """A failure with retry_at keeps the event pending until then; without, it is failed."""
     retried, failed = await store.add_inbox([delivery("r", clock()), delivery("f", clock())])

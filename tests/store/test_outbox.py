@@ -56,6 +56,34 @@ async def test_takeover_from_an_expired_lease_counts_an_attempt(
     assert (dead.attempts, dead.last_error) == (3, "given up")
 
 
+async def test_renewed_lease_keeps_an_action_from_being_taken_over(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """A holder that renews keeps its actions past the first lease's end: no takeover, no
+    attempt counted. Renewal touches only what `owner` still holds: not another owner's
+    row, not a pending one, not a finished one (each missing from the returned IDs), and an
+    expired lease nobody took over is still the holder's to renew."""
+    held, other, pending = await queue_actions(store, clock(), ["k-1", "k-2", "k-3"])
+    await store.claim_outbox("w1", 1, lease_seconds=10)
+    await store.claim_outbox("w2", 1, lease_seconds=10)
+    clock.advance(8)
+    renewed = await store.renew_actions("w1", [held, other, pending], lease_seconds=10)
+    assert renewed == [held]
+    clock.advance(8)  # 16 s after the claim: past the first lease, within the renewed one
+    claimed = await store.claim_outbox("w3", 10, lease_seconds=10)
+    # w2 did not renew: its row was taken over (an attempt); w1's was not.
+    assert [(r.id, r.attempts) for r in claimed] == [(other, 1), (pending, 0)]
+    row = await store.get_action(held)
+    assert row is not None
+    assert (row.state, row.lease_owner, row.attempts, row.last_error) == ("claimed", "w1", 0, None)
+    assert row.lease_expires_at == clock() + timedelta(seconds=2)
+    clock.advance(5)  # w1's renewed lease has expired, but nobody took the row over
+    assert await store.renew_actions("w1", [held], lease_seconds=10) == [held]
+    assert await store.finish_action(held, "w1", "done", {}, [], [])
+    assert await store.renew_actions("w1", [held], lease_seconds=10) == []
+    assert await store.renew_actions("w1", [], lease_seconds=10) == []
+
+
 async def test_claim_by_platform(store: SqlStore, clock: FakeClock) -> None:
     """A claimer for one platform only gets that platform's actions."""
     inbox_id = await inbox_event(store, clock())

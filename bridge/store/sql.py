@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -188,6 +189,14 @@ class SqlStore:
                     f"SQLite store {self._url.display}: cannot create directory "
                     f"{path.parent}: {exc.strerror or exc}"
                 ) from exc
+            # Opened once here first, synchronously, so that a file SQLite cannot open fails
+            # before the async driver is involved: aiosqlite's failed connect queues the stop
+            # of its worker thread without waiting for it, and that thread then calls back
+            # into a loop that may be closed by then (a traceback from a thread at exit).
+            try:
+                sqlite3.connect(path, timeout=0).close()
+            except sqlite3.Error as exc:
+                raise translate_error(self._url, exc, "opening the store") from exc
         engine = create_store_engine(self._url, schema=self._schema, pool_size=self._pool_size)
         try:
             self.revision = await upgrade_engine(engine, self._url, self._schema)

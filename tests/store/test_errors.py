@@ -113,7 +113,7 @@ def test_failed_sqlite_open_leaves_no_driver_thread_behind(readonly_dir: Path) -
         started.append(threading.current_thread().name)
         sys.settrace(None)
 
-    previous_hook = threading.excepthook
+    previous_hook, previous_trace = threading.excepthook, threading.gettrace()
     threading.excepthook = lambda args: thread_errors.append(args.exc_value)
     threading.settrace(record_start)
     try:
@@ -125,7 +125,7 @@ def test_failed_sqlite_open_leaves_no_driver_thread_behind(readonly_dir: Path) -
             finally:
                 loop.close()
     finally:
-        threading.settrace(None)
+        threading.settrace(previous_trace)
         for thread in threading.enumerate():
             if "_connection_worker_thread" in thread.name:
                 thread.join(timeout=5)

@@ -43,6 +43,16 @@ async def all_dispatched(bridge: Bridge) -> None:
         await asyncio.sleep(0.05)
 
 
+async def dispatched_row(bridge: Bridge, inbox_id: InboxId) -> InboxRow | None:
+    """Start `bridge`, wait until everything stored is dispatched, read `inbox_id` back, stop."""
+    await bridge.start()
+    try:
+        await all_dispatched(bridge)
+        return await bridge.store.get_inbox(inbox_id)
+    finally:
+        await bridge.stop()
+
+
 def rootly_event(delivery: str, event_type: str, data: dict[str, str]) -> NewInboxEvent:
     body = {"event": {"id": delivery, "type": event_type, "issued_at": None}, "data": data}
     return NewInboxEvent(
@@ -140,12 +150,7 @@ async def test_handed_over_event_survives_a_failed_claim(
         return await real_claim(owner, limit, lease_seconds)
 
     bridge.store.claim_inbox = claim_failing_once  # type: ignore[method-assign]
-    await bridge.start()
-    try:
-        await all_dispatched(bridge)
-        row = await bridge.store.get_inbox(inbox_id)
-    finally:
-        await bridge.stop()
+    row = await dispatched_row(bridge, inbox_id)
     assert failed
     assert row is not None
     assert row.state == "processed"
@@ -247,12 +252,7 @@ async def test_event_no_rule_handles_is_recorded_without_lookups(tmp_path: Path)
     )
     assert inbox_id is not None
     bridge = Bridge(settings, env={}, registry=CollectorRegistry())
-    await bridge.start()
-    try:
-        await all_dispatched(bridge)
-        row = await bridge.store.get_inbox(inbox_id)
-    finally:
-        await bridge.stop()
+    row = await dispatched_row(bridge, inbox_id)
     assert row is not None
     assert row.state == "processed"
     assert row.trace is not None
@@ -281,12 +281,7 @@ async def test_echo_no_rule_handles_is_not_counted_as_suppressed(tmp_path: Path)
     assert inbox_id is not None
     registry = CollectorRegistry()
     bridge = Bridge(settings, env={}, registry=registry)
-    await bridge.start()
-    try:
-        await all_dispatched(bridge)
-        row = await bridge.store.get_inbox(inbox_id)
-    finally:
-        await bridge.stop()
+    row = await dispatched_row(bridge, inbox_id)
     assert row is not None
     assert row.trace is not None
     assert "echo" not in row.trace

@@ -54,20 +54,6 @@ class FlakyClient:
         return {"id": ref.id}
 
 
-class GatedClient(FlakyClient):
-    """A platform client whose calls answer only once the test opens `gate` (a call held
-    up behind a long rate-limit pause). Records every call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-
-    async def perform(self, action: Action) -> ActionResult:
-        self.calls.append(action)
-        await self.gate.wait()
-        return ActionResult(object_id=action.target.id if action.target else None)
-
-
 async def queue_cancel_action(store: SqlStore) -> None:
     """Store one Rootly cancellation whose decision is one incident.io cancel action."""
     received = datetime.now(UTC)
@@ -157,7 +143,8 @@ async def test_unexpected_client_failure_is_retried_not_orphaned(tmp_path: Path)
 
 
 class SlowClient(FlakyClient):
-    """Holds its first call until released (a request stuck behind a long 429 pause)."""
+    """Holds every call until the test sets `release` (a request stuck behind a long 429
+    pause). Records every call."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -221,7 +208,7 @@ async def test_action_in_flight_longer_than_its_lease_is_not_taken_over(tmp_path
     live holder, which renews the lease: another replica claiming all the while never gets
     it, the holder does not claim it again, and it is performed once and finished with no
     attempt counted against it."""
-    client = GatedClient()
+    client = SlowClient()
     settings = ExecutorSettings(lease_seconds=1, poll_interval_seconds=0.05)
     async with running_executor(tmp_path, client, settings) as store:
         for _ in range(200):
@@ -236,7 +223,7 @@ async def test_action_in_flight_longer_than_its_lease_is_not_taken_over(tmp_path
             taken += await store.claim_outbox("other-replica", 10, settings.lease_seconds)
             await asyncio.sleep(0.05)
         assert taken == []
-        client.gate.set()
+        client.release.set()
         (row,) = await done_actions(store)
     assert len(client.calls) == 1
     assert (row.attempts, row.last_error, row.lease_owner) == (0, None, None)
@@ -255,7 +242,7 @@ async def test_stop_during_a_claim_does_not_hand_back_an_action_still_running(
     store = SqlStore(f"sqlite:///{tmp_path}/x.db", clock=lambda: now[0])
     await store.open()
     supervisor = Supervisor(get_logger("test"))
-    client = GatedClient()
+    client = SlowClient()
     executor = build_executor(store, client, settings, supervisor)
     await queue_cancel_action(store)
     real_claim = store.claim_outbox
@@ -279,11 +266,11 @@ async def test_stop_during_a_claim_does_not_hand_back_an_action_still_running(
         now[0] += timedelta(seconds=settings.lease_seconds + 1)  # no renewal in between
         stop_on_next_claim.set()
         await asyncio.wait_for(loop, timeout=10)
-        client.gate.set()
+        client.release.set()
         assert await executor.drain(10)
         (row,) = await store.list_outbox(None, 10)
     finally:
-        client.gate.set()
+        client.release.set()
         executor.stop()
         await supervisor.stop()
         await store.close()

@@ -275,6 +275,34 @@ async def fresh_pg_database() -> AsyncIterator[str]:
             await conn.close()
 
 
+async def settle_writes(pg: str | None) -> str | None:
+    """Leave no flush debt from earlier runs to the next one: write back the page cache
+    (`sync`) and, when the store is PostgreSQL at `pg`, run a `CHECKPOINT` (server-wide).
+
+    Why: Linux writes dirty pages back about 30 s after they were written
+    (`vm.dirty_expire_centisecs`), so without this a fixed-rate run would inherit the
+    writeback of a peak run half a minute before it; measured on PostgreSQL, that writeback
+    held the bridge's WAL flush (`fdatasync`, the backend in `blkdev_issue_flush`) for
+    70-200 ms, in the run 30 s after the peak in eight series of nine, both cores idle in
+    iowait (docs/benchmarks.md). Returns None, or why the checkpoint could not run (it needs
+    a superuser or `pg_checkpoint`): the run goes on and its note says so.
+    """
+    await asyncio.to_thread(os.sync)
+    if pg is None:
+        return None
+    try:
+        conn = await asyncpg.connect(pg, timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return f"no CHECKPOINT before the runs: {type(exc).__name__}"
+    try:
+        await conn.execute("CHECKPOINT")
+    except asyncpg.PostgresError as exc:
+        return f"no CHECKPOINT before the runs: {exc}"
+    finally:
+        await conn.close()
+    return None
+
+
 async def pg_reachable() -> str | None:
     """None if the benchmark PostgreSQL server answers, else the reason it does not."""
     try:

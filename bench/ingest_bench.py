@@ -17,7 +17,9 @@ loop) for both the bridge and the bare server, and for the bare server also at 5
 own peak; all in alternating rounds, the best of each kept. Every run also times the
 server's main thread, so the notes say how busy each loop was and its CPU per webhook.
 Between runs the dispatcher is allowed to finish the backlog so each run starts from an
-idle bridge. Peak RSS is the bridge process's VmHWM after all its runs.
+idle bridge, and before each run the earlier runs' writes are flushed (`sync`, and a
+PostgreSQL `CHECKPOINT`: see `bench.common.settle_writes`) so none inherits their
+writeback. Peak RSS is the bridge process's VmHWM after all its runs.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from bench.common import (
     pg_reachable,
     ratio,
     rootly_alert_created,
+    settle_writes,
     skipped,
     spawn_bridge,
     stop_process,
@@ -391,11 +394,23 @@ async def _measure(
     bares: list[LoadResult] = []
     peaks: list[LoadResult] = []
     backlog = 0
+    # Every run starts with the writes of the runs before it on disk (see settle_writes);
+    # the first reason it could not is kept for the notes.
+    pg = url if url.startswith("postgresql") else None
+    unsettled: list[str] = []
+
+    async def settle() -> None:
+        reason = await settle_writes(pg)
+        if reason is not None and not unsettled:
+            unsettled.append(reason)
+
     for round_ in range(scale.ingest_rounds):
+        await settle()
         bares.append(with_server_cpu(bare, throughput, bare_reqs, scale))
         unique = unique_requests(max(r.rps for r in bares), scale.ingest_seconds)
         path = tmp / f"{files}-peak-{round_}.req"
         reqs = build_requests(path, endpoint, bridge.port, keys, unique)
+        await settle()
         peaks.append(with_server_cpu(bridge, throughput, reqs, scale))
         repeats.append(max(0, peaks[-1].sent - unique))
         backlog = max(backlog, await wait_dispatched(url))
@@ -411,6 +426,7 @@ async def _measure(
     notes.append(f"loop {busy(peak)} (bare {busy(bare_peak)})")
     if peak.ok_fraction < 0.999:
         notes.append(f"only {peak.ok_fraction:.1%} answered 2xx")
+    notes += unsettled
     if repeats[best]:
         notes.append(f"{repeats[best]} requests were repeats (duplicates, not stored)")
     progress(f"{name}: peak {peak.rps:.0f} req/s")
@@ -444,12 +460,14 @@ async def _measure(
     for round_ in range(scale.latency_rounds):
         count = unique_requests(rate, scale.latency_seconds)
         reqs = build_requests(tmp / f"{files}-lat-{round_}.req", endpoint, bridge.port, keys, count)
+        await settle()
         lats.append(with_server_cpu(bridge, latency, reqs, scale, rate))
         await wait_dispatched(url)
         for bare_rate, runs in baselines:
             bare_file = tmp / f"bare-{endpoint}-lat-{round_}.req"
             count = unique_requests(bare_rate, scale.latency_seconds)
             bare_lat_reqs = build_requests(bare_file, endpoint, bare.port, keys, count)
+            await settle()
             runs.append(with_server_cpu(bare, latency, bare_lat_reqs, scale, bare_rate))
     lat = min(lats, key=lambda r: r.latency_ms["p99"])
     bare_lat = min(bare_lats, key=lambda r: r.latency_ms["p99"])
@@ -466,6 +484,8 @@ async def _measure(
             f"; bare at 50% of its own peak ({own_rate:.0f} req/s{short_of(own, own_rate)}):"
             f" p99 per run {_p99s(own_lats)} ms, {busy(own)}"
         )
+    if unsettled:
+        note += f"; {unsettled[0]}"
     if backlog:
         note += f"; {backlog} deliveries still undispatched from the peak run (40 s cap)"
     answered = min(r.ok_fraction for r in lats)

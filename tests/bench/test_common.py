@@ -1,20 +1,24 @@
-"""The benchmark suite's own arithmetic (the figures it prints are only as good as this)."""
+"""The benchmark suite's own arithmetic and run hygiene (the figures it prints are only as
+good as these)."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bench.common import main_thread_cpu_seconds, paired_ratios
+from bench.common import dead_port, main_thread_cpu_seconds, paired_ratios, settle_writes
 from bench.ingest_bench import unique_requests
 from bench.loadgen import LoadResult
+from tests.pg import pg_connect, pg_url
 
 needs_proc = pytest.mark.skipif(
     not Path("/proc/self/task").is_dir(), reason="needs Linux /proc (per-thread CPU times)"
@@ -108,3 +112,42 @@ def test_peak_runs_get_more_unique_requests_than_the_bare_handler_answered(
     unique = unique_requests(bare_rps, seconds)
     assert unique > bare_rps * seconds
     assert unique <= bare_rps * seconds * 1.5 + 100  # bounded: each is signed and written out
+
+
+async def test_settling_writes_checkpoints_the_postgresql_server() -> None:
+    """Before a run on PostgreSQL the server is checkpointed (a new checkpoint record is
+    in its control file when the call returns), so the run does not inherit the writeback
+    of the runs before it."""
+    conn = await pg_connect()
+    try:
+        latest = "SELECT (checkpoint_lsn - '0/0')::bigint FROM pg_control_checkpoint()"
+        before = await conn.fetchval(latest)
+        assert await settle_writes(pg_url()) is None
+        assert await conn.fetchval(latest) > before
+    finally:
+        await conn.close()
+
+
+async def test_settling_writes_without_the_right_to_checkpoint_says_why() -> None:
+    """A role that may not run CHECKPOINT gets the reason back (printed in the figure's
+    note) instead of an exception that would end the benchmark."""
+    conn = await pg_connect()
+    role = f"t_nockpt_{secrets.token_hex(4)}"
+    await conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        parts = urllib.parse.urlsplit(pg_url())
+        host = parts.netloc.rsplit("@", 1)[-1]
+        as_role = urllib.parse.urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+        reason = await settle_writes(as_role)
+        assert reason is not None
+        assert reason.startswith("no CHECKPOINT before the runs:")
+        assert "CHECKPOINT" in reason.split(":", 1)[1]
+    finally:
+        await conn.execute(f'DROP ROLE "{role}"')
+        await conn.close()
+
+
+async def test_settling_writes_with_postgresql_unreachable_says_why() -> None:
+    """A server that cannot be reached is a note on the figure, not a crashed benchmark."""
+    reason = await settle_writes(f"postgresql://postgres@127.0.0.1:{dead_port()}/test")
+    assert reason == "no CHECKPOINT before the runs: ConnectionRefusedError"

@@ -29,6 +29,8 @@ from typing import IO, Any, Protocol
 import asyncpg
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+# What `asyncpg.connect` raises for a server that is down, refuses or rejects us.
+PG_CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -292,7 +294,7 @@ async def settle_writes(pg: str | None) -> str | None:
         return None
     try:
         conn = await asyncpg.connect(pg, timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except PG_CONNECT_ERRORS as exc:
         return f"no CHECKPOINT before the runs: {type(exc).__name__}"
     try:
         await conn.execute("CHECKPOINT")
@@ -307,7 +309,7 @@ async def pg_reachable() -> str | None:
     """None if the benchmark PostgreSQL server answers, else the reason it does not."""
     try:
         conn = await asyncpg.connect(pg_url(), timeout=3)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except PG_CONNECT_ERRORS as exc:
         return f"PostgreSQL unavailable: {type(exc).__name__}; set BRIDGE_TEST_PG_URL"
     await conn.close()
     return None

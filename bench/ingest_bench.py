@@ -64,6 +64,7 @@ from bench.store_bench import quiet_logger
 from bridge.platforms.incident_io.webhook import sign as sign_incident_io
 from bridge.platforms.rootly.webhook import sign as sign_rootly
 from bridge.store.sql import SqlStore
+from bridge.store.urls import parse_store_url
 
 P = ParamSpec("P")
 HOST = "127.0.0.1"
@@ -396,7 +397,8 @@ async def _measure(
     backlog = 0
     # Every run starts with the writes of the runs before it on disk (see settle_writes);
     # the first reason it could not is kept for the notes.
-    pg = url if url.startswith("postgresql") else None
+    store = parse_store_url(url)
+    pg = store.asyncpg_dsn() if store.backend == "postgresql" else None
     unsettled: list[str] = []
 
     async def settle() -> None:

@@ -26,6 +26,18 @@ faster than the hop itself, so they run inline on the loop:
   page the incomplete ones had copied (about 60 ms for a 130 MB WAL), and each of the
   thread's returns from SQLite waited for the GIL behind the busy loop. The WAL file keeps
   its largest size (at most about the limit); shrinking it would cost more than it saves.
+- The WAL pages the loop writes next are kept in the page cache: after each checkpoint the
+  thread asks the kernel to read in the next `WAL_PREFETCH_BYTES` after the last frame and
+  at the WAL's start (`_Checkpointer._prefetch_wal`), since a kernel that reclaims idle
+  page cache may have dropped pages written a WAL cycle ago, and writing a frame into a
+  dropped page reads it from disk first, on the loop.
+- Statement journals stay in memory (``temp_store=MEMORY``). A multi-row INSERT inside a
+  transaction keeps the pages it changes in a statement journal, so the statement alone can
+  be undone; past 64 KiB (a batch of about ten webhooks, each changing a leaf of the
+  delivery-ID index at random) SQLite spills it to a temporary file, which it creates,
+  writes and deletes on every commit, on the loop: 28 against 19 µs per row in batches of
+  20 (measured), 10-15% of the ingest peak. Nothing else on this connection uses
+  temporary storage.
 - No busy wait on the loop: the connection's busy timeout is zero. When another process (the
   CLI) holds the write lock, the statement is retried with an async back-off until
   `busy_timeout` has passed, then fails as `StoreUnavailable`. Within this process, write
@@ -88,6 +100,8 @@ T = TypeVar("T")
 
 # fdatasync where the platform has it (Linux), fsync elsewhere (macOS): same guarantee here.
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+# posix_fadvise is missing on some platforms (macOS): there the WAL is simply not prefetched.
+_fadvise: Callable[[int, int, int, int], None] | None = getattr(os, "posix_fadvise", None)
 
 CHECKPOINT_EVERY: Final = 500
 """Write transactions between checkpoint requests (about 2 MB of WAL at typical sizes)."""
@@ -105,6 +119,17 @@ REWIND_WAIT_SECONDS: Final = 5.0
 and retried later, if the loop's final checkpoint kept finding another one busy)."""
 WAL_LIMIT_BYTES: Final = 256 * 1024 * 1024
 """WAL size beyond which the WAL is rewound during writes (see above)."""
+WAL_PREFETCH_BYTES: Final = 16 * 1024 * 1024
+"""How much of the WAL the checkpointer asks the kernel to have in the page cache, from
+where the next frames go and from its start (see `_Checkpointer._prefetch_wal`): more than
+the loop writes between two checkpoints at half of the ingest peak (500 commits of about
+six frames each) and about what it writes in a second at the peak."""
+WAL_PREFETCH_CHUNK_BYTES: Final = 1024 * 1024
+"""One hint per this many bytes: Linux reads at most its readahead or I/O size per hint
+(8 MB on this project's benchmark machine, from 128 KB up on others), and ignores the rest
+of a larger one."""
+WAL_HEADER_BYTES: Final = 32
+WAL_FRAME_HEADER_BYTES: Final = 24
 CATCH_UP_FRAMES: Final = 256
 """New WAL frames per catch-up round below which the loop is asked to copy the rest."""
 LOOP_FRAMES_LIMIT: Final = 4 * CATCH_UP_FRAMES
@@ -264,6 +289,8 @@ class _Checkpointer:
         # this process's POSIX locks on it, SQLite's included.
         self.database_fd: int | None = None
         self._checkpointed = 0
+        # The WAL, opened by this thread for `_prefetch_wal` and closed when it stops.
+        self._wal_fd: int | None = None
         self._page_bytes: int | None = None
         self._restart_after = 0.0
         self._path = path
@@ -311,6 +338,35 @@ class _Checkpointer:
         catch-up rounds copied would all be synced by the loop's final checkpoint."""
         if self.database_fd is not None:
             _datasync(self.database_fd)
+
+    def _prefetch_wal(self, frames: int, page_bytes: int) -> None:
+        """Ask the kernel to read into the page cache the WAL pages the loop will write next:
+        those after the last frame, and those at the WAL's start, where the frames go after
+        a rewind. Why: the WAL keeps its size and is written over in cycles, so the page
+        ahead of the writer was last touched a cycle ago, and a kernel that reclaims idle
+        page cache (DAMON reclaim, a cgroup near its memory limit) may have dropped it. A
+        WAL frame (page size + 24 bytes) never covers whole file pages, so writing one
+        into a dropped page first reads the page from disk, on the loop: on this project's
+        benchmark machine that read is where the loop was blocked in half of the slowest
+        windows at a steady load, and it cut the loop's reads from disk from 2-5 MB to
+        0-2 MB per 5-s run at half of the peak. The hint only starts reads (it does not
+        wait for them), costs a page-cache lookup per resident page, and runs on this
+        thread; failing, it only leaves the pages to be read when written, as before."""
+        if _fadvise is None:
+            return
+        try:
+            if self._wal_fd is None:
+                self._wal_fd = os.open(self._wal, os.O_RDONLY)
+            # Only pages the file has: writes past its end need nothing read.
+            size = os.fstat(self._wal_fd).st_size
+            end = WAL_HEADER_BYTES + frames * (page_bytes + WAL_FRAME_HEADER_BYTES)
+            for start in {0, end}:
+                for offset in range(
+                    start, min(start + WAL_PREFETCH_BYTES, size), WAL_PREFETCH_CHUNK_BYTES
+                ):
+                    _fadvise(self._wal_fd, offset, WAL_PREFETCH_CHUNK_BYTES, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            return
 
     def _catch_up(self, conn: sqlite3.Connection) -> None:
         """Prepare a rewind of the WAL without holding anyone: PASSIVE rounds copy what was
@@ -398,6 +454,7 @@ class _Checkpointer:
                     _busy, frames, _copied = conn.execute(
                         "PRAGMA wal_checkpoint(PASSIVE)"
                     ).fetchone()
+                    self._prefetch_wal(frames, self._page_size(conn))
                     # Frames in use, not the file's size: after a rewind the file keeps its
                     # size while the log starts again from its beginning.
                     if frames * self._page_size(conn) > self._wal_limit:
@@ -413,6 +470,11 @@ class _Checkpointer:
         finally:
             if conn is not None:
                 conn.close()
+            # After this thread's connection, and (see `stop`) after the loop's: the WAL
+            # holds no SQLite lock, but no descriptor of the store's files closes early.
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
 
 
 @functools.cache
@@ -518,6 +580,8 @@ class DirectSqlite:
                 "PRAGMA synchronous=NORMAL",
                 "PRAGMA foreign_keys=ON",
                 "PRAGMA wal_autocheckpoint=0",
+                # Statement journals in memory (see the module docstring).
+                "PRAGMA temp_store=MEMORY",
             ):
                 conn.execute(pragma).fetchall()
         except (sqlite3.Error, StoreError) as exc:

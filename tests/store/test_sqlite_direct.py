@@ -2,17 +2,23 @@
 
 Its statements' results are covered by the whole store suite (every SQLite store test goes
 through it). These tests cover what is particular to running inline on the loop: another
-process holding the write lock never blocks the loop and ends in a clear error, and the
-WAL is checkpointed by the store's own thread rather than on the loop.
+process holding the write lock never blocks the loop and ends in a clear error, the
+WAL is checkpointed by the store's own thread rather than on the loop, and a commit does
+no file work on the loop beyond writing its WAL frames (no temporary file; WAL pages
+the kernel dropped are read back in by the checkpointer before the loop writes into them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import mmap
+import os
 import sqlite3
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -276,3 +282,132 @@ def test_timestamps_are_encoded_as_sqlalchemy_does_whatever_the_offset() -> None
     assert encode_time(instant.replace(microsecond=0)) == "2026-11-23 16:00:00.000000"
     with pytest.raises(StoreError, match="naive datetime"):
         encode_time(instant.replace(tzinfo=None))
+
+
+def _random_deliveries(count: int) -> list[NewInboxEvent]:
+    """Deliveries with random IDs (as real ones are): each lands in its own, already
+    existing leaf of the delivery-ID index once the index has a few thousand rows."""
+    return [
+        NewInboxEvent(
+            source="incident_io",
+            delivery_id=DeliveryId(f"msg_{uuid.uuid4().hex}"),
+            event_type="public_incident.incident_created_v2",
+            body=b"x" * 600,
+            received_at=datetime(2030, 1, 1, tzinfo=UTC),
+        )
+        for _ in range(count)
+    ]
+
+
+@contextlib.contextmanager
+def _sqlite_temp_directory(path: Path) -> Iterator[None]:
+    """Make SQLite create its temporary files in `path` (a process-wide setting, restored
+    on exit)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute(f"PRAGMA temp_store_directory = '{path}'")
+        yield
+    finally:
+        conn.execute("PRAGMA temp_store_directory = ''")
+        conn.close()
+
+
+async def test_a_large_batch_commits_without_a_temporary_file(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """A batch stored in more than one INSERT (96 rows: 64 then 32) keeps a statement
+    journal of the pages its second statement changes, more than SQLite's 64 KiB buffer
+    here; it stays in memory, so a commit does not create, write and delete a temporary
+    file on the loop (seen as the temporary directory never changing)."""
+    temp_dir = tmp_path / "sqlite-temp"
+    temp_dir.mkdir()
+    async with _direct(db_path, checkpoint_every=1_000_000) as direct:
+        for _ in range(40):
+            await direct.add_inbox(_random_deliveries(50), None, 60)
+        with _sqlite_temp_directory(temp_dir):
+            unchanged = temp_dir.stat().st_mtime_ns
+            for _ in range(5):
+                ids = await direct.add_inbox(_random_deliveries(96), None, 60)
+                assert None not in ids
+            assert temp_dir.stat().st_mtime_ns == unchanged, "a commit used a temporary file"
+    assert _count(db_path) == 40 * 50 + 5 * 96
+
+
+def _resident_fraction(path: Path, start: int, length: int) -> float:
+    """The fraction of `path`'s pages in [start, start + length) that are in the page
+    cache (Linux `mincore` over a mapping of the file; mapping it reads nothing in)."""
+    page = mmap.PAGESIZE
+    first = start // page
+    pages = (length + page - 1) // page
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
+        anchor = ctypes.c_char.from_buffer(mapped)
+        try:
+            vector = ctypes.create_string_buffer(pages)
+            address = ctypes.addressof(anchor) + first * page
+            if libc.mincore(address, pages * page, vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            del anchor  # the mapping cannot close while a pointer into it exists
+    return sum(byte & 1 for byte in vector.raw) / pages
+
+
+def _checkpoint_everything(path: Path) -> None:
+    """Copy every WAL frame into the database file, from another connection."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for _ in range(100):
+            # Busy while the store's own checkpointer is at work: ask again.
+            busy, in_use, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not busy and copied == in_use:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the WAL could not be checkpointed within a second")
+
+
+def _drop_from_page_cache(path: Path) -> None:
+    """Write `path`'s dirty pages back, then ask the kernel to drop all its pages from
+    the page cache (as a kernel reclaiming idle cache would). The descriptor is opened
+    and closed by the caller's process: the WAL holds none of SQLite's POSIX locks."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="page-cache residency is read with Linux's mincore and dropped with fadvise",
+)
+async def test_the_checkpointer_brings_the_wal_back_into_the_page_cache(
+    db_path: Path,
+) -> None:
+    """WAL pages a kernel dropped from the page cache (it reclaims idle cache; the WAL is
+    written over in cycles, so the pages the loop writes next were last touched a cycle
+    ago) are read back in by the checkpointer thread after its next checkpoint, before
+    the loop writes into them: otherwise writing a WAL frame into a dropped page reads the
+    page from disk first, on the loop."""
+    wal = db_path.with_name(db_path.name + "-wal")
+    async with _direct(db_path, checkpoint_every=1_000_000) as direct:
+        for _ in range(60):
+            await direct.add_inbox(_random_deliveries(50), None, 60)
+        size = _size(wal)
+        assert size > 4 * 1024 * 1024, "the WAL is too small for the test"
+        probe = (1024 * 1024, size - 2 * 1024 * 1024)  # past what the kernel reads ahead
+        # Every frame copied first: the checkpoint below then reads nothing from the WAL
+        # (copying frames would read them back in by itself).
+        _checkpoint_everything(db_path)
+        _drop_from_page_cache(wal)
+        dropped = _resident_fraction(wal, *probe)
+        if dropped > 0.5:
+            pytest.skip(f"the kernel kept {dropped:.0%} of the WAL's pages when asked to drop them")
+        direct._checkpointer.request()
+        resident = dropped
+        for _ in range(100):
+            resident = _resident_fraction(wal, *probe)
+            if resident >= 0.99:
+                break
+            await asyncio.sleep(0.05)
+        assert resident >= 0.99, f"only {resident:.0%} of the WAL's pages came back"

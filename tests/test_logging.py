@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import structlog
 
@@ -54,4 +55,22 @@ def test_level_filters_debug() -> None:
     configure_logging("warning", "json", [], stream=stream)
     structlog.get_logger("t").info("quiet")
     assert stream.getvalue() == ""
+    structlog.reset_defaults()
+
+
+def test_the_schedulers_narration_of_each_job_run_stays_out_of_an_info_log() -> None:
+    """APScheduler's two info lines per periodic job run (every few seconds, forever) are
+    not written at level info, while its warnings (a missed or failed run) still are, as
+    JSON `library.log` events."""
+    stream = io.StringIO()
+    configure_logging("info", "json", [], stream=stream)
+    executor_log = logging.getLogger("apscheduler.executors.default")
+    executor_log.info('Running job "Scheduler._guard.<locals>.run" (scheduled at now)')
+    executor_log.info('Job "Scheduler._guard.<locals>.run" executed successfully')
+    assert stream.getvalue() == ""
+    executor_log.warning('Run time of job "reconcile" was missed by 0:00:07')
+    record = json.loads(stream.getvalue())
+    assert record["event"] == "library.log"
+    assert record["library"] == "apscheduler.executors.default"
+    assert "missed" in record["message"]
     structlog.reset_defaults()

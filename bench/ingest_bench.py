@@ -477,14 +477,15 @@ async def _measure(
     note = (
         f"at {rate:.0f} req/s = 50% of peak{short_of(lat, rate)};"
         f" p50 {lat.latency_ms['p50']:.2f} ms; best of {len(lats)}, p99 per run"
-        f" {_p99s(lats)} ms; loop {busy(lat)}"
+        f" {_p99s(lats)} ms; generator late by (p99) {_lags(lats)} ms; loop {busy(lat)}"
         f" (at peak {busy(peak)}); bare at this rate {busy(bare_lat)}"
     )
     if own_lats:
         own = min(own_lats, key=lambda r: r.latency_ms["p99"])
         note += (
             f"; bare at 50% of its own peak ({own_rate:.0f} req/s{short_of(own, own_rate)}):"
-            f" p99 per run {_p99s(own_lats)} ms, {busy(own)}"
+            f" p99 per run {_p99s(own_lats)} ms, generator late by {_lags(own_lats)} ms,"
+            f" {busy(own)}"
         )
     if unsettled:
         note += f"; {unsettled[0]}"
@@ -523,3 +524,10 @@ def unique_requests(rate: float, seconds: float) -> int:
 
 def _p99s(runs: list[LoadResult]) -> str:
     return " / ".join(f"{r.latency_ms['p99']:.1f}" for r in runs)
+
+
+def _lags(runs: list[LoadResult]) -> str:
+    """Per fixed-rate run, the p99 of how late the generator itself sent (see
+    `bench.loadgen`): a run where that is near the p99 measured the generator, not the
+    server."""
+    return " / ".join("?" if r.send_lag_ms is None else f"{r.send_lag_ms['p99']:.1f}" for r in runs)

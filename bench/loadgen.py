@@ -11,7 +11,11 @@ order, each request once, over keep-alive connections.
   raw bytes on asyncio transports and parses only the status line and Content-Length, so it
   is several times cheaper per request than an HTTP client library. Fixed-rate latency is
   measured from each request's *scheduled* send time (as wrk2 does), so a stalled server
-  is not hidden by the generator waiting for it (coordinated omission).
+  is not hidden by the generator waiting for it (coordinated omission). The flip side: a
+  generator that is itself late (its process not scheduled, its loop busy) counts its own
+  delay as the server's, so each fixed-rate run also reports how late the generator wrote
+  its requests (`send_lag_ms`) without waiting for a reply (a send held back because the
+  connection's previous answer had not come is the server's delay, not the generator's).
 """
 
 from __future__ import annotations
@@ -106,6 +110,8 @@ class LoadResult:
     # CPU seconds the server's main thread (its event loop) used per second of load, when
     # the caller measured it (`bench.ingest_bench.with_server_cpu`).
     server_cpu: float | None = None
+    # Fixed-rate runs: how late the generator itself sent requests it was free to send.
+    send_lag_ms: dict[str, float] | None = None
 
     @property
     def server_us_per_request(self) -> float | None:
@@ -166,7 +172,7 @@ class _Connection(asyncio.Protocol):
         return self._waiter
 
 
-async def _run_python(
+async def replay_in_loop(
     host: str,
     port: int,
     requests: list[bytes],
@@ -174,6 +180,7 @@ async def _run_python(
     seconds: float,
     rate: float | None,
 ) -> LoadResult:
+    """Replay `requests` on this event loop (`run_python` runs it in a process of its own)."""
     loop = asyncio.get_running_loop()
     conns: list[_Connection] = []
     for _ in range(connections):
@@ -182,12 +189,17 @@ async def _run_python(
     feed: Iterator[bytes] = iter(requests)
     statuses: Counter[str] = Counter()
     latencies: list[float] = []
+    # Per fixed-rate send that was not waiting for a reply: how far past its scheduled time
+    # the generator wrote it.
+    lags: list[float] = []
     start = time.perf_counter()
     deadline = start + seconds
 
     async def worker(k: int, conn: _Connection) -> None:
         sent = 0
         while True:
+            # Whether this send waited for its scheduled time (rather than for a reply).
+            waited = False
             if rate is None:
                 scheduled = time.perf_counter()
             else:
@@ -195,12 +207,15 @@ async def _run_python(
                 scheduled = start + (sent * connections + k) / rate
                 delay = scheduled - time.perf_counter()
                 if delay > 0:
+                    waited = True
                     await asyncio.sleep(delay)
             if scheduled >= deadline:
                 return
             raw = next(feed, None)
             if raw is None:
                 return
+            if waited:
+                lags.append(time.perf_counter() - scheduled)
             try:
                 status = await conn.send(raw)
             except ConnectionError:
@@ -219,6 +234,7 @@ async def _run_python(
     from bench.common import percentile
 
     ms = [x * 1000 for x in latencies]
+    lag_ms = [x * 1000 for x in lags]
     return LoadResult(
         generator="python",
         sent=sum(statuses.values()),
@@ -230,6 +246,9 @@ async def _run_python(
             "max": max(ms, default=0.0),
         },
         rate=rate,
+        send_lag_ms=None
+        if rate is None
+        else {"p99": percentile(lag_ms, 99), "max": max(lag_ms, default=0.0)},
     )
 
 
@@ -304,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     result = asyncio.run(
-        _run_python(
+        replay_in_loop(
             args.host,
             args.port,
             read_requests(args.requests),

@@ -233,22 +233,18 @@ async def replay_in_loop(
     # Imported here: the generator process needs only this of bench.common.
     from bench.common import percentile
 
-    ms = [x * 1000 for x in latencies]
-    lag_ms = [x * 1000 for x in lags]
+    def in_ms(samples: list[float], *percentiles: int) -> dict[str, float]:
+        ms = [x * 1000 for x in samples]
+        return {f"p{q}": percentile(ms, q) for q in percentiles} | {"max": max(ms, default=0.0)}
+
     return LoadResult(
         generator="python",
         sent=sum(statuses.values()),
         seconds=min(elapsed, seconds) if rate is not None else elapsed,
         statuses=dict(statuses),
-        latency_ms={
-            "p50": percentile(ms, 50),
-            "p99": percentile(ms, 99),
-            "max": max(ms, default=0.0),
-        },
+        latency_ms=in_ms(latencies, 50, 99),
         rate=rate,
-        send_lag_ms=None
-        if rate is None
-        else {"p99": percentile(lag_ms, 99), "max": max(lag_ms, default=0.0)},
+        send_lag_ms=None if rate is None else in_ms(lags, 99),
     )
 
 

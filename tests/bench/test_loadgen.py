@@ -5,48 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator
 
-from bench.loadgen import raw_request, replay_in_loop
+from aiohttp import web
 
-_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+from bench.loadgen import raw_request, replay_in_loop
 
 
 @contextlib.asynccontextmanager
 async def http_server(reply_delay: float) -> AsyncIterator[int]:
-    """A keep-alive HTTP/1.1 server on loopback that answers every POST 200 after
-    `reply_delay` seconds; yields its port."""
-    handlers: set[asyncio.Task[None]] = set()
+    """An aiohttp server on loopback that answers every POST 200 after `reply_delay`
+    seconds; yields its port."""
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
-        try:
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                while True:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    match = _LENGTH.search(head)
-                    await reader.readexactly(int(match.group(1)) if match else 0)
-                    await asyncio.sleep(reply_delay)
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                    await writer.drain()
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(reply_delay)
+        return web.Response()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    app = web.Application()
+    app.router.add_post("/", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
     try:
-        yield server.sockets[0].getsockname()[1]
+        yield runner.addresses[0][1]
     finally:
-        server.close()
-        for task in handlers:
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await server.wait_closed()
+        await runner.cleanup()
 
 
 def requests(port: int, count: int) -> list[bytes]:

@@ -63,7 +63,7 @@ from bench.loadgen import LoadResult, raw_request, run_python, run_wrk, write_re
 from bench.store_bench import quiet_logger
 from bridge.platforms.incident_io.webhook import sign as sign_incident_io
 from bridge.platforms.rootly.webhook import sign as sign_rootly
-from bridge.store.sql import SqlStore
+from bridge.store.store import SqlStore
 from bridge.store.urls import parse_store_url
 
 P = ParamSpec("P")
@@ -398,7 +398,7 @@ async def _measure(
     # Every run starts with the writes of the runs before it on disk (see settle_writes);
     # the first reason it could not is kept for the notes.
     store = parse_store_url(url)
-    pg = store.asyncpg_dsn() if store.backend == "postgresql" else None
+    pg = store.dsn if store.backend == "postgresql" else None
     unsettled: list[str] = []
 
     async def settle() -> None:

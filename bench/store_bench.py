@@ -25,7 +25,7 @@ import structlog
 
 from bench.common import Figure, Scale, fresh_pg_database, percentile, pg_reachable, ratio, skipped
 from bridge.events import ObjectRef
-from bridge.store.sql import SqlStore
+from bridge.store.store import SqlStore
 
 COLUMNS = (
     "a_platform",

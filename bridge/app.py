@@ -25,11 +25,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bridge import __version__
+from bridge.clock import Clock, utcnow
 from bridge.config import Settings
 from bridge.events import Platform
 from bridge.logging import Logger, get_logger
 from bridge.metrics import Metrics, create_metrics
-from bridge.pipeline.dispatcher import Dispatcher
+from bridge.pipeline.checks import LinkChecker
+from bridge.pipeline.dispatcher import PARSERS, Dispatcher
 from bridge.pipeline.echo import EchoGuard
 from bridge.pipeline.executor import Executor
 from bridge.pipeline.ingest import InboxWriter, Ingest, SourceConfig
@@ -38,9 +40,9 @@ from bridge.platforms.base import PlatformClient
 from bridge.platforms.incident_io.client import IncidentIoClient
 from bridge.platforms.ratelimit import RateLimiters
 from bridge.platforms.rootly.client import RootlyClient
-from bridge.scheduler import Reconciler, Scheduler
+from bridge.scheduler import Scheduler
 from bridge.store.base import Store, StoreError
-from bridge.store.sql import SqlStore
+from bridge.store.store import SqlStore
 from bridge.tasks import Supervisor
 from bridge.web import AdminApi, BridgeRunner, Readiness, build_app
 
@@ -110,8 +112,10 @@ class Bridge:
         registry: CollectorRegistry | None = None,
         logger: Logger | None = None,
         instance_id: str | None = None,
+        clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.log = logger or get_logger("bridge")
         self.instance_id = (
             instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -122,6 +126,8 @@ class Bridge:
             settings.store.url,
             pool_size=settings.store.pool_size,
             logger=self.log.bind(component="store"),
+            clock=clock,
+            exclusive=True,
         )
         self.rulebook = Rulebook(
             settings.rules.file,
@@ -143,6 +149,7 @@ class Bridge:
             logger=self.log.bind(component="executor"),
             owner=self.instance_id,
             supervisor=self.supervisor,
+            clock=clock,
         )
         self.dispatcher = Dispatcher(
             store=self.store,
@@ -157,6 +164,7 @@ class Bridge:
             poll_interval=settings.executor.poll_interval_seconds,
             handoff=self.executor,
             supervisor=self.supervisor,
+            clock=clock,
         )
         self.writer = InboxWriter(
             self.store,
@@ -187,6 +195,7 @@ class Bridge:
             logger=self.log.bind(component="ingest"),
             max_body_bytes=settings.server.max_body_bytes,
             body_timeout_seconds=settings.server.body_timeout_seconds,
+            clock=clock,
         )
         self.scheduler = Scheduler(
             store=self.store,
@@ -194,13 +203,19 @@ class Bridge:
             metrics=self.metrics,
             logger=self.log.bind(component="scheduler"),
             wake=self.wake,
-            reconciler=Reconciler(
-                store=self.store,
-                clients=self.clients,
-                writer=self.writer,
-                settings=settings.scheduler,
-                logger=self.log.bind(component="reconcile"),
-            ),
+            clock=clock,
+        )
+        self.checker = LinkChecker(
+            store=self.store,
+            clients=self.clients,
+            parsers=PARSERS,
+            rules=self.rulebook.current,
+            writer=self.writer,
+            settings=settings.scheduler,
+            metrics=self.metrics,
+            logger=self.log.bind(component="checks"),
+            is_leader=lambda: self.scheduler.is_leader,
+            clock=clock,
         )
         admin = None
         if settings.admin.token is not None:
@@ -251,12 +266,16 @@ class Bridge:
         self.readiness.rules_loaded = True
         for client in self.clients.values():
             await client.start()
-        await self.store.listen_work(self.wake)
+        self.writer.start()
+        self.dispatcher.start()
+        self.executor.start()
+        self.supervisor.spawn_loop("store.listen", self._listen)
         self._dispatcher_task = self.supervisor.spawn_loop("dispatcher", self.dispatcher.run)
         for platform in self.executor.platforms:
             self.supervisor.spawn_loop(f"executor.{platform}", self._executor_loop(platform))
         if self.settings.rules.reload:
             self.supervisor.spawn_loop("rules.watch", self.rulebook.watch)
+        self.supervisor.spawn_loop("checks", self.checker.run)
         self.scheduler.start()
         # When the listener closes, the deliveries that matter have been stored (stop()
         # waits for them first); what is left is idle keep-alives or clients still sending
@@ -281,6 +300,9 @@ class Bridge:
             platforms=sorted(self.clients),
             instance=self.instance_id,
         )
+
+    async def _listen(self) -> None:
+        await self.store.listen_work(self.wake)
 
     def _executor_loop(self, platform: Platform) -> Any:
         async def loop() -> None:

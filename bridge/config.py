@@ -212,14 +212,39 @@ class SchedulerSettings(_Group):
     retry_sweep_seconds: float = Field(
         5.0, gt=0, le=3600, description="Pick up due and orphaned work."
     )
-    reconcile_seconds: float = Field(
-        300.0, gt=0, le=86_400, description="Compare linked objects' states."
+    reconcile_calls_per_minute: float = Field(
+        120.0,
+        gt=0,
+        le=6000,
+        description="API reads per minute per platform the link checker may spend comparing "
+        "linked objects (new links first, then the least recently checked). A check reads "
+        "each object of a link's component once: at the default, about 3,600 components "
+        "(some 10,000 links) are checked per hour.",
     )
-    reconcile_max_calls: int = Field(
-        100, ge=0, le=100_000, description="API reads per reconcile run."
+    reconcile_poll_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="How often the link checker looks for links due (a new link is checked within this).",
     )
     reconcile_window_hours: float = Field(
-        24.0, gt=0, le=24 * 90, description="Links younger than this are reconciled."
+        168.0,
+        gt=0,
+        le=24 * 365,
+        description="Links created within this many hours are checked again in turn "
+        "(a new link is always checked).",
+    )
+    reconcile_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="The shortest time between two checks of one link (when there are few "
+        "links, the budget would otherwise re-read them continuously).",
+    )
+    reconcile_max_calls: int | None = Field(
+        None,
+        description="Ignored (see reconcile_calls_per_minute); accepted so older config "
+        "files still load.",
     )
     retention_seconds: float = Field(
         3600.0, gt=0, le=86_400, description="How often old rows are pruned."

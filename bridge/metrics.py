@@ -29,6 +29,7 @@ WEBHOOK_OUTCOMES = (
 ACTION_OUTCOMES = ("done", "skipped", "retried", "rate_limited", "dead_lettered")
 OUTBOX_STATES = ("pending", "claimed", "done", "skipped", "dead")
 SOURCES = ("rootly", "incident_io")
+LINK_CHECK_OUTCOMES = ("in_step", "drift", "deferred")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -73,6 +74,9 @@ class Metrics:
     leader: Gauge
     scheduler_job_runs: Counter
     ratelimit_wait: Histogram
+    link_checks: Counter
+    link_check_reads: Counter
+    link_check_drifts: Counter
 
 
 def create_metrics(registry: CollectorRegistry) -> Metrics:
@@ -189,10 +193,34 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         ),
+        link_checks=Counter(
+            "bridge_link_checks_total",
+            "Link checks (a link's linked objects read and compared), by outcome: in_step, "
+            "drift (a synthetic delivery was written), deferred (a read failed).",
+            ("outcome",),
+            registry=registry,
+        ),
+        link_check_reads=Counter(
+            "bridge_link_check_reads_total",
+            "API reads spent by the link checker, by platform.",
+            ("platform",),
+            registry=registry,
+        ),
+        link_check_drifts=Counter(
+            "bridge_link_check_drifts_total",
+            "Synthetic deliveries the link checker wrote for drift, by the platform whose "
+            "object's state they announce.",
+            ("platform",),
+            registry=registry,
+        ),
     )
     for state in OUTBOX_STATES:
         metrics.outbox_depth.labels(state=state).set(0)
     for source in SOURCES:
         metrics.echoes_suppressed.labels(source=source)
+        metrics.link_check_reads.labels(source)
+        metrics.link_check_drifts.labels(source)
+    for outcome in LINK_CHECK_OUTCOMES:
+        metrics.link_checks.labels(outcome)
     metrics.dead_letters.set(0)
     return metrics

@@ -9,11 +9,12 @@ they build requests.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
-from bridge.events import Operation
+from bridge.events import Action, Operation
 
 # `update_incident.data.attributes` in Rootly's official spec (additionalProperties: false).
 ROOTLY_INCIDENT_ATTRIBUTES: Final = frozenset(
@@ -48,11 +49,23 @@ INCIDENT_IO_EDIT_FIELDS: Final = frozenset(
 
 @dataclass(frozen=True)
 class OperationSpec:
-    """Target type (``platform:kind``, None for operations that create) and parameters."""
+    """Target type (``platform:kind``, None for operations that create) and parameters.
+
+    `aspect` is what the operation sets on its object: actions on one object that set the
+    same aspect supersede each other in the order of their causes (`bridge.ordering`);
+    None means the fields named by its parameters (an update). `keyed_by` names the
+    parameter that identifies the object an operation without a target creates or
+    changes (an alert's deduplication key); by default it is the idempotency key.
+    `terminal`: once done, the object stays so (a cancelled escalation), so a second one
+    is redundant.
+    """
 
     target: str | None
     required: frozenset[str] = field(default_factory=frozenset)
     optional: frozenset[str] = field(default_factory=frozenset)
+    aspect: str | None = "status"
+    keyed_by: str | None = None
+    terminal: bool = False
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -63,14 +76,17 @@ def _spec(
     target: str | None,
     required: tuple[str, ...] = (),
     optional: frozenset[str] | tuple[str, ...] = (),
+    **ordering: Any,
 ) -> OperationSpec:
-    return OperationSpec(target, frozenset(required), frozenset(optional))
+    return OperationSpec(target, frozenset(required), frozenset(optional), **ordering)
 
 
 OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
     "rootly.cancel_incident": _spec("rootly:incident", optional=("cancellation_message",)),
     # The parameters are the incident attributes to set.
-    "rootly.update_incident": _spec("rootly:incident", optional=ROOTLY_INCIDENT_ATTRIBUTES),
+    "rootly.update_incident": _spec(
+        "rootly:incident", optional=ROOTLY_INCIDENT_ATTRIBUTES, aspect=None
+    ),
     "rootly.restart_incident": _spec("rootly:incident"),
     "rootly.resolve_incident": _spec("rootly:incident", optional=("resolution_message",)),
     "rootly.mitigate_incident": _spec("rootly:incident", optional=("mitigation_message",)),
@@ -82,16 +98,21 @@ OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
         None,
         required=("title",),
         optional=("escalation_path_id", "user_ids", "description", "incident_id"),
+        aspect="created",
     ),
-    "incident_io.cancel_escalation": _spec("incident_io:escalation"),
+    "incident_io.cancel_escalation": _spec("incident_io:escalation", terminal=True),
+    # Firing and resolved events of one alert: the later cause wins.
     "incident_io.send_alert_event": _spec(
         None,
         required=("title", "status", "deduplication_key"),
         optional=("description", "source_url", "metadata"),
+        keyed_by="deduplication_key",
     ),
     # The parameters are the incident fields to edit, plus whether to tell the channel.
     "incident_io.edit_incident": _spec(
-        "incident_io:incident", optional=INCIDENT_IO_EDIT_FIELDS | {"notify_incident_channel"}
+        "incident_io:incident",
+        optional=INCIDENT_IO_EDIT_FIELDS | {"notify_incident_channel"},
+        aspect=None,
     ),
 }
 
@@ -99,3 +120,21 @@ OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
 def unknown_params(operation: Operation, names: frozenset[str] | set[str]) -> list[str]:
     """Parameter names `operation` does not take (sorted)."""
     return sorted(set(names) - OPERATIONS[operation].allowed)
+
+
+def object_key(action: Action) -> str:
+    """The object `action` changes: its target, else what its operation is keyed by."""
+    if action.target is not None:
+        return str(action.target)
+    spec = OPERATIONS[action.operation]
+    key = action.params.get(spec.keyed_by) if spec.keyed_by else None
+    text = f"{action.operation}:{key if key is not None else action.idempotency_key}"
+    if len(text) > 250:  # the column's bound; a long templated key is kept whole in a hash
+        text = f"{action.operation}:sha256:{hashlib.sha256(text.encode()).hexdigest()}"
+    return text
+
+
+def aspect(action: Action) -> str:
+    """What `action` sets on its object (``status``, or an update's sorted field names)."""
+    fixed = OPERATIONS[action.operation].aspect
+    return fixed if fixed is not None else ",".join(sorted(action.params))

@@ -22,6 +22,7 @@ from bridge.events import (
 )
 from bridge.store.base import NewInboxEvent
 from tests.conftest import ADMIN_TOKEN, bridge_settings, rootly_delivery
+from tests.store.factories import complete
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -168,7 +169,7 @@ async def test_dead_letter_list_replay_drop_and_trace(
         rule=RuleName("test"),
         idempotency_key=IdempotencyKey("key-9"),
     )
-    await store.complete_inbox(inbox_id, [action], [], {"rules": {}})
+    await complete(store, inbox_id, [action], [], {"rules": {}})
     (row,) = await store.claim_outbox("tester", 10, 30)
     await store.dead_letter(row.id, "tester", "incident_io: HTTP 403 forbidden")
     _, listed = await call(http, "GET", url(bridge, "/api/v1/dead-letters"))

@@ -23,6 +23,7 @@ async def test_concurrent_items_share_one_write() -> None:
         return [i * 10 for i in items]
 
     commit: GroupCommit[int, int] = GroupCommit("test.commit", write, supervisor)
+    commit.start()
     try:
         assert await asyncio.gather(*(commit.submit(i) for i in range(5))) == [0, 10, 20, 30, 40]
         assert calls == [[0, 1, 2, 3, 4]]
@@ -43,6 +44,7 @@ async def test_a_write_lets_work_already_scheduled_join_it() -> None:
         return list(items)
 
     commit: GroupCommit[str, str] = GroupCommit("test.commit", write, supervisor)
+    commit.start()
     try:
         for _ in range(3):  # the writer starts and waits for work
             await asyncio.sleep(0)
@@ -76,6 +78,7 @@ async def test_a_crashed_loop_is_restarted_and_stays_open() -> None:
     commit: GroupCommit[int, int] = GroupCommit(
         "test.commit", write, supervisor, on_written=on_written
     )
+    commit.start()
     try:
         assert await commit.submit(1) == 1  # written; then the callback crashed the loop
         assert await asyncio.wait_for(commit.submit(2), timeout=5) == 2
@@ -93,6 +96,7 @@ async def test_stopped_commit_refuses_and_fails_waiters() -> None:
         return list(items)
 
     commit: GroupCommit[int, int] = GroupCommit("test.commit", write, supervisor)
+    commit.start()
     await asyncio.sleep(0)
     await supervisor.stop()
     with pytest.raises(StoreError, match="shutting down"):
@@ -123,6 +127,7 @@ async def test_stopping_while_a_crashed_loop_waits_to_restart_fails_waiters() ->
     commit: GroupCommit[int, int] = GroupCommit(
         "test.commit", write, supervisor, on_written=on_written
     )
+    commit.start()
     assert await commit.submit(1) == 1  # written; then the callback crashed the loop
     await crashed.wait()
     waiting = asyncio.ensure_future(commit.submit(2))  # queued while the loop is down
@@ -144,6 +149,7 @@ async def test_stopped_before_the_loop_ever_ran_fails_submissions() -> None:
         return list(items)
 
     commit: GroupCommit[int, int] = GroupCommit("test.commit", write, supervisor)
+    commit.start()
     await supervisor.stop()
     with pytest.raises(StoreError, match="shutting down"):
         await asyncio.wait_for(commit.submit(1), timeout=5)

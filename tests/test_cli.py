@@ -112,7 +112,7 @@ def test_links_and_db_commands_on_a_real_store(tmp_path: Path) -> None:
     env = {"BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/cli.db"}
     upgrade = run("db", "upgrade", env=env)
     assert upgrade.returncode == 0, upgrade.stderr
-    assert "revision" in upgrade.stdout
+    assert "database at schema version" in upgrade.stdout
     added = run("links", "add", "rootly:incident:inc-1", "incident_io:escalation:esc-1", env=env)
     assert added.returncode == 0, added.stderr
     assert json.loads(added.stdout)["created"] is True

@@ -16,8 +16,8 @@ from bridge.app import Bridge
 from bridge.events import DeliveryId, Event, InboxId
 from bridge.pipeline import dispatcher as dispatcher_module
 from bridge.store.base import InboxRow, NewInboxEvent, StoreUnavailable
-from bridge.store.sql import SqlStore
-from bridge.store.sqlite_direct import encode_time
+from bridge.store.sqlite import encode_time
+from bridge.store.store import SqlStore
 from tests.conftest import bridge_settings
 
 RULES = """\

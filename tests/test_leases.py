@@ -35,6 +35,7 @@ async def test_renews_what_is_held_until_it_is_released() -> None:
     store = RecordingStore()
     supervisor = Supervisor(get_logger("test"))
     keeper: LeaseKeeper[int] = LeaseKeeper("t", store.renew, 60.0, supervisor, get_logger("t"))
+    keeper.start()
     try:
         assert await keeper.renew() == []
         assert store.calls == []
@@ -60,6 +61,7 @@ async def test_failed_renewal_is_logged_and_the_next_one_still_runs() -> None:
     lease = 0.06
     with structlog.testing.capture_logs() as logs:
         keeper: LeaseKeeper[int] = LeaseKeeper("t", store.renew, lease, supervisor, get_logger("t"))
+        keeper.start()
         keeper.hold(1)
         try:
             for _ in range(200):

@@ -33,6 +33,8 @@ class GroupCommit(Generic[Item, Result]):
         max_batch: int = 256,
         on_written: Callable[[Sequence[Result]], None] | None = None,
     ) -> None:
+        self._name = name
+        self._supervisor = supervisor
         self._write = write
         self._max = max_batch
         self._on_written = on_written
@@ -41,17 +43,21 @@ class GroupCommit(Generic[Item, Result]):
         self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
         self._wake: asyncio.Future[None] | None = None
         self._closed = False
-        # Built on the loop that runs it; asking asyncio for the running loop costs a
-        # getpid() system call per call on Python 3.11, and submit() runs per webhook.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start the writer task (on the running loop)."""
+        # Kept: asking asyncio for the running loop costs a getpid() system call per call
+        # on Python 3.11, and submit() runs per webhook.
         self._loop = asyncio.get_running_loop()
         # Closed when the supervisor's task ends, not only when `_run` is cancelled: stopped
         # while it waits to restart a crashed `_run`, the cancellation never reaches `_run`.
-        supervisor.spawn_loop(name, self._run).add_done_callback(self._stopped)
+        self._supervisor.spawn_loop(self._name, self._run).add_done_callback(self._stopped)
 
     async def submit(self, item: Item) -> Result:
         """Write `item` with whatever else is waiting; raises the write's StoreError."""
-        if self._closed:
-            raise StoreError("shutting down; not written")
+        if self._closed or self._loop is None:
+            raise StoreError("shutting down; not written" if self._closed else "not started")
         future: asyncio.Future[Result] = self._loop.create_future()
         self._waiting.append((item, future))
         wake = self._wake
@@ -60,6 +66,7 @@ class GroupCommit(Generic[Item, Result]):
         return await future
 
     async def _run(self) -> None:
+        assert self._loop is not None
         batch: list[tuple[Item, asyncio.Future[Result]]] = []
         try:
             while True:

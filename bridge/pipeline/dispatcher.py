@@ -15,11 +15,13 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from bridge.clock import Clock, utcnow
 from bridge.events import Event, InboxId, ObjectKind, ObjectRef, Platform, freeze
 from bridge.logging import Logger
 from bridge.metrics import LabelledCounters, Metrics
@@ -65,6 +67,17 @@ def _status_of(platform: Platform, resource: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
+CHECK_PREFIX = "check:"
+
+
+def check_note(body: bytes) -> Any:
+    """Why the link checker wrote a synthetic delivery (see `bridge.pipeline.checks`)."""
+    try:
+        return json.loads(body).get("bridge_check")
+    except (ValueError, AttributeError):
+        return None
+
+
 def is_status_event(event: Event) -> bool:
     return event.source == "incident_io" and "status_updated" in event.type
 
@@ -88,8 +101,10 @@ class Dispatcher:
         handoff: ActionHandoff | None = None,
         supervisor: Supervisor,
         concurrency: int = 8,
+        clock: Clock = utcnow,
     ) -> None:
         self._store = store
+        self._clock = clock
         # Concurrent dispatches finish close together: one transaction records them all.
         self._completions: GroupCommit[InboxCompletion, list[OutboxRow] | StoreError] = GroupCommit(
             "dispatcher.completions", store.complete_inboxes, supervisor
@@ -124,6 +139,11 @@ class Dispatcher:
             supervisor,
             logger,
         )
+
+    def start(self) -> None:
+        """Start the helpers `run` relies on (decision writer, lease renewal)."""
+        self._completions.start()
+        self._leases.start()
 
     def wake(self) -> None:
         self._wake.set()
@@ -263,7 +283,7 @@ class Dispatcher:
         """At shutdown: hand events we were given but did not dispatch back to the queue
         now, rather than leaving them leased until their lease runs out."""
         rows, self._adopted = self._adopted, []
-        now = datetime.now(UTC)
+        now = self._clock()
         # Let go first: if the store fails part-way, the rest are left to their leases.
         for row in rows:
             self._leases.release(row.id)
@@ -297,7 +317,7 @@ class Dispatcher:
 
     async def process(self, row: InboxRow, parsed: Event | PayloadError | None = None) -> None:
         """Decide what one stored delivery means; never raises for a bad event."""
-        now = datetime.now(UTC)
+        now = self._clock()
         event_or_error = parsed if parsed is not None else self._parse(row)
         if isinstance(event_or_error, PayloadError):
             exc = event_or_error
@@ -311,6 +331,8 @@ class Dispatcher:
             "event_type": event.type,
             "subject": str(event.subject) if event.subject else None,
         }
+        if row.delivery_id.startswith(CHECK_PREFIX):
+            base["check"] = check_note(row.body)
         if not event.known_type or event.subject is None:
             await self._complete(row, event, "ignored", {**base, "ignored": UNMAPPED})
             return
@@ -382,25 +404,29 @@ class Dispatcher:
     ) -> None:
         handoff = self._handoff
         platforms = {action.platform for action in actions}
-        if (
-            handoff is not None
-            and actions
-            and all(
-                handoff.free_slots(p) >= sum(1 for a in actions if a.platform == p)
-                for p in platforms
+        cause_at = event.occurred_at or row.received_at
+        fast = handoff is not None and all(
+            handoff.free_slots(p) >= sum(1 for a in actions if a.platform == p) for p in platforms
+        )
+        # Fast path: the actions that may run now (bridge.ordering) are inserted already
+        # claimed by this process and run at once, saving a claim transaction and a wake-up
+        # each. A crash leaves them leased; they are claimed again when the lease expires.
+        rows = await self._record(
+            InboxCompletion(
+                row.id,
+                actions,
+                link_changes,
+                trace,
+                self._owner if fast and actions else None,
+                self._lease,
+                cause_at,
             )
-        ):
-            # Fast path: insert the actions already claimed by this process and run them
-            # now, saving a claim transaction and a wake-up per action. A crash leaves them
-            # leased, and they are claimed again when the lease expires, like any other.
-            rows = await self._record(
-                InboxCompletion(row.id, actions, link_changes, trace, self._owner, self._lease)
-            )
-            handoff.adopt(rows)
-        else:
-            rows = await self._record(InboxCompletion(row.id, actions, link_changes, trace))
-            if rows:
-                self._on_actions(platforms)
+        )
+        mine = [r for r in rows if r.state == "claimed" and r.lease_owner == self._owner]
+        if mine and handoff is not None:
+            handoff.adopt(mine)
+        if len(mine) < len(rows):
+            self._on_actions({r.action.platform for r in rows if r not in mine})
         self._count(row.source, result)
         # Info when the event changed something; events that led to nothing (no rule
         # matched, echo, stale, ignored) are debug: at full rate their lines cost a tenth of
@@ -435,7 +461,7 @@ class Dispatcher:
             retry_at = datetime.fromtimestamp(exc.retry_at, UTC)
         else:
             delay = self._rng.uniform(0, min(60.0, 0.5 * 2**row.attempts))
-            retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+            retry_at = self._clock() + timedelta(seconds=delay)
         await self._store.fail_inbox(row.id, error, retry_at)
         self._log.warning(
             "event.retry_later", inbox_id=row.id, error=error, retry_at=retry_at.isoformat()

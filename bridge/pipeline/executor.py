@@ -36,10 +36,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from bridge.clock import Clock, utcnow
 from bridge.config import ExecutorSettings
 from bridge.events import Action, ActionId, ActionResult, LinkChange, ObjectRef, Platform
 from bridge.logging import Logger
 from bridge.metrics import Metrics
+from bridge.ordering import superseded
 from bridge.pipeline.batching import GroupCommit
 from bridge.pipeline.echo import echo_records_for
 from bridge.pipeline.leases import LeaseKeeper
@@ -81,8 +83,10 @@ class Executor:
         owner: str,
         supervisor: Supervisor,
         rng: random.Random | None = None,
+        clock: Clock = utcnow,
     ) -> None:
         self._store = store
+        self._clock = clock
         # Outcomes of concurrent actions share transactions (see bridge.pipeline.batching).
         self._outcomes: GroupCommit[ActionOutcome, bool] = GroupCommit(
             "executor.outcome-writer", store.finish_actions, supervisor
@@ -105,6 +109,11 @@ class Executor:
             logger,
         )
         self._stopping = False
+
+    def start(self) -> None:
+        """Start the helpers `run` relies on (outcome writer, lease renewal)."""
+        self._outcomes.start()
+        self._leases.start()
 
     @property
     def platforms(self) -> list[Platform]:
@@ -136,7 +145,7 @@ class Executor:
             await asyncio.wait(tasks, timeout=remaining)
 
     async def _release(self, rows: Sequence[OutboxRow]) -> None:
-        now = datetime.now(UTC)
+        now = self._clock()
         for row in rows:
             await self._store.retry_action(
                 row.id, self._owner, now, "released at shutdown", count_attempt=False
@@ -170,7 +179,7 @@ class Executor:
 
     async def _held(self, row: OutboxRow) -> None:
         try:
-            await self._execute(row)
+            await self.execute(row)
         finally:
             # Let go in the task, right after its outcome is written, not in a done
             # callback a loop step later: a claim in between would find the row (retried
@@ -236,7 +245,9 @@ class Executor:
         )
         return self._rng.uniform(0, cap)
 
-    async def _execute(self, row: OutboxRow) -> None:
+    async def execute(self, row: OutboxRow) -> None:
+        """Perform one action this process holds (claimed by it) and record its outcome;
+        the loops run each claimed row through it."""
         action = row.action
         labels = (action.platform, action.name)
         started = time.monotonic()
@@ -256,10 +267,19 @@ class Executor:
                 row, error, log, row.attempts, gave_up=True, count_attempt=False
             )
             return
+        if row.object_key is not None:
+            moot = superseded(row, await self._store.settled_actions(row.object_key))
+            if moot is not None:
+                await self._finish(
+                    row, "skipped", {"skipped": "superseded", "detail": moot}, [], []
+                )
+                self._metrics.actions.labels(*labels, "skipped").inc()
+                log.info("action.superseded", detail=moot)
+                return
         try:
             result = await self._clients[action.platform].perform(action)
         except RateLimited as exc:
-            retry_at = datetime.fromtimestamp(max(exc.retry_at, time.time()), UTC)
+            retry_at = max(datetime.fromtimestamp(exc.retry_at, UTC), self._clock())
             await self._store.retry_action(
                 row.id, self._owner, retry_at, str(exc), count_attempt=False
             )
@@ -284,7 +304,7 @@ class Executor:
             return
         finally:
             self._metrics.action_duration.labels(*labels).observe(time.monotonic() - started)
-        now = datetime.now(UTC)
+        now = self._clock()
         outcome: dict[str, Any] = {"object_id": result.object_id, "status": result.status}
         if result.noop:
             outcome["noop"] = True
@@ -334,7 +354,7 @@ class Executor:
             await self._dead_letter(row, error, log, attempts, gave_up=True)
             return
         delay = self._backoff(row.attempts)
-        retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+        retry_at = self._clock() + timedelta(seconds=delay)
         await self._store.retry_action(row.id, self._owner, retry_at, error, count_attempt=True)
         self._metrics.actions.labels(*labels, "retried").inc()
         log.warning("action.retry", error=error, attempts=attempts, retry_in=round(delay, 3))

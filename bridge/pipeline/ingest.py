@@ -12,14 +12,13 @@ transaction per batch, so throughput does not collapse to one fsync per webhook.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from aiohttp import web
 
+from bridge.clock import Clock, utcnow
 from bridge.events import DeliveryId, InboxId, Platform
 from bridge.logging import Logger
 from bridge.metrics import LabelledCounters, Metrics
@@ -92,6 +91,9 @@ class InboxWriter:
             "ingest.inbox-writer", self._write, supervisor
         )
 
+    def start(self) -> None:
+        self._commit.start()
+
     async def write(self, event: NewInboxEvent) -> InboxId | None:
         """Store `event`; None if its delivery ID was already stored. Raises StoreError."""
         return await self._commit.submit(event)
@@ -145,7 +147,7 @@ class Ingest:
         logger: Logger,
         max_body_bytes: int,
         body_timeout_seconds: float = 10.0,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = utcnow,
     ) -> None:
         self._sources = sources
         self._writer = writer
@@ -253,7 +255,7 @@ class Ingest:
                     delivery_id=envelope.delivery_id,
                     event_type=envelope.event_type,
                     body=body,
-                    received_at=datetime.now(UTC),
+                    received_at=self._clock(),
                     settled_trace=None if settled is None else settled.trace,
                 )
             )
@@ -288,7 +290,7 @@ class Ingest:
     def _verify_and_parse(
         self, config: SourceConfig, request: web.Request, body: bytes
     ) -> Envelope:
-        now = self._clock()
+        now = self._clock().timestamp()
         if config.source == "rootly":
             rootly_webhook.verify(
                 request.headers, body, config.secrets, config.tolerance_seconds, now

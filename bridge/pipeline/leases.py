@@ -38,11 +38,16 @@ class LeaseKeeper(Generic[RowId]):
         supervisor: Supervisor,
         logger: Logger,
     ) -> None:
+        self._name = name
+        self._supervisor = supervisor
         self._renew = renew
         self._lease = lease_seconds
         self._log = logger
         self._held: set[RowId] = set()
-        supervisor.spawn_loop(name, self._run)
+
+    def start(self) -> None:
+        """Start renewing, every third of a lease."""
+        self._supervisor.spawn_loop(self._name, self._run)
 
     def hold(self, row_id: RowId) -> bool:
         """Keep `row_id` renewed from now on; False if it is already held (a claim gave back

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from bridge.app import Bridge
+from bridge.clock import ShiftedClock
 from bridge.config import Settings, deep_merge, load_settings
 from bridge.logging import Logger, get_logger
 from bridge.sandbox.sandbox import Sandbox
@@ -74,6 +76,8 @@ class SandboxStack:
         self._log = logger or get_logger("bridge")
         self.bridge: Bridge | None = None
         self.registry = CollectorRegistry()
+        # The bridge's clock: real time that a test can move forward (`advance_checks`).
+        self.clock = ShiftedClock()
 
     @property
     def url(self) -> str:
@@ -101,7 +105,9 @@ class SandboxStack:
     async def start(self) -> SandboxStack:
         await self.sandbox.start()
         env = {**sandbox_rule_env(self.sandbox), **self._env}
-        self.bridge = Bridge(self.settings(), env=env, registry=self.registry, logger=self._log)
+        self.bridge = Bridge(
+            self.settings(), env=env, registry=self.registry, logger=self._log, clock=self.clock
+        )
         try:
             await self.bridge.start()
         except BaseException:
@@ -124,6 +130,16 @@ class SandboxStack:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def now(self) -> datetime:
+        """The bridge's now."""
+        return self.clock()
+
+    def advance_checks(self) -> None:
+        """Move the bridge's clock past `scheduler.reconcile_seconds`: every link is due for
+        its next check."""
+        assert self.bridge is not None
+        self.clock.advance(self.bridge.settings.scheduler.reconcile_seconds + 1)
 
     async def busy(self) -> bool:
         assert self.bridge is not None

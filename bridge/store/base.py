@@ -1,6 +1,6 @@
 """Typed rows and the `Store` protocol: everything the rest of the bridge may ask of storage.
 
-The pipeline, web and CLI layers depend on this protocol only; `bridge.store.sql.SqlStore`
+The pipeline, web and CLI layers depend on this protocol only; `bridge.store.store.SqlStore`
 implements it for SQLite and PostgreSQL. Every method that changes more than one row does
 so in one transaction: the dispatcher's decision (actions + link changes + "event
 processed") and the executor's outcome (state + links + echo records) are all-or-nothing.
@@ -106,6 +106,11 @@ class OutboxRow:
     result: Mapping[str, Any] | None
     event_received_at: datetime | None
     """When the webhook that caused the action was accepted (for event-to-action latency)."""
+    object_key: str | None = None
+    """The object the action changes (see `bridge.ordering`); None for rows older than it."""
+    aspect: str | None = None
+    cause_at: datetime | None = None
+    """When the action's cause happened: actions on one object run in this order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +119,8 @@ class LinkRow:
     b: ObjectRef
     created_at: datetime
     created_by: str
+    checked_at: datetime | None = None
+    """When the link checker last compared both sides (None: never)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +157,8 @@ class InboxCompletion:
     trace: Mapping[str, Any]
     owner: str | None = None
     lease_seconds: float = 60.0
+    cause_at: datetime | None = None
+    """When the event happened (its platform timestamp); the store's now when None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,38 +223,20 @@ class Store(Protocol):
     ) -> list[InboxId]:
         """`renew_actions` for inbox events `owner` still holds (pending, leased to it)."""
 
-    async def complete_inbox(
-        self,
-        inbox_id: InboxId,
-        actions: Sequence[Action],
-        link_changes: Sequence[LinkChange],
-        trace: Mapping[str, Any],
-    ) -> list[ActionId]:
-        """In ONE transaction: insert `actions` into the outbox (an idempotency key already
-        present is skipped, not an error), apply `link_changes` (adding an existing link or
-        removing a missing one is a no-op), store the trace and mark the event processed.
-        Returns the IDs of the outbox rows created."""
-
-    async def complete_inbox_claiming(
-        self,
-        inbox_id: InboxId,
-        actions: Sequence[Action],
-        link_changes: Sequence[LinkChange],
-        trace: Mapping[str, Any],
-        owner: str,
-        lease_seconds: float,
-    ) -> list[OutboxRow]:
-        """`complete_inbox`, with the new outbox rows inserted already claimed by `owner`
-        (returned in full), so the dispatching process can run them without a claim round."""
-
     async def complete_inboxes(
         self, completions: Sequence[InboxCompletion]
     ) -> list[list[OutboxRow] | StoreError]:
-        """Several `complete_inbox_claiming` (or, without an owner, `complete_inbox`) in one
-        transaction, so one commit serves several events. Each completion is still
-        all-or-nothing on its own: one that fails (the event was processed elsewhere, does
-        not exist, cannot be stored) gets its StoreError in its place and leaves nothing,
-        without undoing the others. Raises StoreError only if the batch failed as a whole."""
+        """Record dispatch decisions in one transaction, so one commit serves several events.
+        Per completion: insert its actions into the outbox (an idempotency key already
+        present is skipped, not an error), apply its link changes in order (adding an
+        existing link or removing a missing one is a no-op), store the trace and mark the
+        event processed. With an `owner`, each new action that may run now (see
+        `bridge.ordering`) is inserted claimed by it and returned in full, so the
+        dispatching process runs it without a claim round; the others are returned too,
+        pending. Each completion is all-or-nothing on its own: one that fails (processed
+        elsewhere, unknown, cannot be stored) gets its StoreError in its place and leaves
+        nothing, without undoing the others. Raises StoreError only if the batch failed as
+        a whole."""
 
     async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:
         """Record a dispatch failure; with `retry_at` the event stays pending until then."""
@@ -277,21 +268,17 @@ class Store(Protocol):
         (a holder alive but slow, waiting out a rate-limit pause, is not taken over);
         returns those IDs. An action finished or taken over meanwhile is left alone."""
 
-    async def finish_action(
-        self,
-        action_id: ActionId,
-        owner: str,
-        state: Literal["done", "skipped"],
-        result: Mapping[str, Any],
-        link_changes: Sequence[LinkChange],
-        echoes: Sequence[EchoRecord],
-    ) -> bool:
-        """In ONE transaction: set the final state and result, apply link changes, write echo
-        records. Returns False (and changes nothing) if `owner` no longer holds the lease."""
-
     async def finish_actions(self, outcomes: Sequence[ActionOutcome]) -> list[bool]:
-        """`finish_action` for a batch, in ONE transaction (group commit). Per outcome: True
-        if recorded, False if its owner no longer held the lease (that one changes nothing)."""
+        """Record outcomes in ONE transaction (group commit). Per outcome, all or nothing: the
+        final state and result, its link changes, its echo records. True if recorded, False
+        if its owner no longer held the lease (that one changes nothing)."""
+
+    async def settled_actions(self, object_key: str) -> list[OutboxRow]:
+        """The finished (done or skipped) actions on `object_key`, oldest cause first."""
+
+    async def creating(self, refs: Sequence[ObjectRef]) -> list[OutboxRow]:
+        """Unfinished actions whose result will be linked to one of `refs` (what an action
+        on those objects' linked counterparts waits for)."""
 
     async def retry_action(
         self,
@@ -334,6 +321,23 @@ class Store(Protocol):
 
     async def count_links(self) -> int: ...
 
+    async def links_to_check(
+        self, now: datetime, checked_before: datetime, created_since: datetime, limit: int
+    ) -> list[LinkRow]:
+        """Links due for a check: never-checked ones first (oldest first), then, among
+        links created since `created_since`, those last checked before `checked_before`,
+        least recently checked first. A deferred check is not due before its
+        `check_after`."""
+
+    async def mark_links_checked(
+        self, pairs: Sequence[tuple[ObjectRef, ObjectRef]], now: datetime
+    ) -> None: ...
+
+    async def defer_link_checks(
+        self, pairs: Sequence[tuple[ObjectRef, ObjectRef]], until: datetime
+    ) -> None:
+        """Not before `until` (a check that could not read both sides)."""
+
     # -- echo guard ---------------------------------------------------------------------
     async def find_echo(self, ref: ObjectRef, change: str, now: datetime) -> bool:
         """True if an unexpired echo record for (ref, change) exists."""
@@ -365,7 +369,7 @@ class Store(Protocol):
         """Wake other replicas' workers (PostgreSQL ``NOTIFY``); SQLite: no-op."""
 
     async def listen_work(self, callback: Callable[[], None]) -> None:
-        """Call `callback` when any replica calls `notify_work` (PostgreSQL ``LISTEN``).
-
-        Best effort: workers still poll, a lost listener only costs latency. SQLite: no-op.
-        """
+        """Call `callback` when any replica calls `notify_work` (PostgreSQL ``LISTEN``),
+        until cancelled; a lost connection is reconnected with back-off, and `callback` is
+        called once after each (re)connect. Workers still poll, so a gap only costs
+        latency. SQLite: returns at once."""

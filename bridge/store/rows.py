@@ -1,12 +1,11 @@
-"""Conversions between the store's typed rows and plain column mappings, for every backend.
-
-Both `SqlStore` (SQLAlchemy) and `DirectSqlite` (the SQLite hot path) read and write the
-same columns; what a row means is decided here once.
-"""
+"""Conversions between the store's typed rows and the column values both drivers take
+and give (JSON as text, timestamps as aware datetimes): what a row means is decided here."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
 from bridge.events import (
@@ -22,13 +21,25 @@ from bridge.events import (
     freeze,
     thaw,
 )
+from bridge.operations import aspect, object_key
 from bridge.store.base import InboxRow, LinkRow, OutboxRow, StoreError
 
 
 class Columns(Protocol):
-    """A result row read by column name (SQLAlchemy's RowMapping, sqlite3.Row, a dict)."""
+    """A result row read by column name."""
 
     def __getitem__(self, key: str, /) -> Any: ...
+
+
+def encode_json(value: Any) -> str:
+    try:
+        return json.dumps(thaw(value), separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"value cannot be stored as JSON: {exc}") from exc
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else freeze(json.loads(text))
 
 
 def canonical_pair(a: ObjectRef, b: ObjectRef) -> tuple[ObjectRef, ObjectRef]:
@@ -42,7 +53,8 @@ def link_kind(type_a: str, type_b: str) -> str:
     return "~".join(sorted((type_a, type_b), reverse=True))
 
 
-def link_values(a: ObjectRef, b: ObjectRef, created_by: str, now: datetime) -> dict[str, Any]:
+def pair_values(a: ObjectRef, b: ObjectRef) -> dict[str, str]:
+    """The six columns naming a link, in canonical order."""
     if a == b:
         raise StoreError(f"cannot link {a} to itself")
     first, second = canonical_pair(a, b)
@@ -53,29 +65,42 @@ def link_values(a: ObjectRef, b: ObjectRef, created_by: str, now: datetime) -> d
         "b_platform": second.platform,
         "b_kind": second.kind,
         "b_id": second.id,
-        "created_at": now,
-        "created_by": created_by,
     }
 
 
+def pairs_json(pairs: Sequence[tuple[ObjectRef, ObjectRef]]) -> str:
+    """Links as a JSON array of six-column rows (for `{json_rows}` statements)."""
+    return json.dumps([list(pair_values(a, b).values()) for a, b in pairs])
+
+
 def action_values(
-    action: Action, now: datetime, inbox_id: InboxId | None, received_at: datetime | None
+    action: Action,
+    now: datetime,
+    inbox_id: InboxId,
+    cause_at: datetime,
+    lease: tuple[str, float] | None,
 ) -> dict[str, Any]:
+    """An outbox row for `action`, pending and due now (`lease`: owner and seconds to hold
+    it claimed; the store decides whether it may be)."""
+    owner, seconds = lease if lease is not None else (None, 0.0)
     return {
         "operation": action.operation,
         "platform": action.platform,
         "target": str(action.target) if action.target is not None else None,
-        "params": thaw(action.params),
+        "params": encode_json(action.params),
         "rule": action.rule,
         "idempotency_key": action.idempotency_key,
-        "result_links": [{"to": str(link.to), "kind": link.kind} for link in action.result_links],
-        "state": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
+        "result_links": json.dumps(
+            [{"to": str(link.to), "kind": link.kind} for link in action.result_links]
+        ),
+        "result_to": str(action.result_links[0].to) if action.result_links else None,
         "inbox_id": inbox_id,
-        "created_at": now,
-        "updated_at": now,
-        "event_received_at": received_at,
+        "now": now,
+        "object_key": object_key(action),
+        "aspect": aspect(action),
+        "cause_at": cause_at,
+        "owner": owner,
+        "expires": now + timedelta(seconds=seconds),
     }
 
 
@@ -83,12 +108,12 @@ def action_from_row(row: Columns) -> Action:
     return Action(
         operation=cast(Operation, row["operation"]),
         target=ObjectRef.parse(row["target"]) if row["target"] is not None else None,
-        params=freeze(row["params"]),
+        params=_json(row["params"]),
         rule=RuleName(row["rule"]),
         idempotency_key=IdempotencyKey(row["idempotency_key"]),
         result_links=tuple(
             ResultLink(to=ObjectRef.parse(link["to"]), kind=link["kind"])
-            for link in row["result_links"]
+            for link in json.loads(row["result_links"])
         ),
     )
 
@@ -107,8 +132,11 @@ def outbox_row(row: Columns) -> OutboxRow:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
-        result=freeze(row["result"]) if row["result"] is not None else None,
+        result=_json(row["result"]),
         event_received_at=row["event_received_at"],
+        object_key=row["object_key"],
+        aspect=row["aspect"],
+        cause_at=row["cause_at"],
     )
 
 
@@ -123,7 +151,7 @@ def inbox_row(row: Columns) -> InboxRow:
         state=row["state"],
         processed_at=row["processed_at"],
         attempts=row["attempts"],
-        trace=freeze(row["trace"]) if row["trace"] is not None else None,
+        trace=_json(row["trace"]),
         error=row["error"],
     )
 
@@ -134,4 +162,5 @@ def link_row(row: Columns) -> LinkRow:
         b=ObjectRef(row["b_platform"], row["b_kind"], row["b_id"]),
         created_at=row["created_at"],
         created_by=row["created_by"],
+        checked_at=row["checked_at"],
     )

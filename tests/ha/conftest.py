@@ -26,11 +26,13 @@ from tests.store.conftest import clock, make_store, store, target  # noqa: F401
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[SandboxStack]:
-    """A real bridge (SQLite) wired to both simulators; its scheduler runs no reconcile by
-    itself during the test (long interval), so the test decides when reconciliation runs."""
+    """A real bridge (SQLite) wired to both simulators; its link checker looks for links
+    only once, at start (a long poll interval), so the test decides when checks run. A
+    link is checked again 30 s after its last check, which `advance_checks` jumps over
+    (staying well within the webhooks' 300-s signature tolerance)."""
     async with SandboxStack(
         store_url=f"sqlite:///{tmp_path}/bridge.db",
-        overrides={"scheduler": {"reconcile_seconds": 3600}},
+        overrides={"scheduler": {"reconcile_poll_seconds": 3600, "reconcile_seconds": 30}},
     ) as running:
         yield running
 

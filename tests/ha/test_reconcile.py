@@ -1,9 +1,10 @@
-"""Reconciliation heals what a lost webhook would have done, once.
+"""The link checker heals what a lost webhook would have done, once.
 
 Each test drops exactly one webhook in the simulator (`webhook_drop_rate = 1.0` around one
-human action), shows the drift is real (the other platform is untouched), runs the
-scheduler's reconciliation pass and asserts exactly one healing call; further passes add
-nothing because the synthetic delivery's ID names the object and the state observed.
+human action), shows the drift is real (the other platform is untouched), runs a round of
+the link checker and asserts exactly one healing call; further rounds add nothing, because
+a link is not checked again within `scheduler.reconcile_seconds` and the synthetic
+delivery's ID names the object, its state and what it needs.
 """
 
 from __future__ import annotations
@@ -11,25 +12,37 @@ from __future__ import annotations
 from bridge.events import DeliveryId, ObjectRef
 from bridge.sandbox.common import Faults
 from bridge.sandbox.stack import SandboxStack
+from bridge.store.driver import Sql
 
 
 def drop_webhooks(faults: Faults, drop: bool) -> None:
     faults.webhook_drop_rate = 1.0 if drop else 0.0
 
 
-async def reconcile(stack: SandboxStack) -> int:
+async def check(stack: SandboxStack) -> int:
     assert stack.bridge is not None
-    return await stack.bridge.scheduler.reconcile_now()
+    return await stack.bridge.checker.run_once()
 
 
-async def test_dropped_cancellation_is_reconciled_into_one_escalation_cancel(
+async def synthetic(stack: SandboxStack) -> list[str]:
+    """The delivery IDs of the synthetic deliveries the checker wrote, oldest first."""
+    assert stack.bridge is not None
+    rows = await stack.bridge.store.driver.fetch(  # type: ignore[attr-defined]
+        Sql("SELECT delivery_id FROM inbox WHERE delivery_id LIKE 'check:%' ORDER BY id")
+    )
+    return [str(row["delivery_id"]) for row in rows]
+
+
+async def test_dropped_cancellation_is_healed_into_one_escalation_cancel(
     stack: SandboxStack,
 ) -> None:
     """A Rootly cancellation whose webhook was lost leaves the linked escalation paging;
-    one reconcile pass cancels it with exactly one API call, and more passes do nothing."""
+    one round of the checker cancels it with exactly one API call, more rounds do nothing,
+    and the synthetic delivery's trace says why it exists."""
     rootly, iio = stack.sandbox.rootly, stack.sandbox.incident_io
     incident = await rootly.create_incident("Checkout is down", severity="sev1")
     await stack.settle()
+    assert await check(stack) == 0  # the new link, in step
     (escalation,) = iio.state()["escalations"]
     cancel_path = f"/v2/escalations/{escalation['id']}/actions/cancel"
 
@@ -43,30 +56,35 @@ async def test_dropped_cancellation_is_reconciled_into_one_escalation_cancel(
     assert iio.get_escalation(escalation["id"])["status"] == "triggered"
     assert iio.calls("POST", cancel_path) == []
 
-    assert await reconcile(stack) == 1
-    # Straight away, before the synthetic event is dispatched: the same drift, same ID.
-    assert await reconcile(stack) == 0
+    stack.advance_checks()
+    assert await check(stack) == 1
+    assert await check(stack) == 0  # checked a moment ago: not due again
     await stack.settle()
     assert len(iio.calls("POST", cancel_path)) == 1
     assert iio.get_escalation(escalation["id"])["status"] == "cancelled"
-    assert await reconcile(stack) == 0
+    (delivery,) = await synthetic(stack)
+    assert delivery.startswith(f"check:rootly:incident:{incident['id']}:cancelled:")
+    assert stack.bridge is not None
+    row = await stack.bridge.store.find_inbox("rootly", DeliveryId(delivery))
+    assert row is not None and row.state == "processed"
+    assert row.trace is not None
+    assert row.trace["check"]["state"] == "cancelled"
+    stack.advance_checks()
+    assert await check(stack) == 0  # in step now
     await stack.settle()
     assert len(iio.calls("POST", cancel_path)) == 1
-    assert stack.bridge is not None
-    synthetic = await stack.bridge.store.find_inbox(
-        "rootly", DeliveryId(f"reconcile:rootly:incident:{incident['id']}:cancelled")
-    )
-    assert synthetic is not None and synthetic.state == "processed"
 
 
-async def test_dropped_ack_is_reconciled_into_one_rootly_alert_acknowledgement(
+async def test_dropped_ack_is_healed_into_one_rootly_alert_acknowledgement(
     stack: SandboxStack,
 ) -> None:
     """An incident.io ack whose webhook was lost leaves the Rootly alert triggered; one
-    reconcile pass acknowledges it with exactly one API call, and more passes do nothing."""
+    round of the checker acknowledges it with exactly one API call, and more rounds do
+    nothing."""
     rootly, iio = stack.sandbox.rootly, stack.sandbox.incident_io
     alert = await rootly.create_alert("Error rate above 5%")
     await stack.settle()
+    await check(stack)
     (escalation,) = iio.state()["escalations"]
     ack_path = f"/v1/alerts/{alert['id']}/acknowledge"
 
@@ -78,27 +96,35 @@ async def test_dropped_ack_is_reconciled_into_one_rootly_alert_acknowledgement(
     assert rootly.get_alert(alert["id"])["status"] == "triggered"
     assert rootly.calls("POST", ack_path) == []
 
-    assert await reconcile(stack) == 1
-    assert await reconcile(stack) == 0
+    stack.advance_checks()
+    assert await check(stack) == 1
+    assert await check(stack) == 0
     await stack.settle()
     assert len(rootly.calls("POST", ack_path)) == 1
     assert rootly.get_alert(alert["id"])["status"] == "acknowledged"
-    assert await reconcile(stack) == 0
+    stack.advance_checks()
+    assert await check(stack) == 0
     await stack.settle()
     assert len(rootly.calls("POST", ack_path)) == 1
 
 
-async def test_reconcile_sees_the_newest_links_when_there_are_many(stack: SandboxStack) -> None:
-    """With more links stored than one pass reads (1,000), the pass reads the newest ones:
-    drift on a link made after 1,000 older ones is still healed."""
+async def test_new_links_are_checked_before_many_older_ones(stack: SandboxStack) -> None:
+    """With many links checked long ago (all due) and a new one just recorded, the new
+    link is checked first, in the next round: drift on it is healed however many older
+    links wait."""
     assert stack.bridge is not None
     store = stack.bridge.store
-    for n in range(1000):
-        await store.add_link(
+    old = [
+        (
             ObjectRef.parse(f"rootly:incident:old-{n}"),
             ObjectRef.parse(f"incident_io:incident:old-{n}"),
-            "test",
         )
+        for n in range(300)
+    ]
+    for a, b in old:
+        await store.add_link(a, b, "test")
+    await store.mark_links_checked(old, stack.now())
+    stack.advance_checks()
     rootly, iio = stack.sandbox.rootly, stack.sandbox.incident_io
     incident = await rootly.create_incident("Checkout is down")
     await stack.settle()
@@ -108,6 +134,6 @@ async def test_reconcile_sees_the_newest_links_when_there_are_many(stack: Sandbo
     drop_webhooks(rootly.faults, False)
     await stack.settle()
 
-    assert await reconcile(stack) == 1
+    assert await check(stack) == 1
     await stack.settle()
     assert len(iio.calls("POST", f"/v2/escalations/{escalation['id']}/actions/cancel")) == 1

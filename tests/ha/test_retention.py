@@ -7,7 +7,7 @@ and then at the present (recent rows); the scheduler derives its cut-offs from
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -18,38 +18,31 @@ from bridge.config import SchedulerSettings
 from bridge.events import ActionId, LinkChange
 from bridge.logging import get_logger
 from bridge.metrics import create_metrics
-from bridge.pipeline.ingest import InboxWriter
-from bridge.scheduler import Reconciler, Scheduler
+from bridge.scheduler import Scheduler
 from bridge.store.base import EchoRecord
-from bridge.store.sql import SqlStore
-from bridge.tasks import Supervisor
+from bridge.store.store import SqlStore
 from tests.store.conftest import FakeClock
-from tests.store.factories import IIO_ESC, IIO_INC, ROOTLY_INC, action, delivery
+from tests.store.factories import IIO_ESC, IIO_INC, ROOTLY_INC, action, complete, delivery
+from tests.store.factories import finish as finish_one
 
 KEEP_INBOX_HOURS = 24.0
 KEEP_OUTBOX_HOURS = 48.0
 
 
 @pytest.fixture
-async def scheduler(store: SqlStore) -> AsyncIterator[Scheduler]:
+def scheduler(store: SqlStore) -> Scheduler:
     """A scheduler on `store` (not started: the test calls its job directly)."""
     log = get_logger("test.ha.retention")
     settings = SchedulerSettings(
         keep_inbox_hours=KEEP_INBOX_HOURS, keep_outbox_hours=KEEP_OUTBOX_HOURS
     )
-    supervisor = Supervisor(log)
-    writer = InboxWriter(store, supervisor, lambda: None)
-    yield Scheduler(
+    return Scheduler(
         store=store,
         settings=settings,
         metrics=create_metrics(CollectorRegistry()),
         logger=log,
         wake=lambda: None,
-        reconciler=Reconciler(
-            store=store, clients={}, writer=writer, settings=settings, logger=log
-        ),
     )
-    await supervisor.stop()
 
 
 async def processed(
@@ -58,7 +51,7 @@ async def processed(
     """A delivery stored and dispatched at `at` into actions with `keys`."""
     (inbox_id,) = await store.add_inbox([delivery(delivery_id, at)])
     assert inbox_id is not None
-    return await store.complete_inbox(inbox_id, [action(k) for k in keys], [], {"rules": []})
+    return await complete(store, inbox_id, [action(k) for k in keys], [], {"rules": []})
 
 
 async def finish(
@@ -74,7 +67,7 @@ async def finish(
         if state == "dead":
             assert await store.dead_letter(action_id, "w", "gave up")
         else:
-            assert await store.finish_action(action_id, "w", state, {}, [], echoes)
+            assert await finish_one(store, action_id, "w", state, {}, [], echoes)
     for other in claimed - set(ids):
         assert await store.retry_action(other, "w", datetime(2000, 1, 1, tzinfo=UTC), "", False)
 
@@ -106,8 +99,8 @@ async def test_prune_removes_only_old_finished_rows(
     await store.fail_inbox(old_failed_inbox, "unparseable", None)
     (linker,) = await store.add_inbox([delivery("linker", clock())])
     assert linker is not None
-    await store.complete_inbox(
-        linker, [], [LinkChange("add", ROOTLY_INC, IIO_ESC, "test-rule")], {"rules": []}
+    await complete(
+        store, linker, [], [LinkChange("add", ROOTLY_INC, IIO_ESC, "test-rule")], {"rules": []}
     )
     (echo_action,) = await processed(store, "echoes", clock(), ["echoes"])
     await finish(

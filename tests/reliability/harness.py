@@ -44,7 +44,7 @@ from bridge.platforms.incident_io import webhook as incident_io_webhook
 from bridge.platforms.rootly import webhook as rootly_webhook
 from bridge.sandbox import Sandbox
 from bridge.store.base import OutboxRow
-from bridge.store.sql import SqlStore
+from bridge.store.store import SqlStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = REPO_ROOT / "config" / "rules.yaml"

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from sqlalchemy import text
+import structlog
 
-from bridge.store.sql import SqlStore
-from bridge.store.urls import create_store_engine, parse_store_url
+from bridge.store.driver import Driver, Sql, Tx
+from bridge.store.postgres import PostgresDriver
+from bridge.store.sqlite import SqliteDriver
+from bridge.store.store import SqlStore
+from bridge.store.urls import parse_store_url
 from tests.pg import fresh_schema, pg_url
 
 MakeStore = Callable[..., Awaitable[SqlStore]]
@@ -46,15 +49,30 @@ class Target:
     url: str
     schema: str | None
 
-    async def execute(self, sql: str, **params: Any) -> list[Any]:
-        """Run raw SQL outside the store (to tamper with or inspect the database)."""
-        engine = create_store_engine(parse_store_url(self.url), schema=self.schema, pool_size=1)
+    def driver(self) -> Driver:
+        """A driver of its own on this database (not opened)."""
+        url = parse_store_url(self.url)
+        log = structlog.get_logger("test")
+        if url.backend == "sqlite":
+            return SqliteDriver(url, logger=log)
+        return PostgresDriver(url, schema=self.schema, pool_size=1, logger=log)
+
+    async def execute(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Run raw SQL outside the store (to tamper with or inspect the database); the
+        rows it returns, as tuples."""
+        driver = self.driver()
+        await driver.open()
+
+        async def run(tx: Tx) -> list[tuple[Any, ...]]:
+            if sql.lstrip().upper().startswith(("SELECT", "WITH")) or "RETURNING" in sql.upper():
+                return [tuple(row.values()) for row in await tx.fetch(Sql(sql), params)]
+            await tx.execute(Sql(sql), params)
+            return []
+
         try:
-            async with engine.begin() as conn:
-                result = await conn.execute(text(sql), params)
-                return list(result.all()) if result.returns_rows else []
+            return await driver.transact("testing", run)
         finally:
-            await engine.dispose()
+            await driver.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

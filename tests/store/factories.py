@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from bridge.events import (
     Action,
@@ -12,6 +12,7 @@ from bridge.events import (
     DeliveryId,
     IdempotencyKey,
     InboxId,
+    LinkChange,
     ObjectRef,
     Operation,
     Platform,
@@ -19,25 +20,38 @@ from bridge.events import (
     RuleName,
     freeze,
 )
-from bridge.store.base import NewInboxEvent
-from bridge.store.sql import SqlStore
+from bridge.store.base import (
+    ActionOutcome,
+    EchoRecord,
+    InboxCompletion,
+    NewInboxEvent,
+    Store,
+    StoreError,
+)
+from bridge.store.store import SqlStore
 
 ROOTLY_INC = ObjectRef.parse("rootly:incident:r-1")
 IIO_INC = ObjectRef.parse("incident_io:incident:i-1")
 IIO_ESC = ObjectRef.parse("incident_io:escalation:e-1")
 
 
+_OWN_TARGET: Any = object()
+
+
 def action(
     key: str,
     *,
     operation: Operation = "rootly.cancel_incident",
-    target: ObjectRef | None = ROOTLY_INC,
+    target: ObjectRef | None = _OWN_TARGET,
     params: Mapping[str, Any] | None = None,
     result_links: tuple[ResultLink, ...] = (),
 ) -> Action:
+    """An action with idempotency key `key`; by default on an incident of its own
+    (``rootly:incident:r-<key>``), so that actions of different keys are independent (see
+    `bridge.ordering` for actions on one object)."""
     return Action(
         operation=operation,
-        target=target,
+        target=ObjectRef("rootly", "incident", f"r-{key}") if target is _OWN_TARGET else target,
         params=freeze(dict(params) if params is not None else {"reason": "from incident.io"}),
         rule=RuleName("test-rule"),
         idempotency_key=IdempotencyKey(key),
@@ -68,4 +82,35 @@ async def queue_actions(
 ) -> list[ActionId]:
     """Store one delivery and dispatch it into outbox actions with the given keys."""
     inbox_id = await inbox_event(store, at, delivery_id)
-    return await store.complete_inbox(inbox_id, [action(k) for k in keys], [], {"rules": []})
+    return await complete(store, inbox_id, [action(k) for k in keys], [], {"rules": []})
+
+
+async def complete(
+    store: Store,
+    inbox_id: InboxId,
+    actions: Sequence[Action],
+    link_changes: Sequence[LinkChange],
+    trace: Mapping[str, Any],
+) -> list[ActionId]:
+    """Record one dispatch decision; the IDs of the actions it created (raises StoreError)."""
+    (result,) = await store.complete_inboxes(
+        [InboxCompletion(inbox_id, actions, link_changes, trace)]
+    )
+    if isinstance(result, StoreError):
+        raise result
+    return [row.id for row in result]
+
+
+async def finish(
+    store: Store,
+    action_id: ActionId,
+    owner: str,
+    state: Literal["done", "skipped"],
+    result: Mapping[str, Any],
+    link_changes: Sequence[LinkChange] = (),
+    echoes: Sequence[EchoRecord] = (),
+) -> bool:
+    """Record one action's outcome; False if `owner` no longer held it."""
+    outcome = ActionOutcome(action_id, owner, state, result, link_changes, echoes)
+    (recorded,) = await store.finish_actions([outcome])
+    return recorded

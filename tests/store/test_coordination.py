@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from bridge.store.sql import SqlStore
+import asyncio
+
+from bridge.store.store import SqlStore
 
 
 async def test_single_instance_is_leader_and_notify_is_safe(store: SqlStore) -> None:
     """A lone store is leader (SQLite always; PostgreSQL via the lock), re-entrantly;
     notify/listen never fail; release and close are idempotent."""
     calls: list[int] = []
-    await store.listen_work(lambda: calls.append(1))
+    listening = asyncio.create_task(store.listen_work(lambda: calls.append(1)))
     assert await store.try_acquire_leadership()
     assert await store.try_acquire_leadership()
     await store.notify_work()
     await store.release_leadership()
     await store.release_leadership()
     await store.ping()
+    listening.cancel()
+    await asyncio.gather(listening, return_exceptions=True)
     await store.close()
     await store.close()

@@ -6,21 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
+import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
-import aiosqlite
 import pytest
-import sqlalchemy
 
-from bridge.store import migrate
 from bridge.store.base import StoreError, StoreUnavailable
-from bridge.store.sql import SqlStore
+from bridge.store.store import SqlStore
 from tests.pg import pg_connect, pg_url
 
 
@@ -57,10 +52,10 @@ def test_bad_schema_arguments() -> None:
 def unprivileged() -> Iterator[None]:
     """Drop to an unprivileged effective user while inside (root ignores file modes).
 
-    The SQLite driver is imported before dropping: the interpreter may live where that user
+    The SQLite library is loaded before dropping: the interpreter may live where that user
     cannot read (a root-owned pyenv), which is beside the point of these tests.
     """
-    assert aiosqlite.sqlite_version
+    assert sqlite3.sqlite_version
     if os.geteuid() != 0:
         yield
         return
@@ -101,37 +96,50 @@ async def test_sqlite_readonly_directory(readonly_dir: Path) -> None:
         assert "unable to open database file" in message or "Permission denied" in message
 
 
-def test_failed_sqlite_open_leaves_no_driver_thread_behind(readonly_dir: Path) -> None:
-    """A store that cannot open its file fails before starting the async driver's worker
-    thread, so nothing is left to call back into the loop after it is closed. Before, each
-    failed open started one whose late callback raised "Event loop is closed" in a thread
-    in a few percent of tries (seen as a flaky failure of the next test in CI)."""
-    started: list[str] = []
-    thread_errors: list[BaseException | None] = []
+def test_failed_sqlite_open_leaves_no_thread_behind(readonly_dir: Path) -> None:
+    """A store that cannot open its file starts no checkpointer thread and leaves nothing
+    running after the failure."""
+    for _ in range(5):
+        loop = asyncio.new_event_loop()
+        try:
+            with unprivileged(), pytest.raises(StoreError, match="unable to open"):
+                loop.run_until_complete(SqlStore(f"sqlite:///{readonly_dir / 'x.db'}").open())
+        finally:
+            loop.close()
+    assert [t.name for t in threading.enumerate() if t.name.startswith("store.")] == []
 
-    def record_start(frame: FrameType, event: str, arg: Any) -> None:
-        started.append(threading.current_thread().name)
-        sys.settrace(None)
 
-    previous_hook, previous_trace = threading.excepthook, threading.gettrace()
-    threading.excepthook = lambda args: thread_errors.append(args.exc_value)
-    threading.settrace(record_start)
+async def test_second_exclusive_store_on_one_file_is_refused(tmp_path: Path) -> None:
+    """SQLite serves one bridge: while one store holds the file exclusively (`bridge
+    serve`), a second exclusive open is refused naming the file and the holder's PID, and
+    succeeds once the first is closed. Stores opened without it (CLI commands) still work."""
+    url = f"sqlite:///{tmp_path / 'bridge.db'}"
+    first = SqlStore(url, exclusive=True)
+    await first.open()
     try:
-        for _ in range(20):
-            loop = asyncio.new_event_loop()
-            try:
-                with unprivileged(), pytest.raises(StoreError, match="unable to open"):
-                    loop.run_until_complete(SqlStore(f"sqlite:///{readonly_dir / 'x.db'}").open())
-            finally:
-                loop.close()
+        with pytest.raises(StoreError) as info:
+            await SqlStore(url, exclusive=True).open()
+        message = str(info.value)
+        assert str(tmp_path / "bridge.db") in message
+        assert f"PID {os.getpid()}" in message
+        reader = SqlStore(url)
+        await reader.open()
+        assert await reader.count_links() == 0
+        await reader.close()
     finally:
-        threading.settrace(previous_trace)
-        for thread in threading.enumerate():
-            if "_connection_worker_thread" in thread.name:
-                thread.join(timeout=5)
-        threading.excepthook = previous_hook
-    assert [name for name in started if "_connection_worker_thread" in name] == []
-    assert thread_errors == []
+        await first.close()
+    again = SqlStore(url, exclusive=True)
+    await again.open()
+    await again.close()
+
+
+async def test_exclusive_store_in_a_readonly_directory(readonly_dir: Path) -> None:
+    """Where the lock file cannot be created the error says so and asks whether the
+    directory is writable."""
+    store = SqlStore(f"sqlite:///{readonly_dir / 'bridge.db'}", exclusive=True)
+    with unprivileged(), pytest.raises(StoreError) as info:
+        await store.open()
+    assert f"is {readonly_dir} writable?" in str(info.value)
 
 
 async def test_sqlite_readonly_file(readonly_dir: Path) -> None:
@@ -177,9 +185,6 @@ async def test_postgres_unreachable_is_unavailable_without_password() -> None:
     message = str(info.value)
     assert "127.0.0.1:1" in message
     assert "hunter2" not in message
-    with pytest.raises(StoreUnavailable) as info:
-        await migrate.upgrade(url)
-    assert "hunter2" not in str(info.value)
 
 
 @pytest.mark.postgres
@@ -187,6 +192,6 @@ async def test_postgres_unknown_database_is_unavailable() -> None:
     """A reachable server without the named database is StoreUnavailable with the reason."""
     conn = await pg_connect()
     await conn.close()
-    url = sqlalchemy.make_url(pg_url()).set(database="bridge_no_such_db").render_as_string(False)
+    url = pg_url().rsplit("/", 1)[0] + "/bridge_no_such_db"
     with pytest.raises(StoreUnavailable, match="bridge_no_such_db"):
         await SqlStore(url).open()

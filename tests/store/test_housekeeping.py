@@ -6,9 +6,9 @@ from datetime import timedelta
 
 from bridge.events import LinkChange
 from bridge.store.base import EchoRecord
-from bridge.store.sql import SqlStore
+from bridge.store.store import SqlStore
 from tests.store.conftest import FakeClock
-from tests.store.factories import IIO_INC, ROOTLY_INC, delivery, queue_actions
+from tests.store.factories import IIO_INC, ROOTLY_INC, delivery, finish, queue_actions
 
 
 async def test_find_echo_respects_expiry(store: SqlStore, clock: FakeClock) -> None:
@@ -16,8 +16,8 @@ async def test_find_echo_respects_expiry(store: SqlStore, clock: FakeClock) -> N
     (action_id,) = await queue_actions(store, clock(), ["k-1"])
     await store.claim_outbox("w", 1, 10)
     expires = clock() + timedelta(seconds=60)
-    await store.finish_action(
-        action_id, "w", "done", {}, [], [EchoRecord(ROOTLY_INC, "status=resolved", expires)]
+    await finish(
+        store, action_id, "w", "done", {}, [], [EchoRecord(ROOTLY_INC, "status=resolved", expires)]
     )
     assert await store.find_echo(ROOTLY_INC, "status=resolved", clock())
     assert not await store.find_echo(ROOTLY_INC, "status=cancelled", clock())
@@ -51,7 +51,8 @@ async def test_prune_keeps_dead_letters_links_and_recent_rows(
     start = clock()
     done_id, dead_id = await queue_actions(store, start, ["done", "dead"])
     await store.claim_outbox("w", 2, 10)
-    await store.finish_action(
+    await finish(
+        store,
         done_id,
         "w",
         "done",
@@ -63,7 +64,7 @@ async def test_prune_keeps_dead_letters_links_and_recent_rows(
     clock.advance(3600)
     (recent_id,) = await queue_actions(store, clock(), ["recent"], delivery_id="d-2")
     await store.claim_outbox("w", 1, 10)
-    await store.finish_action(recent_id, "w", "done", {}, [], [])
+    await finish(store, recent_id, "w", "done", {}, [], [])
 
     cutoff = start + timedelta(seconds=60)
     result = await store.prune(inbox_before=cutoff, outbox_before=cutoff, now=clock())

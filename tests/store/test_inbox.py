@@ -9,9 +9,9 @@ import pytest
 
 from bridge.events import DeliveryId, InboxId, LinkChange, freeze
 from bridge.store.base import InboxCompletion, StoredTrace, StoreError
-from bridge.store.sql import SqlStore
+from bridge.store.store import SqlStore
 from tests.store.conftest import FakeClock
-from tests.store.factories import IIO_INC, ROOTLY_INC, action, delivery, inbox_event
+from tests.store.factories import IIO_INC, ROOTLY_INC, action, complete, delivery, inbox_event
 
 
 async def test_delivery_id_is_unique_per_source(store: SqlStore, clock: FakeClock) -> None:
@@ -122,7 +122,7 @@ async def test_renewed_inbox_lease_keeps_an_event_from_being_claimed_again(
     clock.advance(5)  # w1's renewed lease has expired, but nobody claimed the event
     assert await store.renew_inbox("w1", [held], lease_seconds=10) == [held]
     assert await store.claim_inbox("w3", 10, lease_seconds=10) == []
-    await store.complete_inbox(held, [], [], {})
+    await complete(store, held, [], [], {})
     assert await store.renew_inbox("w1", [held], lease_seconds=10) == []
     assert await store.renew_inbox("w1", [], lease_seconds=10) == []
 
@@ -159,7 +159,8 @@ async def test_complete_inbox_records_everything(store: SqlStore, clock: FakeClo
         params={"title": "Sev1", "tags": ["a", "b"], "nested": {"n": 1, "none": None}},
         result_links=(),
     )
-    created = await store.complete_inbox(
+    created = await complete(
+        store,
         inbox_id,
         [full, action("k-2"), action("k-1")],
         [LinkChange("add", ROOTLY_INC, IIO_INC, "rule")],
@@ -179,7 +180,7 @@ async def test_complete_inbox_records_everything(store: SqlStore, clock: FakeClo
     assert await store.count_links() == 1
 
     later = await inbox_event(store, clock(), "d-2")
-    (only,) = await store.complete_inbox(later, [action("k-1"), action("k-3")], [], {})
+    (only,) = await complete(store, later, [action("k-1"), action("k-3")], [], {})
     row_k3 = await store.get_action(only)
     assert row_k3 is not None
     assert row_k3.action.idempotency_key == "k-3"
@@ -196,7 +197,8 @@ async def test_complete_inbox_is_all_or_nothing(
     bad = {"oops": object()}
     actions = [action("k-1"), action("k-2", params=bad if poison == "action" else None)]
     with pytest.raises(StoreError, match="not JSON serializable"):
-        await store.complete_inbox(
+        await complete(
+            store,
             inbox_id,
             actions,
             [LinkChange("add", ROOTLY_INC, IIO_INC, "r")],
@@ -213,7 +215,7 @@ async def test_complete_inbox_is_all_or_nothing(
 async def test_complete_unknown_inbox_event(store: SqlStore) -> None:
     """Completing an inbox ID that does not exist is a StoreError and stores nothing."""
     with pytest.raises(StoreError, match="does not exist"):
-        await store.complete_inbox(InboxId(424242), [action("k")], [], {})
+        await complete(store, InboxId(424242), [action("k")], [], {})
     assert await store.list_outbox(None, 10) == []
 
 
@@ -237,10 +239,10 @@ async def test_an_event_is_completed_once_and_never_reopened(
     """A second completion of an already processed event (a dispatcher whose lease ran out
     under it) fails and records nothing; failing it afterwards does not make it pending."""
     inbox_id = await inbox_event(store, clock())
-    await store.complete_inbox(inbox_id, [action("k-1")], [], {"first": True})
+    await complete(store, inbox_id, [action("k-1")], [], {"first": True})
     with pytest.raises(StoreError, match="already processed"):
-        await store.complete_inbox(
-            inbox_id, [action("k-2")], [LinkChange("add", ROOTLY_INC, IIO_INC, "rule")], {}
+        await complete(
+            store, inbox_id, [action("k-2")], [LinkChange("add", ROOTLY_INC, IIO_INC, "rule")], {}
         )
     assert [a.action.idempotency_key for a in await store.actions_for_inbox(inbox_id)] == ["k-1"]
     assert await store.count_links() == 0
@@ -257,7 +259,7 @@ async def test_a_batch_of_completions_fails_one_event_alone(
     already processed, one that does not exist and one whose trace cannot be stored each get
     their error in place, leave nothing behind, and do not undo the others."""
     done = await inbox_event(store, clock(), "done")
-    await store.complete_inbox(done, [], [], {"first": True})
+    await complete(store, done, [], [], {"first": True})
     first = await inbox_event(store, clock(), "first")
     last = await inbox_event(store, clock(), "last")
     poisoned = await inbox_event(store, clock(), "poisoned")

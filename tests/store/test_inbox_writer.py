@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from bridge.logging import get_logger
 from bridge.pipeline.ingest import InboxWriter
 from bridge.store.base import InboxRow, StoredTrace
-from bridge.store.sql import SqlStore
+from bridge.store.store import SqlStore
 from bridge.tasks import Supervisor
 from tests.store.conftest import FakeClock
 from tests.store.factories import delivery
@@ -41,6 +41,7 @@ async def write_together(
     dispatcher = RecordingDispatcher(room)
     woken: list[int] = []
     writer = InboxWriter(store, supervisor, lambda: woken.append(1), owner="me", handoff=dispatcher)
+    writer.start()
     events = [
         dataclasses.replace(delivery(f"d-{n}", clock()), settled_trace=TRACE if quiet else None)
         for n, quiet in enumerate(settled)

@@ -8,9 +8,9 @@ import pytest
 
 from bridge.events import LinkChange, ObjectRef
 from bridge.store.base import LinkFilter, StoreError
-from bridge.store.sql import SqlStore
+from bridge.store.store import SqlStore
 from tests.store.conftest import FakeClock, MakeStore, Target
-from tests.store.factories import IIO_ESC, IIO_INC, ROOTLY_INC, inbox_event
+from tests.store.factories import IIO_ESC, IIO_INC, ROOTLY_INC, complete, inbox_event
 
 
 async def test_link_is_unique_in_both_orders(store: SqlStore) -> None:
@@ -83,7 +83,8 @@ async def test_link_changes_in_complete_inbox(store: SqlStore, clock: FakeClock)
     """complete_inbox adds (ignoring existing) and removes (ignoring missing) links."""
     inbox_id = await inbox_event(store, clock())
     await store.add_link(ROOTLY_INC, IIO_ESC, "old")
-    await store.complete_inbox(
+    await complete(
+        store,
         inbox_id,
         [],
         [

@@ -8,9 +8,17 @@ from datetime import timedelta
 
 from bridge.events import ActionId, LinkChange
 from bridge.store.base import LEASE_LOST, EchoRecord
-from bridge.store.sql import SqlStore
+from bridge.store.store import SqlStore
 from tests.store.conftest import FakeClock
-from tests.store.factories import IIO_INC, ROOTLY_INC, action, inbox_event, queue_actions
+from tests.store.factories import (
+    IIO_INC,
+    ROOTLY_INC,
+    action,
+    complete,
+    finish,
+    inbox_event,
+    queue_actions,
+)
 
 
 async def test_claim_lease_and_expired_lease_reclaim(store: SqlStore, clock: FakeClock) -> None:
@@ -79,7 +87,7 @@ async def test_renewed_lease_keeps_an_action_from_being_taken_over(
     assert row.lease_expires_at == clock() + timedelta(seconds=2)
     clock.advance(5)  # w1's renewed lease has expired, but nobody took the row over
     assert await store.renew_actions("w1", [held], lease_seconds=10) == [held]
-    assert await store.finish_action(held, "w1", "done", {}, [], [])
+    assert await finish(store, held, "w1", "done", {}, [], [])
     assert await store.renew_actions("w1", [held], lease_seconds=10) == []
     assert await store.renew_actions("w1", [], lease_seconds=10) == []
 
@@ -87,7 +95,8 @@ async def test_renewed_lease_keeps_an_action_from_being_taken_over(
 async def test_claim_by_platform(store: SqlStore, clock: FakeClock) -> None:
     """A claimer for one platform only gets that platform's actions."""
     inbox_id = await inbox_event(store, clock())
-    rootly_id, iio_id = await store.complete_inbox(
+    rootly_id, iio_id = await complete(
+        store,
         inbox_id,
         [action("r"), action("i", operation="incident_io.edit_incident", target=IIO_INC)],
         [],
@@ -107,13 +116,13 @@ async def test_finish_checks_owner_and_records_outcome(store: SqlStore, clock: F
     await store.claim_outbox("w1", 1, 10)
     echo = EchoRecord(ROOTLY_INC, "status=cancelled", clock() + timedelta(seconds=60))
     link = LinkChange("add", ROOTLY_INC, IIO_INC, "rule")
-    assert not await store.finish_action(action_id, "intruder", "done", {}, [link], [echo])
+    assert not await finish(store, action_id, "intruder", "done", {}, [link], [echo])
     assert await store.count_links() == 0
 
     clock.advance(11)
     await store.claim_outbox("w2", 1, 10)
-    assert not await store.finish_action(action_id, "w1", "done", {}, [], [])
-    assert await store.finish_action(action_id, "w2", "done", {"id": "x"}, [link], [echo])
+    assert not await finish(store, action_id, "w1", "done", {}, [], [])
+    assert await finish(store, action_id, "w2", "done", {"id": "x"}, [link], [echo])
     row = await store.get_action(action_id)
     assert row is not None
     assert row.state == "done"
@@ -122,7 +131,7 @@ async def test_finish_checks_owner_and_records_outcome(store: SqlStore, clock: F
     assert row.lease_owner is None
     assert await store.count_links() == 1
     assert await store.find_echo(ROOTLY_INC, "status=cancelled", clock())
-    assert not await store.finish_action(action_id, "w2", "done", {}, [], [])
+    assert not await finish(store, action_id, "w2", "done", {}, [], [])
 
 
 async def test_retry_counts_attempts_only_when_asked(store: SqlStore, clock: FakeClock) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from bridge.events import ActionId
-from bridge.store.sql import SqlStore
+from bridge.store.store import SqlStore
 from bridge.store.urls import LOCK_NAMESPACE, lock_keys
 from tests.pg import pg_connect
 from tests.store.conftest import FakeClock, MakeStore, Target
@@ -84,13 +84,47 @@ async def test_leadership_lost_with_its_connection(
     assert await leader.try_acquire_leadership()
 
 
+async def _listening(store: SqlStore, calls: asyncio.Queue[None]) -> asyncio.Task[None]:
+    """`store.listen_work` running, its connect-time call already received."""
+    task = asyncio.create_task(store.listen_work(lambda: calls.put_nowait(None)))
+    await asyncio.wait_for(calls.get(), timeout=10)
+    return task
+
+
 async def test_notify_wakes_listeners_on_other_replicas(make_pg_store: MakeStore) -> None:
     """notify_work on one replica calls listen_work callbacks on another."""
     listener, notifier = await make_pg_store(), await make_pg_store()
-    woke = asyncio.Event()
-    await listener.listen_work(woke.set)
-    await notifier.notify_work()
-    await asyncio.wait_for(woke.wait(), timeout=5)
+    calls: asyncio.Queue[None] = asyncio.Queue()
+    task = await _listening(listener, calls)
+    try:
+        await notifier.notify_work()
+        await asyncio.wait_for(calls.get(), timeout=5)
+    finally:
+        task.cancel()
+
+
+async def test_listen_reconnects_after_its_connection_is_killed(
+    make_pg_store: MakeStore,
+) -> None:
+    """A LISTEN connection the server terminates (a failover, an admin's
+    pg_terminate_backend) is reconnected by itself: the callback fires once for the gap,
+    and notifications from another replica wake the listener again."""
+    listener, notifier = await make_pg_store(), await make_pg_store()
+    calls: asyncio.Queue[None] = asyncio.Queue()
+    task = await _listening(listener, calls)
+    admin = await pg_connect()
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'bridge-listen' AND datname = current_database()"
+        )
+        assert killed == 1
+        await asyncio.wait_for(calls.get(), timeout=10)  # reconnected: one wake for the gap
+        await notifier.notify_work()
+        await asyncio.wait_for(calls.get(), timeout=5)
+    finally:
+        await admin.close()
+        task.cancel()
 
 
 async def test_pool_survives_killed_connections(

@@ -1,20 +1,16 @@
-"""The SQLite hot path (`DirectSqlite`): what running on the event loop must not cost.
+"""The SQLite driver: what running on the event loop must not cost.
 
 Its statements' results are covered by the whole store suite (every SQLite store test goes
 through it). These tests cover what is particular to running inline on the loop: another
-process holding the write lock never blocks the loop and ends in a clear error, the
-WAL is checkpointed by the store's own thread rather than on the loop, and a commit does
-no file work on the loop beyond writing its WAL frames (no temporary file; WAL pages
-the kernel dropped are read back in by the checkpointer before the loop writes into them).
+process holding the write lock never blocks the loop and ends in a clear error, the WAL is
+checkpointed (and rewound when writes never pause) by the driver's own thread rather than
+on the loop, and a commit does no file work on the loop beyond writing its WAL frames.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import mmap
-import os
 import sqlite3
 import sys
 import time
@@ -30,8 +26,8 @@ from structlog.testing import capture_logs
 
 from bridge.events import DeliveryId, ObjectRef
 from bridge.store.base import NewInboxEvent, StoreError, StoreUnavailable
-from bridge.store.sql import SqlStore
-from bridge.store.sqlite_direct import DirectSqlite, encode_time
+from bridge.store.sqlite import SqliteDriver, encode_time
+from bridge.store.store import SqlStore
 
 
 def _delivery(n: int, body: bytes = b"{}") -> NewInboxEvent:
@@ -46,7 +42,7 @@ def _delivery(n: int, body: bytes = b"{}") -> NewInboxEvent:
 
 @pytest.fixture
 async def db_path(tmp_path: Path) -> Path:
-    """A migrated, otherwise unused SQLite database (its SQLAlchemy pool closed)."""
+    """A migrated, otherwise unused SQLite database."""
     path = tmp_path / "bridge.db"
     store = SqlStore(f"sqlite:///{path}")
     await store.open()
@@ -66,20 +62,19 @@ def other_process_lock(db_path: Path) -> Iterator[sqlite3.Connection]:
 
 
 @contextlib.asynccontextmanager
-async def _direct(path: Path, **kwargs: float | int) -> AsyncIterator[DirectSqlite]:
-    direct = DirectSqlite(
-        path,
-        display=str(path),
-        writer_lock=asyncio.Lock(),
-        clock=lambda: datetime(2030, 1, 1, tzinfo=UTC),
-        logger=structlog.get_logger("test"),
-        **kwargs,  # type: ignore[arg-type]
-    )
-    direct.open()
+async def _store(
+    path: Path, busy_timeout: float = 5.0, wal_limit_bytes: int | None = None
+) -> AsyncIterator[SqlStore]:
+    store = SqlStore(f"sqlite:///{path}", busy_timeout=busy_timeout)
+    if wal_limit_bytes is not None:
+        store.driver = SqliteDriver(
+            store.url, logger=structlog.get_logger("test"), wal_limit_bytes=wal_limit_bytes
+        )
+    await store.open()
     try:
-        yield direct
+        yield store
     finally:
-        await direct.close()
+        await store.close()
 
 
 def _size(path: Path) -> int:
@@ -96,7 +91,7 @@ async def test_locked_database_waits_without_blocking_the_loop(
 ) -> None:
     """A write while another process holds the lock is retried (not failed, not lost) and
     the loop keeps running meanwhile; it lands once the other process commits."""
-    async with _direct(db_path, busy_timeout=10.0) as direct:
+    async with _store(db_path, busy_timeout=10.0) as direct:
         ticks = 0
         writing = True
 
@@ -108,7 +103,7 @@ async def test_locked_database_waits_without_blocking_the_loop(
 
         ticking = asyncio.create_task(ticker())
         asyncio.get_running_loop().call_later(0.3, other_process_lock.execute, "COMMIT")
-        ids = await direct.add_inbox([_delivery(1)], None, 60)
+        ids = await direct.add_inbox([_delivery(1)])
         writing = False
         await ticking
         assert ids[0] is not None
@@ -121,9 +116,9 @@ async def test_locked_database_gives_up_with_a_clear_error(
 ) -> None:
     """Locked for longer than the busy timeout: StoreUnavailable naming the store, the
     operation and the reason; nothing is written later behind the caller's back."""
-    async with _direct(db_path, busy_timeout=0.2) as direct:
+    async with _store(db_path, busy_timeout=0.2) as direct:
         with pytest.raises(StoreUnavailable) as info:
-            await direct.add_inbox([_delivery(1)], None, 60)
+            await direct.add_inbox([_delivery(1)])
         message = str(info.value)
         assert str(db_path) in message
         assert "storing webhook deliveries" in message
@@ -137,7 +132,7 @@ async def test_reads_do_not_wait_for_another_writer(
     db_path: Path, other_process_lock: sqlite3.Connection
 ) -> None:
     """WAL readers never wait for the writer: lookups answer while the lock is held."""
-    async with _direct(db_path, busy_timeout=0.0) as direct:
+    async with _store(db_path, busy_timeout=0.0) as direct:
         assert await direct.linked([ObjectRef.parse("rootly:incident:r-1")]) == []
         assert not await direct.find_echo(
             ObjectRef.parse("rootly:incident:r-1"), "status=resolved", datetime.now(UTC)
@@ -151,9 +146,9 @@ async def test_writes_reach_the_database_file_within_about_a_second(db_path: Pat
     power cut can lose is bounded by that second (docs/guarantees.md)."""
     size_before = _size(db_path)
     body = b"x" * 100_000
-    async with _direct(db_path, checkpoint_every=1_000_000) as direct:
+    async with _store(db_path) as direct:
         for n in range(5):
-            await direct.add_inbox([_delivery(n, body)], None, 60)
+            await direct.add_inbox([_delivery(n, body)])
         for _ in range(100):
             if _size(db_path) >= size_before + 5 * len(body):
                 break
@@ -167,25 +162,10 @@ async def test_wal_stays_bounded_under_steady_writes(db_path: Path) -> None:
     it): a rewind is reported, and the frames in use after it are fewer than all the
     frames the WAL file has held."""
     with capture_logs() as logs:
-        async with _direct(db_path, checkpoint_every=5, wal_limit_bytes=200_000) as direct:
+        async with _store(db_path, wal_limit_bytes=200_000) as direct:
             written = await _write_until_rewound(direct, logs)
             in_use, capacity = _wal_frames(db_path)
     assert in_use < capacity
-    assert _count(db_path) == written
-
-
-async def test_rewinding_the_wal_never_holds_a_write(db_path: Path) -> None:
-    """The WAL is rewound under back-to-back writes without any write having to wait:
-    with no busy time allowed at all (a write that found the database held would fail at
-    once as unavailable), every write succeeds, and the rewind was finished on the loop."""
-    with capture_logs() as logs:
-        async with _direct(
-            db_path, checkpoint_every=5, wal_limit_bytes=200_000, busy_timeout=0.0
-        ) as direct:
-            written = await _write_until_rewound(direct, logs)
-    rewind = next(e for e in logs if e["event"] == "store.wal_restarted")
-    assert rewind["catch_up_rounds"] >= 1
-    assert rewind["loop_blocked_ms"] >= 0
     assert _count(db_path) == written
 
 
@@ -195,7 +175,7 @@ async def test_other_processes_still_see_the_store_open_after_a_rewind(db_path: 
     rewinds, another process that opens and closes a connection still finds the store
     open, so it neither checkpoints nor deletes the WAL the store is writing to, and rows
     written after that survive."""
-    async with _direct(db_path, checkpoint_every=5, wal_limit_bytes=200_000) as direct:
+    async with _store(db_path, wal_limit_bytes=200_000) as direct:
         with capture_logs() as logs:
             written = await _write_until_rewound(direct, logs)
         # A real other process (as the CLI would be): it reads, so it joins the WAL, and
@@ -211,17 +191,17 @@ async def test_other_processes_still_see_the_store_open_after_a_rewind(db_path: 
         _out, errors = await other.communicate()
         assert other.returncode == 0, errors
         assert db_path.with_name(db_path.name + "-wal").exists()
-        await direct.add_inbox([_delivery(written)], None, 60)
+        await direct.add_inbox([_delivery(written)])
     assert _count(db_path) == written + 1
 
 
-async def _write_until_rewound(direct: DirectSqlite, logs: Sequence[Mapping[str, Any]]) -> int:
+async def _write_until_rewound(direct: SqlStore, logs: Sequence[Mapping[str, Any]]) -> int:
     """Write 10 kB rows back to back until a WAL rewind is reported (and 20 more rows after
     it); returns how many were written. Bounded: fails after 5,000 rows (50 MB)."""
     body = b"x" * 10_000
     after_rewind = None
     for n in range(5_000):
-        await direct.add_inbox([_delivery(n, body)], None, 60)
+        await direct.add_inbox([_delivery(n, body)])
         if after_rewind is None and any(e["event"] == "store.wal_restarted" for e in logs):
             after_rewind = n + 20
         if n == after_rewind:
@@ -246,35 +226,40 @@ def _wal_frames(path: Path) -> tuple[int, int]:
 
 async def test_a_pinned_wal_is_not_restarted_and_writers_are_not_held(db_path: Path) -> None:
     """Another connection reading an old snapshot (a backup, a CLI) keeps frames in the
-    WAL that no checkpoint may copy: past the limit the checkpointer reports that and backs
-    off instead of holding the writers for a RESTART that cannot succeed."""
+    WAL that no checkpoint may copy: past the limit the RESTART gives up within a fraction
+    of a second, is reported, and is not tried again at once (writers are held for at most
+    that fraction, once per retry interval)."""
     body = b"x" * 10_000
     reader = sqlite3.connect(db_path, isolation_level=None)
     with capture_logs() as logs:
-        async with _direct(db_path, checkpoint_every=5, wal_limit_bytes=200_000) as direct:
-            await direct.add_inbox([_delivery(0, body)], None, 60)
+        async with _store(db_path, wal_limit_bytes=200_000) as direct:
+            await direct.add_inbox([_delivery(0, body)])
             reader.execute("BEGIN")
             reader.execute("SELECT count(*) FROM inbox").fetchall()  # pins this snapshot
             for n in range(1, 200):
-                await direct.add_inbox([_delivery(n, body)], None, 60)
-            for _ in range(100):
+                await direct.add_inbox([_delivery(n, body)])
+            # The rewind runs before the next write once the checkpointer asks for it.
+            for n in range(200, 300):
                 if any(e["event"] == "store.wal_restart_failed" for e in logs):
                     break
+                await direct.add_inbox([_delivery(n, body)])
                 await asyncio.sleep(0.05)
+            written = n
         reader.execute("ROLLBACK")
         reader.close()
     events = [e["event"] for e in logs]
     assert "store.wal_restart_failed" in events
     assert "store.wal_restarted" not in events
     failed = next(e for e in logs if e["event"] == "store.wal_restart_failed")
-    assert failed["reason"] == "a reader holds old WAL frames"
-    assert _count(db_path) == 200
+    assert failed["reason"] == "another connection holds old WAL frames"
+    assert failed["held_ms"] < 1500
+    assert _count(db_path) == written
 
 
-def test_timestamps_are_encoded_as_sqlalchemy_does_whatever_the_offset() -> None:
-    """The same instant encodes to the same naive-UTC text (SQLAlchemy's DATETIME form, so
-    both paths read each other's rows) whether given in UTC or another offset; a naive
-    datetime is refused rather than guessed."""
+def test_timestamps_are_encoded_as_naive_utc_text_whatever_the_offset() -> None:
+    """The same instant encodes to the same naive-UTC text (the form earlier releases stored,
+    so their rows read the same) whether given in UTC or another offset; a naive datetime
+    is refused rather than guessed."""
     instant = datetime(2026, 11, 23, 16, 0, 0, 120, tzinfo=UTC)
     elsewhere = instant.astimezone(timezone(timedelta(hours=-5)))
     assert encode_time(instant) == "2026-11-23 16:00:00.000120"
@@ -321,93 +306,13 @@ async def test_a_large_batch_commits_without_a_temporary_file(
     file on the loop (seen as the temporary directory never changing)."""
     temp_dir = tmp_path / "sqlite-temp"
     temp_dir.mkdir()
-    async with _direct(db_path, checkpoint_every=1_000_000) as direct:
+    async with _store(db_path) as direct:
         for _ in range(40):
-            await direct.add_inbox(_random_deliveries(50), None, 60)
+            await direct.add_inbox(_random_deliveries(50))
         with _sqlite_temp_directory(temp_dir):
             unchanged = temp_dir.stat().st_mtime_ns
             for _ in range(5):
-                ids = await direct.add_inbox(_random_deliveries(96), None, 60)
+                ids = await direct.add_inbox(_random_deliveries(96))
                 assert None not in ids
             assert temp_dir.stat().st_mtime_ns == unchanged, "a commit used a temporary file"
     assert _count(db_path) == 40 * 50 + 5 * 96
-
-
-def _resident_fraction(path: Path, start: int, length: int) -> float:
-    """The fraction of `path`'s pages in [start, start + length) that are in the page
-    cache (Linux `mincore` over a mapping of the file; mapping it reads nothing in)."""
-    page = mmap.PAGESIZE
-    first = start // page
-    pages = (length + page - 1) // page
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
-        anchor = ctypes.c_char.from_buffer(mapped)
-        try:
-            vector = ctypes.create_string_buffer(pages)
-            address = ctypes.addressof(anchor) + first * page
-            if libc.mincore(address, pages * page, vector) != 0:
-                raise OSError(ctypes.get_errno(), "mincore failed")
-        finally:
-            del anchor  # the mapping cannot close while a pointer into it exists
-    return sum(byte & 1 for byte in vector.raw) / pages
-
-
-def _checkpoint_everything(path: Path) -> None:
-    """Copy every WAL frame into the database file, from another connection."""
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        for _ in range(100):
-            # Busy while the store's own checkpointer is at work: ask again.
-            busy, in_use, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if not busy and copied == in_use:
-                return
-            time.sleep(0.01)
-    raise AssertionError("the WAL could not be checkpointed within a second")
-
-
-def _drop_from_page_cache(path: Path) -> None:
-    """Write `path`'s dirty pages back, then ask the kernel to drop all its pages from
-    the page cache (as a kernel reclaiming idle cache would). The descriptor is opened
-    and closed by the caller's process: the WAL holds none of SQLite's POSIX locks."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(descriptor)
-
-
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux"),
-    reason="page-cache residency is read with Linux's mincore and dropped with fadvise",
-)
-async def test_the_checkpointer_brings_the_wal_back_into_the_page_cache(
-    db_path: Path,
-) -> None:
-    """WAL pages a kernel dropped from the page cache (it reclaims idle cache; the WAL is
-    written over in cycles, so the pages the loop writes next were last touched a cycle
-    ago) are read back in by the checkpointer thread after its next checkpoint, before
-    the loop writes into them: otherwise writing a WAL frame into a dropped page reads the
-    page from disk first, on the loop."""
-    wal = db_path.with_name(db_path.name + "-wal")
-    async with _direct(db_path, checkpoint_every=1_000_000) as direct:
-        for _ in range(60):
-            await direct.add_inbox(_random_deliveries(50), None, 60)
-        size = _size(wal)
-        assert size > 4 * 1024 * 1024, "the WAL is too small for the test"
-        probe = (1024 * 1024, size - 2 * 1024 * 1024)  # past what the kernel reads ahead
-        # Every frame copied first: the checkpoint below then reads nothing from the WAL
-        # (copying frames would read them back in by itself).
-        _checkpoint_everything(db_path)
-        _drop_from_page_cache(wal)
-        dropped = _resident_fraction(wal, *probe)
-        if dropped > 0.5:
-            pytest.skip(f"the kernel kept {dropped:.0%} of the WAL's pages when asked to drop them")
-        direct._checkpointer.request()
-        resident = dropped
-        for _ in range(100):
-            resident = _resident_fraction(wal, *probe)
-            if resident >= 0.99:
-                break
-            await asyncio.sleep(0.05)
-        assert resident >= 0.99, f"only {resident:.0%} of the WAL's pages came back"

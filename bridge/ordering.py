@@ -1,0 +1,57 @@
+"""Per-object order: which actions on one object may run, and which a later one made moot.
+
+Webhooks arrive in any order and an action can be retried long after it was decided, so
+"the last one to run wins" would let an old cause undo a newer one: a Rootly alert's
+"firing" event, retried after its "resolved" one went through, would open a second
+incident.io alert and page again. The bridge instead orders the actions on each object
+(`bridge.operations.object_key`) by when their causes happened:
+
+- **Never two at once.** While an action on an object is in flight, no other action on that
+  object starts (the first may yet land upstream, even after a timeout).
+- **In cause order.** An action waits for every earlier-caused action on its object, unless
+  it sets the same aspect (`bridge.operations.aspect`): then the later cause wins anyway,
+  and it need not wait behind the earlier one's retries (a cancel does not wait for an
+  acknowledgement still retrying a 503).
+- **Superseded, not applied.** When an action's turn comes and a later-caused action on its
+  object that set the same aspect is already finished, it is skipped with the reason; so
+  is a second action of a terminal operation (cancelling an escalation already cancelled).
+
+The store applies the first two rules when it claims (`bridge.store.queries`); `superseded`
+is the third, applied by the executor just before it calls the platform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from bridge.operations import OPERATIONS
+from bridge.store.base import OutboxRow
+
+
+def cause_order(row: OutboxRow) -> tuple[datetime, int]:
+    """When `row`'s cause happened, its ID breaking ties (rows from before ordering existed
+    count from their creation)."""
+    return (row.cause_at or row.created_at, row.id)
+
+
+def superseded(row: OutboxRow, settled: Sequence[OutboxRow]) -> str | None:
+    """Why `row` must not run given the finished actions on its object, or None."""
+    if row.object_key is None:
+        return None
+    mine = cause_order(row)
+    for other in settled:
+        if other.id == row.id or other.object_key != row.object_key:
+            continue
+        if other.aspect == row.aspect and cause_order(other) > mine:
+            return (
+                f"superseded by action {other.id} ({other.action.operation}, {other.state}),"
+                f" whose cause happened later"
+            )
+        if (
+            other.state == "done"
+            and other.action.operation == row.action.operation
+            and OPERATIONS[row.action.operation].terminal
+        ):
+            return f"{row.object_key} already done by action {other.id}"
+    return None

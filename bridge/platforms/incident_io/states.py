@@ -1,0 +1,69 @@
+"""What incident.io objects' current states mean to the rules, for the link checker.
+
+`state_event` writes an object's current state as the webhook incident.io sends when the
+object enters it (`bridge.pipeline.checks`); the previous state is unknown, so rules that
+need a transition (a re-opened incident) do not fire on it. `satisfied` says whether an
+action on incident.io would change nothing, given the current states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from bridge.events import Action, ObjectRef
+
+_DONE_IN: Final[Mapping[str, frozenset[str]]] = {
+    # Resolved and expired escalations cannot be cancelled: nothing is paging.
+    "incident_io.cancel_escalation": frozenset({"cancelled", "resolved", "expired"}),
+}
+
+
+def state_event(
+    ref: ObjectRef, resource: Mapping[str, Any], delivery_id: str, now: datetime
+) -> tuple[str, dict[str, Any]] | None:
+    """(event type, webhook body) announcing `ref`'s current state."""
+    del delivery_id, now  # incident.io carries both in headers, not in the body
+    if ref.kind == "escalation":
+        event_type = "public_escalation.escalation_status_updated_v1"
+        payload: dict[str, Any] = {
+            "escalation": dict(resource),
+            "new_status": resource.get("status"),
+            "actor": {},
+        }
+    elif ref.kind == "incident":
+        event_type = "public_incident.incident_status_updated_v2"
+        payload = {"incident": dict(resource), "new_status": resource.get("incident_status")}
+    elif resource.get("status") == "resolved":
+        event_type = "public_alert.alert_resolved_v1"
+        payload = dict(resource)
+    else:
+        event_type = "public_alert.alert_created_v1"
+        payload = dict(resource)
+    return event_type, {"event_type": event_type, event_type: payload}
+
+
+def satisfied(action: Action, states: Mapping[ObjectRef, Mapping[str, Any] | None]) -> bool | None:
+    """True if `action` would change nothing given the current `states`; None if unknown."""
+    if action.operation == "incident_io.send_alert_event":
+        key = action.params.get("deduplication_key")
+        for ref, state in states.items():
+            if (
+                ref.type_key == "incident_io:alert"
+                and state
+                and state.get("deduplication_key") == key
+            ):
+                wanted = "resolved" if action.params.get("status") == "resolved" else "firing"
+                return state.get("status") == wanted
+        return None
+    state = states.get(action.target) if action.target is not None else None
+    if state is None:
+        return None
+    done_in = _DONE_IN.get(action.operation)
+    if done_in is not None:
+        return str(state.get("status")) in done_in
+    if action.operation == "incident_io.edit_incident":
+        fields = {k: v for k, v in action.params.items() if k in ("name", "summary")}
+        return bool(fields) and all(state.get(k) == v for k, v in fields.items())
+    return None

@@ -1,0 +1,223 @@
+"""Every statement the store runs, written once for SQLite and PostgreSQL.
+
+``:name`` is a parameter; ``{fragment}`` a place where the dialects differ
+(`bridge.store.driver.DIALECTS`). JSON array parameters (`{json_values}` of text,
+`{json_rows}` of rows) carry lists, so a statement does not change with a list's length.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Final
+
+from bridge.store.driver import Sql
+
+PING: Final = Sql("SELECT 1 AS one")
+
+# -- inbox ---------------------------------------------------------------------------------
+INBOX_COLUMNS: Final = (
+    "source", "delivery_id", "event_type", "body", "received_at", "state", "next_attempt_at",
+    "attempts", "lease_owner", "lease_expires_at", "processed_at", "trace",
+)  # fmt: skip
+INBOX_CHUNK: Final = 64
+"""Most rows per INSERT: batches go in as chunks whose sizes are powers of two up to this,
+so at most seven statement texts exist, each prepared once."""
+
+
+@functools.cache
+def insert_inbox(rows: int) -> Sql:
+    """`rows` deliveries in one statement (parameters ``:<column>_<row>``); a delivery
+    already stored is skipped. IDs follow the rows' order, which is their arrival order."""
+    values = ", ".join(
+        "(" + ", ".join(f":{column}_{row}" for column in INBOX_COLUMNS) + ")" for row in range(rows)
+    )
+    return Sql(
+        f"INSERT INTO inbox ({', '.join(INBOX_COLUMNS)}) VALUES {values}"
+        " ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id, source, delivery_id"
+    )
+
+
+_INBOX_DUE: Final = (
+    "state = 'pending' AND next_attempt_at <= :now"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= :now)"
+)
+INBOX_ANY_DUE: Final = Sql(f"SELECT 1 AS due FROM inbox WHERE {_INBOX_DUE} LIMIT 1")
+# MATERIALIZED: as a plain subquery PostgreSQL may evaluate the pick once per row and
+# claim more than the limit; the condition is repeated on the UPDATE as a second guard.
+CLAIM_INBOX: Final = Sql(
+    "WITH picked AS MATERIALIZED (SELECT id FROM inbox WHERE " + _INBOX_DUE + " ORDER BY id"
+    " LIMIT :limit{skip_locked})"
+    " UPDATE inbox SET lease_owner = :owner, lease_expires_at = :expires,"
+    " attempts = attempts + 1 WHERE id IN (SELECT id FROM picked) AND " + _INBOX_DUE +
+    " RETURNING *"
+)  # fmt: skip
+RENEW_INBOX: Final = Sql(
+    "UPDATE inbox SET lease_expires_at = :expires"
+    " WHERE id IN (SELECT CAST(value AS BIGINT) FROM {json_values}(:ids))"
+    " AND state = 'pending' AND lease_owner = :owner RETURNING id"
+)
+RECEIVED_AT: Final = Sql("SELECT received_at FROM inbox WHERE id = :id")
+PROCESS_INBOX: Final = Sql(
+    "UPDATE inbox SET state = 'processed', processed_at = :now, trace = :trace, error = NULL,"
+    " lease_owner = NULL, lease_expires_at = NULL WHERE id = :id AND state = 'pending'"
+)
+# `state = 'pending'`: never turn a row someone already processed back into work.
+FAIL_INBOX: Final = Sql(
+    "UPDATE inbox SET error = :error, lease_owner = NULL, lease_expires_at = NULL,"
+    " state = :state, processed_at = :processed_at,"
+    " next_attempt_at = COALESCE(:retry_at, next_attempt_at)"
+    " WHERE id = :id AND state = 'pending'"
+)
+GET_INBOX: Final = Sql("SELECT * FROM inbox WHERE id = :id")
+FIND_INBOX: Final = Sql("SELECT * FROM inbox WHERE source = :source AND delivery_id = :delivery")
+INBOX_ACTIONS: Final = Sql("SELECT * FROM outbox WHERE inbox_id = :id ORDER BY id")
+
+# -- outbox --------------------------------------------------------------------------------
+# An action may start when no other action on its object is claimed (in flight, or held by
+# a holder that died: it is taken over first), and none caused earlier still waits that
+# sets another aspect or is due now (bridge.ordering). The unique index on claimed rows
+# per object (migration 2) enforces the first half against races between replicas.
+_RUNNABLE: Final = (
+    "NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.object_key = outbox.object_key"
+    " AND p.id <> outbox.id AND (p.state = 'claimed' OR (p.state = 'pending'"
+    " AND (p.cause_at < outbox.cause_at OR (p.cause_at = outbox.cause_at AND p.id < outbox.id))"
+    " AND (p.aspect <> outbox.aspect OR p.next_attempt_at <= :now))))"
+)
+_OUTBOX_DUE: Final = (
+    "((state = 'pending' AND next_attempt_at <= :now)"
+    " OR (state = 'claimed' AND lease_expires_at <= :now))"
+    " AND (CAST(:platform AS TEXT) IS NULL OR platform = :platform)"
+)
+OUTBOX_ANY_DUE: Final = Sql(f"SELECT 1 AS due FROM outbox WHERE {_OUTBOX_DUE} LIMIT 1")
+# Taken over from an expired lease: an attempt, and the lost holder named (LEASE_LOST).
+# SET expressions read the row as it was before this update.
+_CLAIM_SET: Final = (
+    " SET state = 'claimed', lease_owner = :owner, lease_expires_at = :expires,"
+    " updated_at = :now, attempts = attempts + CASE WHEN state = 'claimed' THEN 1 ELSE 0 END,"
+    " last_error = CASE WHEN state = 'claimed' THEN CAST(:lost AS TEXT) || lease_owner"
+    " ELSE last_error END"
+)
+CLAIM_OUTBOX: Final = Sql(
+    "WITH picked AS MATERIALIZED (SELECT id FROM outbox WHERE " + _OUTBOX_DUE + " AND "
+    + _RUNNABLE + " ORDER BY id LIMIT :limit{skip_locked})"
+    " UPDATE outbox" + _CLAIM_SET + " WHERE id IN (SELECT id FROM picked) AND " + _OUTBOX_DUE
+    + " RETURNING *"
+)  # fmt: skip
+# The dispatcher's fast path: the actions it just inserted, claimed if they may run now.
+CLAIM_NEW: Final = Sql(
+    "UPDATE outbox" + _CLAIM_SET + " WHERE id IN (SELECT CAST(value AS BIGINT)"
+    " FROM {json_values}(:ids)) AND state = 'pending' AND " + _RUNNABLE + " RETURNING *"
+)
+# PostgreSQL: one transaction at a time inserts actions for an object, so two replicas
+# cannot both find it idle and start an action on it each.
+LOCK_OBJECT: Final = Sql("{object_lock}")
+INSERT_ACTION: Final = Sql(
+    "INSERT INTO outbox (operation, platform, target, params, rule, idempotency_key,"
+    " result_links, result_to, state, attempts, next_attempt_at, inbox_id, created_at,"
+    " updated_at, event_received_at, object_key, aspect, cause_at)"
+    " VALUES (:operation, :platform, :target, :params, :rule, :idempotency_key,"
+    " :result_links, :result_to, 'pending', 0, :now, :inbox_id, :now, :now, :received_at,"
+    " :object_key, :aspect, :cause_at)"
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+)
+RENEW_ACTIONS: Final = Sql(
+    "UPDATE outbox SET lease_expires_at = :expires"
+    " WHERE id IN (SELECT CAST(value AS BIGINT) FROM {json_values}(:ids))"
+    " AND state = 'claimed' AND lease_owner = :owner RETURNING id"
+)
+_HELD: Final = " WHERE id = :id AND state = 'claimed' AND lease_owner = :owner"
+# An outcome counts its attempt; `last_error` always describes the latest attempt.
+FINISH_ACTION: Final = Sql(
+    "UPDATE outbox SET state = :state, result = :result, finished_at = :now, updated_at = :now,"
+    " attempts = attempts + 1, last_error = NULL, lease_owner = NULL, lease_expires_at = NULL"
+    + _HELD
+)
+RELEASE_ACTION: Final = Sql(
+    "UPDATE outbox SET state = :state, last_error = :error, attempts = attempts + :added,"
+    " updated_at = :now, lease_owner = NULL, lease_expires_at = NULL,"
+    " next_attempt_at = COALESCE(:retry_at, next_attempt_at), finished_at = :finished" + _HELD
+)
+REPLAY_ACTION: Final = Sql(
+    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = :now,"
+    " finished_at = NULL, updated_at = :now WHERE id = :id AND state = 'dead'"
+)
+DROP_ACTION: Final = Sql(
+    "UPDATE outbox SET state = 'skipped', finished_at = :now, updated_at = :now"
+    " WHERE id = :id AND state = 'dead'"
+)
+GET_ACTION: Final = Sql("SELECT * FROM outbox WHERE id = :id")
+LIST_OUTBOX: Final = Sql(
+    "SELECT * FROM outbox WHERE :every_state OR state IN (SELECT value FROM"
+    " {json_values}(:states)) ORDER BY id LIMIT :limit OFFSET :offset"
+)
+SETTLED_ACTIONS: Final = Sql(
+    "SELECT * FROM outbox WHERE object_key = :key AND state IN ('done', 'skipped') ORDER BY id"
+)
+CREATING: Final = Sql(
+    "SELECT * FROM outbox WHERE result_to IN (SELECT value FROM {json_values}(:refs))"
+    " AND state IN ('pending', 'claimed') ORDER BY id"
+)
+
+# -- links ---------------------------------------------------------------------------------
+_PAIR: Final = (
+    "a_platform = :a_platform AND a_kind = :a_kind AND a_id = :a_id"
+    " AND b_platform = :b_platform AND b_kind = :b_kind AND b_id = :b_id"
+)
+ADD_LINK: Final = Sql(
+    "INSERT INTO links (a_platform, a_kind, a_id, b_platform, b_kind, b_id, created_at,"
+    " created_by) VALUES (:a_platform, :a_kind, :a_id, :b_platform, :b_kind, :b_id, :now,"
+    " :created_by) ON CONFLICT DO NOTHING RETURNING id"
+)
+REMOVE_LINK: Final = Sql("DELETE FROM links WHERE " + _PAIR)
+# Either side: `refs` is a JSON array of [platform, kind, id] rows.
+_REFS: Final = "SELECT value ->> 0, value ->> 1, value ->> 2 FROM {json_rows}(:refs)"
+LINKED: Final = Sql(
+    f"SELECT * FROM links WHERE (a_platform, a_kind, a_id) IN ({_REFS})"
+    f" OR (b_platform, b_kind, b_id) IN ({_REFS}) ORDER BY id"
+)
+_SIDE: Final = (
+    "((CAST(:platform AS TEXT) IS NULL OR {s}_platform = :platform)"
+    " AND (CAST(:kind AS TEXT) IS NULL OR {s}_kind = :kind)"
+    " AND (CAST(:external_id AS TEXT) IS NULL OR {s}_id = :external_id))"
+)
+LIST_LINKS: Final = Sql(
+    "SELECT * FROM links WHERE " + _SIDE.replace("{s}", "a") + " OR "
+    + _SIDE.replace("{s}", "b") + " ORDER BY id LIMIT :limit OFFSET :offset"
+)  # fmt: skip
+COUNT_LINKS: Final = Sql("SELECT count(*) AS n FROM links")
+UNCHECKED_LINKS: Final = Sql(
+    "SELECT * FROM links WHERE checked_at IS NULL"
+    " AND (check_after IS NULL OR check_after <= :now) ORDER BY id LIMIT :limit"
+)
+LEAST_RECENTLY_CHECKED: Final = Sql(
+    "SELECT * FROM links WHERE checked_at <= :stale AND created_at >= :since"
+    " AND (check_after IS NULL OR check_after <= :now) ORDER BY checked_at, id LIMIT :limit"
+)
+_PAIRS: Final = (
+    "(a_platform, a_kind, a_id, b_platform, b_kind, b_id) IN (SELECT value ->> 0,"
+    " value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5"
+    " FROM {json_rows}(:pairs))"
+)
+MARK_CHECKED: Final = Sql("UPDATE links SET checked_at = :now, check_after = NULL WHERE " + _PAIRS)
+DEFER_CHECK: Final = Sql("UPDATE links SET check_after = :until WHERE " + _PAIRS)
+
+# -- echo records and housekeeping -----------------------------------------------------------
+ADD_ECHO: Final = Sql(
+    "INSERT INTO echo_records (ref, change, expires_at) VALUES (:ref, :change, :expires)"
+)
+FIND_ECHO: Final = Sql(
+    "SELECT 1 AS found FROM echo_records WHERE ref = :ref AND change = :change"
+    " AND expires_at > :now LIMIT 1"
+)
+OUTBOX_BY_STATE: Final = Sql("SELECT state, count(*) AS n FROM outbox GROUP BY state")
+LINKS_BY_KIND: Final = Sql(
+    "SELECT a_platform, a_kind, b_platform, b_kind, count(*) AS n FROM links"
+    " GROUP BY a_platform, a_kind, b_platform, b_kind"
+)
+INBOX_PENDING: Final = Sql("SELECT count(*) AS n FROM inbox WHERE state = 'pending'")
+# Outbox first: its rows point at inbox rows.
+PRUNE_OUTBOX: Final = Sql(
+    "DELETE FROM outbox WHERE state IN ('done', 'skipped') AND finished_at < :before"
+)
+PRUNE_INBOX: Final = Sql("DELETE FROM inbox WHERE state = 'processed' AND processed_at < :before")
+PRUNE_ECHOES: Final = Sql("DELETE FROM echo_records WHERE expires_at <= :now")

@@ -105,10 +105,10 @@ def configure_logging(
     root.addHandler(_StdlibToStructlog())
     root.setLevel(logging.getLevelNamesMapping()[level.upper()])
     # aiohttp's access log line per request would flood the JSON log (metrics count them);
-    # Alembic narrates every start-up; APScheduler logs two lines at every run of every
+    # APScheduler logs two lines at every run of every
     # periodic job (several per 5 s, tens of thousands a day; counted instead by
     # bridge_scheduler_job_runs_total); all matter only when something goes wrong.
-    for chatty in ("aiohttp.access", "alembic", "apscheduler"):
+    for chatty in ("aiohttp.access", "apscheduler"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     return redactor
 

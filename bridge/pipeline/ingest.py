@@ -5,7 +5,7 @@ content type and encoding (415) -> body size (413, never reading past the limit,
 after decompression), arrival (408) and decoding (400) -> signature (401, reason only in
 logs/metrics) -> JSON and envelope (400 with a short reason; the delivery ID and type must
 be text the store can hold) -> inbox (200 accepted/duplicate; 503 if the store is
-unavailable, so the sender retries).
+unavailable, so the sender retries; 400 for a delivery the store refuses on its own).
 
 Writes go through `InboxWriter`, a group commit: concurrent deliveries are written in one
 transaction per batch, so throughput does not collapse to one fsync per webhook.
@@ -25,7 +25,7 @@ from aiohttp import web
 from bridge.events import DeliveryId, InboxId, Platform
 from bridge.logging import Logger
 from bridge.metrics import LabelledCounters, Metrics
-from bridge.pipeline.batching import GroupCommit
+from bridge.pipeline.batching import GroupCommit, WriteRefused
 from bridge.pipeline.triage import Triage
 from bridge.platforms.incident_io import webhook as incident_io_webhook
 from bridge.platforms.rootly import webhook as rootly_webhook
@@ -300,6 +300,18 @@ class Ingest:
                     settled_trace=None if settled is None else settled.trace,
                 )
             )
+        except WriteRefused as exc:
+            # Not an outage: the store refused this delivery alone (the others written with
+            # it were stored). The checks above should have refused it: worth a look.
+            self._count(source, event_type, "rejected_payload")
+            self._metrics.webhook_rejections.labels(source, "store_refused").inc()
+            self._log.error(
+                "webhook.store_refused",
+                source=source,
+                delivery_id=envelope.delivery_id,
+                error=str(exc),
+            )
+            return _json(400, error="this delivery cannot be stored")
         except StoreError as exc:
             self._count(source, event_type, "unavailable")
             self._log.error("webhook.store_failed", source=source, error=str(exc))

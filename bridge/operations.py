@@ -30,6 +30,21 @@ ROOTLY_INCIDENT_ATTRIBUTES: Final = frozenset(
     }
 )  # fmt: skip
 
+# Those of them the spec types as a string (the others are booleans, arrays and `labels`).
+ROOTLY_INCIDENT_TEXT_ATTRIBUTES: Final = ROOTLY_INCIDENT_ATTRIBUTES - {
+    "private",
+    "slack_channel_archived",
+    "labels",
+    "alert_ids",
+    "environment_ids",
+    "incident_type_ids",
+    "service_ids",
+    "functionality_ids",
+    "muted_service_ids",
+    "group_ids",
+    "cause_ids",
+}
+
 # `IncidentEditPayloadV2` fields of incident.io's `POST /v2/incidents/{id}/actions/edit`.
 INCIDENT_IO_EDIT_FIELDS: Final = frozenset(
     {
@@ -48,11 +63,13 @@ INCIDENT_IO_EDIT_FIELDS: Final = frozenset(
 
 @dataclass(frozen=True)
 class OperationSpec:
-    """Target type (``platform:kind``, None for operations that create) and parameters."""
+    """Target type (``platform:kind``, None for operations that create) and parameters;
+    `text` names those the platform's spec types as a string."""
 
     target: str | None
     required: frozenset[str] = field(default_factory=frozenset)
     optional: frozenset[str] = field(default_factory=frozenset)
+    text: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -63,35 +80,61 @@ def _spec(
     target: str | None,
     required: tuple[str, ...] = (),
     optional: frozenset[str] | tuple[str, ...] = (),
+    text: frozenset[str] | tuple[str, ...] = (),
 ) -> OperationSpec:
-    return OperationSpec(target, frozenset(required), frozenset(optional))
+    return OperationSpec(target, frozenset(required), frozenset(optional), frozenset(text))
 
+
+_MESSAGES: Final = ("cancellation_message", "resolution_message", "mitigation_message")
 
 OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
-    "rootly.cancel_incident": _spec("rootly:incident", optional=("cancellation_message",)),
+    "rootly.cancel_incident": _spec(
+        "rootly:incident", optional=("cancellation_message",), text=_MESSAGES
+    ),
     # The parameters are the incident attributes to set.
-    "rootly.update_incident": _spec("rootly:incident", optional=ROOTLY_INCIDENT_ATTRIBUTES),
+    "rootly.update_incident": _spec(
+        "rootly:incident",
+        optional=ROOTLY_INCIDENT_ATTRIBUTES,
+        text=ROOTLY_INCIDENT_TEXT_ATTRIBUTES,
+    ),
     "rootly.restart_incident": _spec("rootly:incident"),
-    "rootly.resolve_incident": _spec("rootly:incident", optional=("resolution_message",)),
-    "rootly.mitigate_incident": _spec("rootly:incident", optional=("mitigation_message",)),
+    "rootly.resolve_incident": _spec(
+        "rootly:incident", optional=("resolution_message",), text=_MESSAGES
+    ),
+    "rootly.mitigate_incident": _spec(
+        "rootly:incident", optional=("mitigation_message",), text=_MESSAGES
+    ),
     "rootly.acknowledge_alert": _spec("rootly:alert"),
     "rootly.resolve_alert": _spec(
-        "rootly:alert", optional=("resolution_message", "resolve_related_incidents")
+        "rootly:alert",
+        optional=("resolution_message", "resolve_related_incidents"),
+        text=_MESSAGES,
     ),
     "incident_io.create_escalation": _spec(
         None,
         required=("title",),
         optional=("escalation_path_id", "user_ids", "description", "incident_id"),
+        text=("title", "escalation_path_id", "description", "incident_id"),
     ),
     "incident_io.cancel_escalation": _spec("incident_io:escalation"),
     "incident_io.send_alert_event": _spec(
         None,
         required=("title", "status", "deduplication_key"),
         optional=("description", "source_url", "metadata"),
+        text=("title", "status", "deduplication_key", "description", "source_url"),
     ),
     # The parameters are the incident fields to edit, plus whether to tell the channel.
     "incident_io.edit_incident": _spec(
-        "incident_io:incident", optional=INCIDENT_IO_EDIT_FIELDS | {"notify_incident_channel"}
+        "incident_io:incident",
+        optional=INCIDENT_IO_EDIT_FIELDS | {"notify_incident_channel"},
+        text=(
+            "call_url",
+            "incident_status_id",
+            "name",
+            "severity_id",
+            "slack_channel_name_override",
+            "summary",
+        ),
     ),
 }
 

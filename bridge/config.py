@@ -225,7 +225,8 @@ class SchedulerSettings(_Group):
         2.0,
         gt=0,
         le=3600,
-        description="How often the link checker looks for links due (a new link is checked within this).",
+        description="How often the link checker looks for links due (a new link is "
+        "checked within this).",
     )
     reconcile_window_hours: float = Field(
         168.0,

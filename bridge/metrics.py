@@ -95,8 +95,8 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
         webhook_rejections=Counter(
             "bridge_webhook_rejections_total",
             "Webhook deliveries refused before storage, by source and reason "
-            "(signature, timestamp, missing_header, payload, too_large, body_timeout,"
-            " content_type).",
+            "(signature, timestamp, missing_header, malformed_header, payload, too_large,"
+            " body_timeout, body_encoding, content_type, content_encoding, store_refused).",
             ("source", "reason"),
             registry=registry,
         ),

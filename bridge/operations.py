@@ -31,6 +31,21 @@ ROOTLY_INCIDENT_ATTRIBUTES: Final = frozenset(
     }
 )  # fmt: skip
 
+# Those of them the spec types as a string (the others are booleans, arrays and `labels`).
+ROOTLY_INCIDENT_TEXT_ATTRIBUTES: Final = ROOTLY_INCIDENT_ATTRIBUTES - {
+    "private",
+    "slack_channel_archived",
+    "labels",
+    "alert_ids",
+    "environment_ids",
+    "incident_type_ids",
+    "service_ids",
+    "functionality_ids",
+    "muted_service_ids",
+    "group_ids",
+    "cause_ids",
+}
+
 # `IncidentEditPayloadV2` fields of incident.io's `POST /v2/incidents/{id}/actions/edit`.
 INCIDENT_IO_EDIT_FIELDS: Final = frozenset(
     {
@@ -49,7 +64,8 @@ INCIDENT_IO_EDIT_FIELDS: Final = frozenset(
 
 @dataclass(frozen=True)
 class OperationSpec:
-    """Target type (``platform:kind``, None for operations that create) and parameters.
+    """Target type (``platform:kind``, None for operations that create) and parameters;
+    `text` names those the platform's spec types as a string.
 
     `aspect` is what the operation sets on its object: actions on one object that set the
     same aspect supersede each other in the order of their causes (`bridge.ordering`);
@@ -63,6 +79,7 @@ class OperationSpec:
     target: str | None
     required: frozenset[str] = field(default_factory=frozenset)
     optional: frozenset[str] = field(default_factory=frozenset)
+    text: frozenset[str] = field(default_factory=frozenset)
     aspect: str | None = "status"
     keyed_by: str | None = None
     terminal: bool = False
@@ -76,29 +93,46 @@ def _spec(
     target: str | None,
     required: tuple[str, ...] = (),
     optional: frozenset[str] | tuple[str, ...] = (),
+    text: frozenset[str] | tuple[str, ...] = (),
     **ordering: Any,
 ) -> OperationSpec:
-    return OperationSpec(target, frozenset(required), frozenset(optional), **ordering)
+    return OperationSpec(
+        target, frozenset(required), frozenset(optional), frozenset(text), **ordering
+    )
 
+
+_MESSAGES: Final = ("cancellation_message", "resolution_message", "mitigation_message")
 
 OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
-    "rootly.cancel_incident": _spec("rootly:incident", optional=("cancellation_message",)),
+    "rootly.cancel_incident": _spec(
+        "rootly:incident", optional=("cancellation_message",), text=_MESSAGES
+    ),
     # The parameters are the incident attributes to set.
     "rootly.update_incident": _spec(
-        "rootly:incident", optional=ROOTLY_INCIDENT_ATTRIBUTES, aspect=None
+        "rootly:incident",
+        optional=ROOTLY_INCIDENT_ATTRIBUTES,
+        text=ROOTLY_INCIDENT_TEXT_ATTRIBUTES,
+        aspect=None,
     ),
     "rootly.restart_incident": _spec("rootly:incident"),
-    "rootly.resolve_incident": _spec("rootly:incident", optional=("resolution_message",)),
-    "rootly.mitigate_incident": _spec("rootly:incident", optional=("mitigation_message",)),
+    "rootly.resolve_incident": _spec(
+        "rootly:incident", optional=("resolution_message",), text=_MESSAGES
+    ),
+    "rootly.mitigate_incident": _spec(
+        "rootly:incident", optional=("mitigation_message",), text=_MESSAGES
+    ),
     "rootly.acknowledge_alert": _spec("rootly:alert"),
     "rootly.resolve_alert": _spec(
-        "rootly:alert", optional=("resolution_message", "resolve_related_incidents")
+        "rootly:alert",
+        optional=("resolution_message", "resolve_related_incidents"),
+        text=_MESSAGES,
     ),
     "incident_io.create_escalation": _spec(
         None,
         required=("title",),
         optional=("escalation_path_id", "user_ids", "description", "incident_id"),
         aspect="created",
+        text=("title", "escalation_path_id", "description", "incident_id"),
     ),
     "incident_io.cancel_escalation": _spec("incident_io:escalation", terminal=True),
     # Firing and resolved events of one alert: the later cause wins.
@@ -107,12 +141,21 @@ OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
         required=("title", "status", "deduplication_key"),
         optional=("description", "source_url", "metadata"),
         keyed_by="deduplication_key",
+        text=("title", "status", "deduplication_key", "description", "source_url"),
     ),
     # The parameters are the incident fields to edit, plus whether to tell the channel.
     "incident_io.edit_incident": _spec(
         "incident_io:incident",
         optional=INCIDENT_IO_EDIT_FIELDS | {"notify_incident_channel"},
         aspect=None,
+        text=(
+            "call_url",
+            "incident_status_id",
+            "name",
+            "severity_id",
+            "slack_channel_name_override",
+            "summary",
+        ),
     ),
 }
 

@@ -1,9 +1,11 @@
 """aiohttp routes: webhooks, health, readiness, metrics, and the admin API under /api/v1/.
 
 Every answer is JSON (metrics aside). Unknown routes give 404, wrong methods 405, bad input
-400 with the reason; an unexpected failure is logged with its traceback and answered with a
-generic 500 body, never a traceback. The admin API exists only when an admin token is
-configured, and checks it in constant time (401 without a token, 403 with a wrong one).
+400 with the reason (a body that does not decode included, and the connection is closed);
+an unexpected failure is logged with its traceback and answered with a generic 500 body,
+never a traceback. The admin API exists only when an admin token is configured, and checks
+it in constant time (401 without a token or with one that is not UTF-8 text, 403 with a
+wrong one).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import structlog
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
+from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge.events import PLATFORMS, ActionId, InboxId, InvalidRef, ObjectRef, thaw
 from bridge.logging import Logger
 from bridge.metrics import Metrics
-from bridge.pipeline.ingest import Ingest
+from bridge.pipeline.ingest import CLOSE_AFTER_ANSWER, CONTENT_ENCODINGS, Ingest, body_problem
 from bridge.platforms.webhooks import PayloadError, decode_json_object
 from bridge.store.base import InboxRow, LinkFilter, LinkRow, OutboxRow, Store, StoreError
 
@@ -101,10 +104,22 @@ def inbox_json(row: InboxRow) -> dict[str, Any]:
     }
 
 
+def _unreadable_body(request: web.Request, exc: web.RequestPayloadError) -> web.Response:
+    """The 400 for a body that does not decode: logged as a warning, connection closed."""
+    request.app[LOGGER_KEY].warning(
+        "http.body_undecodable", path=request.path, error=body_problem(exc)
+    )
+    response = _error(400, "request body could not be decoded")
+    response.force_close()
+    response[CLOSE_AFTER_ANSWER] = True
+    return response
+
+
 def _answering_json(handler: Handler) -> Handler:
     """`handler` with the answers every route shares: an `ApiError` as its 4xx, aiohttp's
-    HTTP errors as JSON, a store that is down as 503, a client gone mid-request as 400, and
-    anything else logged and answered 500 without the traceback.
+    HTTP errors as JSON, a store that is down as 503, a client gone mid-request or a body
+    that does not decode as 400, and anything else logged and answered 500 without the
+    traceback.
 
     A wrapper per route, not an application middleware: aiohttp runs middlewares through
     extra coroutine layers on every request, a measurable share of a webhook's cost."""
@@ -133,6 +148,8 @@ def _answering_json(handler: Handler) -> Handler:
             return _error(503, "storage unavailable, retry later")
         except asyncio.CancelledError:
             raise
+        except web.RequestPayloadError as exc:
+            return _unreadable_body(request, exc)
         except ConnectionError:
             # The client went away mid-request (e.g. while sending its body): nothing to
             # answer and nothing wrong here; nothing was stored for an unfinished body.
@@ -191,7 +208,22 @@ class AdminApi:
                     status=401,
                     headers={"WWW-Authenticate": 'Bearer realm="bridge-admin"'},
                 )
-            if not hmac.compare_digest(given.strip().encode(), self._token):
+            try:
+                offered = given.strip().encode()
+            except UnicodeEncodeError:
+                # Bytes that are not UTF-8 (aiohttp hands them over as lone surrogates):
+                # not a token anyone could have been given.
+                self._log.warning(
+                    "admin.unauthenticated", path=request.path, reason="token_not_utf8"
+                )
+                return web.json_response(
+                    {"error": "bearer token is not UTF-8 text"},
+                    status=401,
+                    headers={
+                        "WWW-Authenticate": 'Bearer realm="bridge-admin", error="invalid_token"'
+                    },
+                )
+            if not hmac.compare_digest(offered, self._token):
                 self._log.warning("admin.forbidden", path=request.path)
                 return _error(403, "wrong token")
             return await handler(request)
@@ -229,6 +261,9 @@ class AdminApi:
         return web.json_response({"links": [link_json(r) for r in rows]})
 
     async def _link_body(self, request: web.Request) -> tuple[ObjectRef, ObjectRef]:
+        encoding = request.headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() not in CONTENT_ENCODINGS:
+            raise ApiError(415, "Content-Encoding must be gzip, deflate or identity")
         try:
             # The same strict decoder as webhooks: UTF-8, bounded nesting (a deeply nested
             # body would otherwise raise RecursionError inside json.loads).
@@ -360,7 +395,13 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
 class _QuietRequestHandler(RequestHandler):
     """Protocol-level failures (a malformed request line or header) are answered with a
     fixed JSON body and logged with the error type only: aiohttp's default quotes the
-    offending bytes back and into its log, and they may hold a credential."""
+    offending bytes back and into its log, and they may hold a credential.
+
+    Two more departures from aiohttp's defaults, both about a body left unread when the
+    answer is out: an answer marked `CLOSE_AFTER_ANSWER` (the body stalled, or does not
+    decode) closes the connection at once instead of reading and discarding the rest for
+    up to 10 s; and a body that turns out not to decode while it is being discarded (its
+    route never read it) is a warning, not an unhandled exception with a traceback."""
 
     def handle_error(
         self,
@@ -369,15 +410,38 @@ class _QuietRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if isinstance(exc, ContentEncodingError):
+            # Raised while the headers are parsed: a coding aiohttp cannot decode here
+            # (br or zstd without their libraries). Undecodable bodies come later, to the
+            # handler that reads them.
+            status, reason = 415, "unsupported Content-Encoding"
+        else:
+            reason = "malformed HTTP request" if status < 500 else "internal error"
         structlog.get_logger("bridge.http").warning(
             "http.malformed_request", status=status, error=type(exc).__name__ if exc else None
         )
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send the error answer")
-        reason = "malformed HTTP request" if status < 500 else "internal error"
         response = web.json_response({"error": reason}, status=status)
         response.force_close()
         return response
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        answered = await super().finish_response(request, resp, start_time)
+        if resp.get(CLOSE_AFTER_ANSWER):
+            self.force_close()
+        return answered
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            structlog.get_logger("bridge.http").warning(
+                "http.body_undecodable", error=body_problem(exc), when="discarding"
+            )
+            return
+        super().log_exception(*args, **kw)
 
 
 class _QuietServer(web.Server):

@@ -1,4 +1,5 @@
-"""Group commit (`GroupCommit`): batching, failure of a batch, crash recovery, shutdown."""
+"""Group commit (`GroupCommit`): batching, failure of a batch and of one item in it, crash
+recovery, shutdown."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from collections.abc import Sequence
 import pytest
 import structlog
 
-from bridge.pipeline.batching import GroupCommit
-from bridge.store.base import StoreError
+from bridge.pipeline.batching import GroupCommit, WriteRefused
+from bridge.store.base import StoreError, StoreUnavailable
 from bridge.tasks import Supervisor
 
 
@@ -153,3 +154,91 @@ async def test_stopped_before_the_loop_ever_ran_fails_submissions() -> None:
     await supervisor.stop()
     with pytest.raises(StoreError, match="shutting down"):
         await asyncio.wait_for(commit.submit(1), timeout=5)
+
+
+async def test_an_item_the_store_refuses_fails_alone_and_the_others_are_written() -> None:
+    """A batch whose write fails with an error other than "unavailable" (the store refuses
+    a value) is written again in halves until the refused item is alone: every other item
+    is written (in transactions of their own) and gets its result, and only the refused
+    one fails, with `WriteRefused` carrying the store's message. Costs about 2 log2(n)
+    writes more, only after a failed write."""
+    supervisor = Supervisor(structlog.get_logger("test"))
+    writes: list[list[int]] = []
+    written: list[int] = []
+
+    async def write(items: Sequence[int]) -> list[int]:
+        writes.append(list(items))
+        if 13 in items:
+            raise StoreError("value 13 cannot be stored")
+        written.extend(items)
+        return [i * 10 for i in items]
+
+    commit: GroupCommit[int, int] = GroupCommit("test.commit", write, supervisor)
+    try:
+        results = await asyncio.gather(
+            *(commit.submit(i) for i in range(32)), return_exceptions=True
+        )
+    finally:
+        await supervisor.stop()
+    assert results[:13] + results[14:] == [i * 10 for i in range(32) if i != 13]
+    refused = results[13]
+    assert isinstance(refused, WriteRefused)
+    assert str(refused) == "value 13 cannot be stored"
+    assert sorted(written) == [i for i in range(32) if i != 13]
+    assert writes[0] == list(range(32))
+    assert len(writes) <= 1 + 2 * 5
+
+
+async def test_an_exception_from_the_driver_is_isolated_too() -> None:
+    """An exception that is not a StoreError at all (a driver's UnicodeEncodeError for a
+    lone surrogate) is isolated the same way: the refused item fails with `WriteRefused`
+    naming it, the others are written."""
+    supervisor = Supervisor(structlog.get_logger("test"))
+
+    async def write(items: Sequence[str]) -> list[str]:
+        for item in items:
+            item.encode("utf-8")
+        return list(items)
+
+    commit: GroupCommit[str, str] = GroupCommit("test.commit", write, supervisor)
+    try:
+        results = await asyncio.gather(
+            *(commit.submit(s) for s in ("a", "\ud800", "b", "c")), return_exceptions=True
+        )
+    finally:
+        await supervisor.stop()
+    assert [results[0], *results[2:]] == ["a", "b", "c"]
+    assert isinstance(results[1], WriteRefused)
+    assert "UnicodeEncodeError" in str(results[1])
+
+
+async def test_an_unavailable_store_fails_the_batch_and_is_never_blamed_on_an_item() -> None:
+    """When the store is unavailable (`StoreUnavailable`), no item is at fault: every caller
+    of the batch gets that error (ingest answers 503, the senders retry) and the batch is
+    not written again piece by piece; and when the store becomes unavailable while a
+    refused batch is written again in halves, the half already written keeps its results
+    and the rest fails with `StoreUnavailable`, not `WriteRefused` (400)."""
+    supervisor = Supervisor(structlog.get_logger("test"))
+    script: list[type[StoreError] | None] = [StoreUnavailable, StoreError, None]
+    writes = 0
+
+    async def write(items: Sequence[int]) -> list[int]:
+        nonlocal writes
+        writes += 1
+        error = script.pop(0) if script else StoreUnavailable
+        if error is not None:
+            raise error("down" if error is StoreUnavailable else "refused")
+        return list(items)
+
+    commit: GroupCommit[int, int] = GroupCommit("test.commit", write, supervisor)
+    try:
+        outage = await asyncio.gather(*(commit.submit(i) for i in range(8)), return_exceptions=True)
+        assert writes == 1
+        assert all(type(r) is StoreUnavailable for r in outage)
+        results = await asyncio.gather(
+            *(commit.submit(i) for i in range(4)), return_exceptions=True
+        )
+    finally:
+        await supervisor.stop()
+    assert results[:2] == [0, 1]
+    assert all(type(r) is StoreUnavailable for r in results[2:])

@@ -144,6 +144,37 @@ async def test_unexpected_client_failure_is_retried_not_orphaned(tmp_path: Path)
     assert (row.state, row.attempts, row.last_error) == ("done", 2, None)
 
 
+class UnbuildableClient(FlakyClient):
+    """A client that cannot build the request from the action's params: raises the
+    TypeError the JSON encoder raises for a value of no JSON type. Records every call."""
+
+    async def perform(self, action: Action) -> ActionResult:
+        self.calls.append(action)
+        raise TypeError("Object of type mappingproxy is not JSON serializable")
+
+
+async def test_a_request_that_cannot_be_built_is_dead_lettered_on_the_first_attempt(
+    tmp_path: Path,
+) -> None:
+    """A TypeError from the client (the action's params cannot make a request: a value of
+    the wrong type) cannot succeed on a retry: the action is dead-lettered after its first
+    attempt with the error as its reason, not retried `max_attempts` times as a crash."""
+    client = UnbuildableClient()
+    settings = ExecutorSettings(
+        backoff_base_seconds=0.01, backoff_max_seconds=0.02, poll_interval_seconds=0.05
+    )
+    async with running_executor(tmp_path, client, settings) as store:
+        for _ in range(200):
+            dead = await store.list_outbox(["dead"], 10)
+            if dead:
+                break
+            await asyncio.sleep(0.02)
+    assert len(client.calls) == 1
+    (row,) = dead
+    assert row.attempts == 1
+    assert row.last_error == "TypeError: Object of type mappingproxy is not JSON serializable"
+
+
 class SlowClient(FlakyClient):
     """Holds every call until the test sets `release` (a request stuck behind a long 429
     pause). Records every call."""

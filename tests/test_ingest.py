@@ -278,6 +278,36 @@ async def test_trickled_body_is_408_and_not_stored(tmp_path: Path) -> None:
         await running.stop()
 
 
+async def test_408_closes_the_connection_with_the_answer(tmp_path: Path) -> None:
+    """The connection of a body that stalled is closed right after its 408 is sent (the
+    server does not go on reading, and discarding, the rest of that body for aiohttp's
+    10 s of lingering first): the client sees the end of the stream within 5 s, without
+    sending anything more."""
+    settings = bridge_settings(
+        tmp_path, server={"host": "127.0.0.1", "port": 0, "body_timeout_seconds": 0.3}
+    )
+    running = Bridge(settings, env={}, registry=CollectorRegistry())
+    await running.start()
+    try:
+        assert running.endpoint is not None
+        body, headers = rootly_delivery(delivery_id="stalled")
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.endpoint.port)
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(
+            f"POST /webhooks/rootly HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"{head}\r\n".encode()
+            + body[:10]
+        )
+        await writer.drain()
+        # Everything the server sends until it closes: the 408, then the end of the stream.
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b'"error": "body not received within 0.3 s"' in answer
+    finally:
+        await running.stop()
+
+
 ONE_RULE = """\
 version: 1
 rules:

@@ -302,3 +302,77 @@ def test_json_nesting_limit_is_exact(brackets: str) -> None:
         decode_json_object(nested(MAX_JSON_DEPTH - 1))
     with pytest.raises(PayloadError, match="nested deeper"):
         decode_json_object(nested(MAX_JSON_DEPTH))
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": [1, Infinity]}', "Infinity is not a JSON number"),
+        ('{"a": {"b": -Infinity}}', "-Infinity is not a JSON number"),
+        ('{"a": 1e400}', "too large for a float"),
+        ('{"a": [-1' + "0" * 400 + ".5]}", "too large for a float"),
+        ('{"a": "\\ud800"}', "lone surrogate"),
+        ('{"a": ["x", "\\uDFFF tail"]}', "lone surrogate"),
+        ('{"\\udc80": 1}', "lone surrogate"),
+        ('{"a": "nul \\u0000 inside"}', "NUL"),
+    ],
+)
+def test_json_that_no_store_can_hold_is_refused(text: str, why: str) -> None:
+    """Bodies that Python's decoder takes but that are not JSON (NaN, Infinity), that it
+    turns into an infinity (1e400), or whose strings are not text a store column can hold
+    (a lone surrogate escape, a NUL, in a value or a key, at any depth) are a PayloadError
+    (400), not a row that fails its batch or a value PostgreSQL refuses later."""
+    with pytest.raises(PayloadError, match=why):
+        decode_json_object(text.encode())
+
+
+class TestSignatureMaterialThatIsNotText:
+    """Header values aiohttp hands over decoded as UTF-8, undecodable bytes as lone
+    surrogates: none of them may reach `hmac.compare_digest` (which raises TypeError for
+    non-ASCII text) or an encoder (which raises for a surrogate)."""
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "t={ts},v1=é",
+            "t={ts},v1=\udcff\udcfe",
+            "t={ts},v1=" + "0" * 63 + "é",
+            "t=" + "".join(chr(0x660 + int(d)) for d in "1700000000") + ",v1=00",
+        ],
+    )
+    def test_rootly_non_ascii_signature_is_a_signature_error(self, value: str) -> None:
+        """Rootly: 401 with reason malformed_header."""
+        headers = {rootly.SIGNATURE_HEADER: value.format(ts=int(time.time()))}
+        with pytest.raises(SignatureError) as caught:
+            rootly.verify(headers, b"{}", ["secret"], 300, time.time())
+        assert caught.value.reason == "malformed_header"
+
+    @pytest.mark.parametrize(
+        ("header", "value"),
+        [
+            ("webhook-signature", "v1,é"),
+            ("webhook-signature", "v1,AAAA v1,\udcff"),
+            ("webhook-timestamp", "".join(chr(0x660 + int(d)) for d in "1700000000")),
+            ("webhook-timestamp", "+1700000000"),
+        ],
+    )
+    def test_incident_io_non_ascii_signature_is_a_signature_error(
+        self, header: str, value: str
+    ) -> None:
+        """incident.io: 401 with reason malformed_header."""
+        headers = standard_headers(WHSEC, BODY)
+        headers[header] = value
+        with pytest.raises(SignatureError) as caught:
+            iio.verify(headers, BODY, [WHSEC], 300, time.time())
+        assert caught.value.reason == "malformed_header"
+
+    @pytest.mark.parametrize("msg_id", ["\udcff", "msg_\udcc3(", "msg_\x00"])
+    def test_incident_io_webhook_id_that_cannot_be_stored_is_a_payload_error(
+        self, msg_id: str
+    ) -> None:
+        """A webhook-id that is not UTF-8 text (or holds NUL) is a PayloadError (400)."""
+        headers = standard_headers(WHSEC, BODY)
+        headers["webhook-id"] = msg_id
+        with pytest.raises(PayloadError, match="webhook-id"):
+            iio.verify(headers, BODY, [WHSEC], 300, time.time())

@@ -3,8 +3,14 @@
 Each caller awaits its own result; a single owned task writes whatever has queued up since
 the last write, in one call. Under load the batches grow by themselves (nothing waits on a
 timer), so one disk flush serves many webhooks or action outcomes; when idle, a lone item is
-written after a few loop turns. A failed write fails every caller of that batch with the
-same error.
+written after a few loop turns.
+
+A write is all or nothing (one transaction). When the store is unavailable
+(`StoreUnavailable`), the write fails every caller of its batch with that error. Any other
+failure may come from one item the store cannot take (a value it refuses): the batch is
+then written again in halves, and halves of those, so the other items commit and get their
+results and only an item that fails on its own fails, with `WriteRefused`. This costs
+nothing until a write has failed.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from bridge.store.base import StoreError
+from bridge.store.base import StoreError, StoreUnavailable
 from bridge.tasks import Supervisor
 
 Item = TypeVar("Item")
@@ -21,6 +27,12 @@ Result = TypeVar("Result")
 
 # Loop turns a write lets pass before it starts (see `GroupCommit._run`).
 WRITE_AFTER_TURNS = 4
+
+
+class WriteRefused(StoreError):
+    """The store refused this one item: written on its own, it failed with an error other
+    than `StoreUnavailable`. The item is at fault, not the store; writing it again will not
+    help."""
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -115,13 +127,42 @@ class GroupCommit(Generic[Item, Result]):
         try:
             results = await self._write([item for item, _ in batch])
         except Exception as exc:
-            error = exc if isinstance(exc, StoreError) else StoreError(f"write failed: {exc!r}")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            if isinstance(exc, StoreUnavailable):
+                self._fail([future for _, future in batch], exc)
+            else:
+                await self._isolate(batch, exc)
             return
+        self._resolve(batch, results)
+
+    def _resolve(
+        self, batch: Sequence[tuple[Item, asyncio.Future[Result]]], results: Sequence[Result]
+    ) -> None:
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
         if self._on_written is not None:
             self._on_written(results)
+
+    async def _isolate(
+        self, batch: Sequence[tuple[Item, asyncio.Future[Result]]], error: Exception
+    ) -> None:
+        """`batch` failed as a whole with `error`, not an outage: write it again in halves
+        (each half a transaction of its own, recursively), so that only the items that fail
+        on their own fail. One bad item among n costs about 2 log2(n) more writes."""
+        if len(batch) == 1:
+            reason = str(error) if isinstance(error, StoreError) else f"write failed: {error!r}"
+            refused = WriteRefused(reason)
+            refused.__cause__ = error
+            self._fail([batch[0][1]], refused)
+            return
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            try:
+                results = await self._write([item for item, _ in half])
+            except Exception as exc:
+                if isinstance(exc, StoreUnavailable):
+                    self._fail([future for _, future in half], exc)
+                else:
+                    await self._isolate(half, exc)
+                continue
+            self._resolve(half, results)

@@ -11,7 +11,9 @@ with a lease. Outcomes:
   after `max_attempts` failures it is dead-lettered;
 - `TargetMissing` / `StateConflict`: `skipped`, with the reason (the target is gone or
   already where we wanted it; retrying cannot change that);
-- `Permanent` (other 4xx) or a bad parameter: dead-lettered with the platform's message;
+- `Permanent` (other 4xx), a bad parameter, or any `ValueError` / `TypeError` (a request
+  that cannot be built from the action: retrying builds the same one): dead-lettered at
+  once, with the platform's message or the error;
 - no outcome at all (the holder's lease expired: the process died or stalled mid-action;
   a live holder renews the leases of its in-flight actions every third of a lease, see
   `bridge.pipeline.leases`, so a long rate-limit wait is not mistaken for a death):
@@ -295,8 +297,11 @@ class Executor:
             self._metrics.actions.labels(*labels, "skipped").inc()
             log.info("action.skipped", reason=reason, detail=str(exc))
             return
-        except (UpstreamError, ValueError) as exc:
-            await self._dead_letter(row, str(exc), log, row.attempts + 1)
+        except (UpstreamError, ValueError, TypeError) as exc:
+            # Cannot succeed on a retry: a 4xx, or a request that cannot be built from these
+            # params (a bad parameter, a value of the wrong type or not JSON).
+            error = f"{type(exc).__name__}: {exc}" if isinstance(exc, TypeError) else str(exc)
+            await self._dead_letter(row, error, log, row.attempts + 1)
             return
         except Exception as exc:  # a bug or a closed client: retried, counted, never orphaned
             log.exception("action.crashed", error=repr(exc))

@@ -1,9 +1,11 @@
 """Webhook ingest: check, verify, parse the envelope, store durably, then answer.
 
 Order of checks (each answer is final, nothing is stored before the last step):
-content type (415) -> body size (413, never reading past the limit) -> signature (401,
-reason only in logs/metrics) -> JSON and envelope (400 with a short reason) -> inbox
-(200 accepted/duplicate; 503 if the store is unavailable, so the sender retries).
+content type and encoding (415) -> body size (413, never reading past the limit, counted
+after decompression), arrival (408) and decoding (400) -> signature (401, reason only in
+logs/metrics) -> JSON and envelope (400 with a short reason; the delivery ID and type must
+be text the store can hold) -> inbox (200 accepted/duplicate; 503 if the store is
+unavailable, so the sender retries; 400 for a delivery the store refuses on its own).
 
 Writes go through `InboxWriter`, a group commit: concurrent deliveries are written in one
 transaction per batch, so throughput does not collapse to one fsync per webhook.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from aiohttp import web
 
@@ -22,7 +24,7 @@ from bridge.clock import Clock, utcnow
 from bridge.events import DeliveryId, InboxId, Platform
 from bridge.logging import Logger
 from bridge.metrics import LabelledCounters, Metrics
-from bridge.pipeline.batching import GroupCommit
+from bridge.pipeline.batching import GroupCommit, WriteRefused
 from bridge.pipeline.triage import Triage
 from bridge.platforms.incident_io import webhook as incident_io_webhook
 from bridge.platforms.rootly import webhook as rootly_webhook
@@ -33,6 +35,15 @@ from bridge.tasks import Supervisor
 
 Outcome = Literal["accepted", "duplicate", "ignored"]
 
+# Set on an answer given before the request body was read to its end, when the rest is not
+# worth reading (it stalled, or it cannot be decoded): the connection closes once the answer
+# is out, instead of aiohttp reading and discarding the rest for up to 10 s (`bridge.web`).
+CLOSE_AFTER_ANSWER: Final = web.ResponseKey("bridge_close_after_answer", bool)
+# What aiohttp decodes (br and zstd only when their libraries are installed; without them
+# the request is refused before it reaches a handler). Anything else would reach the
+# signature check still encoded.
+CONTENT_ENCODINGS: Final = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
+
 
 @dataclass(frozen=True)
 class SourceConfig:
@@ -41,6 +52,14 @@ class SourceConfig:
     source: Platform
     secrets: tuple[str, ...]
     tolerance_seconds: int
+
+
+def body_problem(exc: web.RequestPayloadError) -> str:
+    """What aiohttp found wrong with a request body (its encoding, its chunked framing), in
+    one line for a log event."""
+    cause = exc.__cause__ or exc
+    message = getattr(cause, "message", None) or str(cause)
+    return f"{type(cause).__name__}: {' '.join(str(message).split())}"[:200]
 
 
 def _json(http_status: int, **body: object) -> web.Response:
@@ -212,10 +231,19 @@ class Ingest:
             return _json(404, error=f"{source} is not enabled on this bridge")
         if not self._accepting:
             return self._reject(source, "shutting_down", 503, "shutting down, retry later")
-        content_type = request.headers.get("Content-Type", "")
+        headers = request.headers
+        content_type = headers.get("Content-Type", "")
         if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
             return self._reject(
                 source, "content_type", 415, "Content-Type must be application/json"
+            )
+        encoding = headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() not in CONTENT_ENCODINGS:
+            return self._reject(
+                source,
+                "content_encoding",
+                415,
+                "Content-Encoding must be gzip, deflate or identity",
             )
         try:
             if request.content.is_eof():
@@ -234,6 +262,20 @@ class Ingest:
             )
             # The rest of that body is not worth waiting for: close instead of draining it.
             response.force_close()
+            response[CLOSE_AFTER_ANSWER] = True
+            return response
+        except web.RequestPayloadError as exc:
+            # The body does not decode (its Content-Encoding) or its chunked framing is
+            # broken: nothing of it can be used, nor the rest of it read.
+            response = self._reject(
+                source,
+                "body_encoding",
+                400,
+                "body could not be decoded",
+                detail=body_problem(exc),
+            )
+            response.force_close()
+            response[CLOSE_AFTER_ANSWER] = True
             return response
         if body is None:
             return self._reject(
@@ -244,7 +286,8 @@ class Ingest:
         except SignatureError as exc:
             return self._reject(source, exc.reason, 401, "invalid signature", detail=exc.detail)
         except PayloadError as exc:
-            return self._reject(source, "payload", 400, str(exc)[:200])
+            message = str(exc)[:200]
+            return self._reject(source, "payload", 400, message, detail=message)
         event_type = envelope.event_type if envelope.known_type else "other"
         settled = self._triage.settle(envelope)
         self._in_flight += 1
@@ -259,6 +302,18 @@ class Ingest:
                     settled_trace=None if settled is None else settled.trace,
                 )
             )
+        except WriteRefused as exc:
+            # Not an outage: the store refused this delivery alone (the others written with
+            # it were stored). The checks above should have refused it: worth a look.
+            self._count(source, event_type, "rejected_payload")
+            self._metrics.webhook_rejections.labels(source, "store_refused").inc()
+            self._log.error(
+                "webhook.store_refused",
+                source=source,
+                delivery_id=envelope.delivery_id,
+                error=str(exc),
+            )
+            return _json(400, error="this delivery cannot be stored")
         except StoreError as exc:
             self._count(source, event_type, "unavailable")
             self._log.error("webhook.store_failed", source=source, error=str(exc))

@@ -52,7 +52,8 @@ class PlatformClient(Protocol):
 
 def action_params(action: Action) -> dict[str, Any]:
     """`action.params` as a plain dict, checked against the operation's declared parameters
-    (`bridge.operations.OPERATIONS`, the table the rules loader validates against too)."""
+    (`bridge.operations.OPERATIONS`, the table the rules loader validates against too):
+    names, required ones present, text ones strings (or null)."""
     spec = OPERATIONS[action.operation]
     required, optional = spec.required, spec.optional
     params = dict(action.params)
@@ -66,7 +67,27 @@ def action_params(action: Action) -> dict[str, Any]:
     missing = sorted(name for name in required if params.get(name) is None)
     if missing:
         raise InvalidAction(f"{action.operation}: missing parameter(s) {', '.join(missing)}")
+    for name in sorted(spec.text.intersection(params)):
+        value = params[name]
+        if value is not None and not isinstance(value, str):
+            # A rule that rendered an event's field of another type (an object where the
+            # platform sends a title, say): the platform would refuse it, every time.
+            raise InvalidAction(
+                f"{action.operation}: parameter {name} must be a string, got {_json_kind(value)}"
+            )
     return params
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return f"a {type(value).__name__}"
 
 
 def action_target(action: Action, kind: ObjectKind) -> str:

@@ -9,6 +9,8 @@ metrics, and maps every failure onto the `bridge.platforms.errors` taxonomy:
 - 404, 410 -> `TargetMissing`
 - a 4xx the client's classifier calls a state conflict -> `StateConflict`
 - any other answer -> `Permanent`, with the platform's own message(s) and request ID
+- a body that cannot be sent as JSON (NaN, a value of no JSON type) -> `InvalidAction`,
+  before anything is sent
 
 The credential (and any per-request override) is redacted from every message it builds.
 """
@@ -30,9 +32,9 @@ import structlog
 from multidict import CIMultiDictProxy
 
 from bridge import __version__
-from bridge.events import Platform
+from bridge.events import Platform, thaw
 from bridge.metrics import Metrics
-from bridge.platforms.base import MalformedResponse
+from bridge.platforms.base import InvalidAction, MalformedResponse
 from bridge.platforms.errors import (
     Permanent,
     RateLimited,
@@ -273,6 +275,11 @@ class ApiTransport:
         session = self._session
         if session is None:
             raise RuntimeError(f"{self.platform} client used before start() or after close()")
+        where = f"{method.upper()} {path}"
+        data: bytes | None = None
+        if json_body is not None:
+            # Before the rate limiter: a body that cannot be sent must not spend a token.
+            data = encode_json(json_body, where)
         bucket = limiter or self.limiter
         secrets = (self._token, auth_token)
         waited = await bucket.acquire()
@@ -283,11 +290,8 @@ class ApiTransport:
             "Accept": self._accept,
             "User-Agent": self._user_agent,
         }
-        data: bytes | None = None
-        if json_body is not None:
-            data = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
+        if data is not None:
             headers["Content-Type"] = self._content_type
-        where = f"{method.upper()} {path}"
         started = time.monotonic()
         try:
             async with session.request(
@@ -372,6 +376,16 @@ class ApiTransport:
         if status < 400:
             message = _redact(f"{where}: unexpected HTTP {status}", secrets)
         return Permanent(self.platform, message, status=status, request_id=request_id)
+
+
+def encode_json(body: Any, where: str) -> bytes:
+    """`body` as strict JSON (read-only mappings and tuples, as actions hold them, as
+    objects and arrays); `InvalidAction` for what JSON cannot hold (NaN, infinities,
+    objects of other types): sending it again would fail again."""
+    try:
+        return json.dumps(thaw(body), separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidAction(f"{where}: the request body cannot be sent as JSON: {exc}") from None
 
 
 def matches_any(patterns: re.Pattern[str], texts: Iterable[str]) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bridge.events import Action, IdempotencyKey, ObjectRef, RuleName
+from bridge.events import Action, IdempotencyKey, ObjectRef, RuleName, freeze
 from bridge.metrics import Metrics
 from bridge.platforms.base import InvalidAction, PlatformClient
 from bridge.platforms.errors import Permanent, RateLimited, StateConflict, TargetMissing
@@ -276,6 +276,84 @@ async def test_perform_dispatches_every_incident_io_operation(
         )
     with pytest.raises(InvalidAction, match="cannot perform"):
         await incident_io.perform(action("rootly.cancel_incident", None))
+
+
+async def test_params_of_the_wrong_type_are_refused_before_any_request(
+    server: RecordingServer, incident_io: IncidentIoClient
+) -> None:
+    """Params the spec types as strings but that hold an object, a list, a number or a
+    boolean (a webhook field of another type rendered by a rule; frozen, as stored actions
+    hold them) are `InvalidAction` naming the parameter and the type, and nothing is sent
+    (an object title used to fail as TypeError "mappingproxy is not JSON serializable",
+    retried as if transient); so is a `user_ids` that is not a list."""
+    inc_ref = ObjectRef("incident_io", "incident", "inc1")
+    bad = [
+        (
+            action("incident_io.create_escalation", None, title=freeze({"t": 1}), user_ids=["u"]),
+            "parameter title must be a string, got an object",
+        ),
+        (
+            action("incident_io.create_escalation", None, title="t", escalation_path_id=7),
+            "parameter escalation_path_id must be a string, got a number",
+        ),
+        (
+            action("incident_io.create_escalation", None, title="t", user_ids=5),
+            "user_ids must be a non-empty list",
+        ),
+        (
+            action(
+                "incident_io.send_alert_event",
+                None,
+                title="t",
+                status="firing",
+                deduplication_key=freeze(["k"]),
+            ),
+            "parameter deduplication_key must be a string, got an array",
+        ),
+        (
+            action("incident_io.edit_incident", inc_ref, name=False),
+            "parameter name must be a string, got a boolean",
+        ),
+    ]
+    for act, words in bad:
+        with pytest.raises(InvalidAction, match=words):
+            await incident_io.perform(act)
+    assert server.requests == []
+
+
+async def test_nested_params_are_sent_as_json_and_nan_is_refused(
+    server: RecordingServer, incident_io: IncidentIoClient
+) -> None:
+    """An alert event's metadata holding nested objects and lists (frozen, as stored
+    actions hold them) is sent as plain JSON and matches the spec; metadata holding NaN
+    or an infinity, which JSON cannot carry, is `InvalidAction` and nothing is sent."""
+    metadata = {"rootly": {"alert": {"id": "a1", "labels": [{"k": "team", "v": "db"}]}}}
+    server.reply(202, {"status": "success", "message": "ok", "deduplication_key": "d1"})
+    await incident_io.perform(
+        action(
+            "incident_io.send_alert_event",
+            None,
+            title="t",
+            status="firing",
+            deduplication_key="d1",
+            metadata=freeze(metadata),
+        )
+    )
+    check_last(server)
+    assert server.requests[-1].json()["metadata"] == metadata
+    for number in (float("nan"), float("inf")):
+        with pytest.raises(InvalidAction, match="cannot be sent as JSON"):
+            await incident_io.perform(
+                action(
+                    "incident_io.send_alert_event",
+                    None,
+                    title="t",
+                    status="firing",
+                    deduplication_key="d2",
+                    metadata=freeze({"load": [1.0, number]}),
+                )
+            )
+    assert len(server.requests) == 1
 
 
 async def test_escalation_that_cannot_be_cancelled_is_a_state_conflict(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge.events import Action, IdempotencyKey, ObjectRef, RuleName
+from bridge.events import Action, IdempotencyKey, ObjectRef, RuleName, freeze
 from bridge.platforms.base import InvalidAction, PlatformClient
 from bridge.platforms.errors import Permanent, RateLimited, StateConflict, TargetMissing
 from bridge.platforms.rootly.client import RootlyClient
@@ -300,6 +300,40 @@ async def test_perform_refuses_bad_actions_before_any_request(
         (action("rootly.acknowledge_alert", incident_ref), "rootly:alert"),
         (action("rootly.cancel_incident", None), "needs a target"),
         (action("incident_io.cancel_escalation", None), "cannot perform"),
+    ]
+    for act, words in bad:
+        with pytest.raises(InvalidAction, match=words):
+            await rootly.perform(act)
+    assert server.requests == []
+
+
+async def test_params_of_the_wrong_type_are_refused_before_any_request(
+    server: RecordingServer, rootly: RootlyClient
+) -> None:
+    """Params the spec types as strings but that a rule rendered from a webhook field of
+    another type (an object, a list, a number, a boolean; frozen, as stored actions hold
+    them) are `InvalidAction` naming the parameter and the type, and nothing is sent: the
+    platform would refuse them every time (they used to fail later, as a TypeError while
+    the body was serialised, retried as if transient)."""
+    incident_ref = ObjectRef("rootly", "incident", INCIDENT_ID)
+    alert_ref = ObjectRef("rootly", "alert", "alert-1")
+    bad = [
+        (
+            action("rootly.update_incident", incident_ref, title=freeze({"text": "x"})),
+            "parameter title must be a string, got an object",
+        ),
+        (
+            action("rootly.update_incident", incident_ref, summary=42, private=True),
+            "parameter summary must be a string, got a number",
+        ),
+        (
+            action("rootly.cancel_incident", incident_ref, cancellation_message=freeze(["a"])),
+            "parameter cancellation_message must be a string, got an array",
+        ),
+        (
+            action("rootly.resolve_alert", alert_ref, resolution_message=True),
+            "parameter resolution_message must be a string, got a boolean",
+        ),
     ]
     for act, words in bad:
         with pytest.raises(InvalidAction, match=words):

@@ -790,3 +790,90 @@ def raw_request(
         return response.status, response.read()
     finally:
         conn.close()
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    """What came back on a raw connection: the status (None if the server closed without
+    answering), the headers (lower-case names), the body, and whether the server closed
+    the connection after answering (within the read's timeout)."""
+
+    status: int | None
+    headers: Mapping[str, str]
+    body: bytes
+    closed: bool
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_request(
+    method: str | bytes,
+    path: str | bytes,
+    headers: Sequence[tuple[str | bytes, str | bytes]] = (),
+    body: bytes | None = None,
+    *,
+    close: bool = True,
+) -> bytes:
+    """An HTTP/1.1 request as bytes, exactly as given (any byte in a header value), with a
+    Host header, a Content-Length for `body` unless one is given, and `Connection: close`
+    when `close`."""
+
+    def raw(value: str | bytes) -> bytes:
+        return value if isinstance(value, bytes) else value.encode("utf-8")
+
+    lines = [raw(method) + b" " + raw(path) + b" HTTP/1.1", b"Host: bridge.test"]
+    lines += [raw(name) + b": " + raw(value) for name, value in headers]
+    names = {raw(name).lower() for name, _ in headers}
+    if body is not None and b"content-length" not in names and b"transfer-encoding" not in names:
+        lines.append(b"Content-Length: %d" % len(body))
+    if close:
+        lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (body or b"")
+
+
+def raw_exchange(port: int, request: bytes, *, timeout: float = 30.0) -> RawAnswer:
+    """Send `request` on a new connection and read the answer (after any interim 1xx) until
+    the server closes the connection or `timeout` passes without a byte."""
+    data = b""
+    closed = False
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        # Refused mid-request (answered early, then closed): read what came back.
+        with contextlib.suppress(OSError):
+            sock.sendall(request)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            except OSError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    while head.startswith(b"HTTP/1.1 1"):  # an interim answer (100 Continue): the next one
+        head, _, body = body.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2) if head else []
+    status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    return RawAnswer(status, headers, body, closed)
+
+
+def inbox_rows(db_path: Path) -> set[tuple[str, str]]:
+    """(source, delivery ID) of every stored delivery, read from a running bridge's SQLite
+    file through a read-only connection (WAL lets it read beside the bridge)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute("SELECT source, delivery_id FROM inbox").fetchall()
+    finally:
+        conn.close()
+    return {(str(source), str(delivery_id)) for source, delivery_id in rows}

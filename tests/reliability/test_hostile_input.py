@@ -8,11 +8,13 @@ with bounded `max_examples` (about 500 requests in all); the module takes about 
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,14 +25,20 @@ from tests.reliability.harness import (
     WEBHOOK_PATHS,
     BridgeProcess,
     Delivery,
+    SignedSender,
     Upstream,
     bridge_env,
     free_port,
+    http_request,
+    inbox_rows,
+    incident_io_delivery,
     new_admin_token,
+    raw_exchange,
     raw_request,
     rootly_delivery,
     signed_headers,
     sqlite_url,
+    wait_until,
     write_config,
 )
 
@@ -47,10 +55,13 @@ FUZZ = settings(
 class Target:
     """The module's bridge and what the tests need to know about it."""
 
-    def __init__(self, bridge: BridgeProcess, upstream: Upstream, token: str) -> None:
+    def __init__(
+        self, bridge: BridgeProcess, upstream: Upstream, token: str, db_path: Path
+    ) -> None:
         self.bridge = bridge
         self.upstream = upstream
         self.token = token
+        self.db_path = db_path
 
     @property
     def port(self) -> int:
@@ -83,7 +94,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     bridge.start()
     try:
         bridge.wait_ready_sync()
-        yield Target(bridge, upstream, token)
+        yield Target(bridge, upstream, token, directory / "bridge.db")
     finally:
         bridge.cleanup()
 
@@ -402,6 +413,322 @@ def test_memory_stays_bounded_under_hostile_bodies(target: Target) -> None:
     after = target.bridge.rss_bytes()
     assert after - before < 48 * 1024 * 1024, (before, after)
     target.assert_alive()
+
+
+# -- regression: hostile input that used to get a 5xx ----------------------------------
+
+ADMIN_ROUTES = [
+    ("GET", "/api/v1/links"),
+    ("POST", "/api/v1/links"),
+    ("DELETE", "/api/v1/links"),
+    ("GET", "/api/v1/outbox"),
+    ("GET", "/api/v1/outbox/1"),
+    ("GET", "/api/v1/dead-letters"),
+    ("POST", "/api/v1/dead-letters/1/replay"),
+    ("POST", "/api/v1/dead-letters/1/drop"),
+    ("GET", "/api/v1/events/1"),
+]
+
+
+def _log_mark(target: Target) -> int:
+    return len(target.bridge.log_events())
+
+
+def _events_since(target: Target, mark: int) -> list[dict[str, Any]]:
+    return target.bridge.log_events()[mark:]
+
+
+def _assert_no_error_lines(events: list[dict[str, Any]]) -> None:
+    errors = [e for e in events if e.get("level") in ("error", "critical") or "exception" in e]
+    assert errors == [], errors[:3]
+
+
+# 1700000000 in Arabic-Indic digits (Python's int() would take them).
+ARABIC_DIGITS = "".join(chr(0x660 + int(d)) for d in "1700000000").encode()
+
+
+def _now() -> bytes:
+    return str(int(time.time())).encode()
+
+
+def test_signature_material_that_is_not_ascii_is_401_and_a_warning(target: Target) -> None:
+    """Proves that signature headers holding bytes that cannot be an HMAC (UTF-8 "é", bytes
+    that are not UTF-8 at all, non-ASCII digits in a timestamp) get 401 with the JSON error
+    body on both webhook endpoints, store nothing, and are logged as `webhook.rejected`
+    warnings naming the malformed header, with no ERROR line (they used to reach
+    `hmac.compare_digest` and crash: 500 with a traceback)."""
+    mark = _log_mark(target)
+    body = rootly_delivery("pulse.created", {"id": "sig"}, delivery_id="sig-not-ascii").body
+    rootly = "/webhooks/rootly"
+    incident_io = "/webhooks/incident-io"
+    svix = [(b"webhook-id", b"msg_sig_not_ascii"), (b"webhook-timestamp", _now())]
+    cases: list[tuple[str, list[tuple[bytes, bytes]]]] = [
+        (rootly, [(b"X-Rootly-Signature", b"t=" + _now() + b",v1=" + "é".encode())]),
+        (rootly, [(b"X-Rootly-Signature", b"t=" + _now() + b",v1=\xff\xfe")]),
+        (rootly, [(b"X-Rootly-Signature", b"t=" + ARABIC_DIGITS + b",v1=00")]),
+        (incident_io, [*svix, (b"webhook-signature", "v1,é".encode())]),
+        (incident_io, [*svix, (b"webhook-signature", b"v1,AAAA v1,\xff")]),
+        (
+            incident_io,
+            [
+                (b"webhook-id", b"msg_sig_not_ascii"),
+                (b"webhook-timestamp", ARABIC_DIGITS),
+                (b"webhook-signature", b"v1,AAAA"),
+            ],
+        ),
+    ]
+    for path, headers in cases:
+        request = http_request(
+            "POST", path, [(b"Content-Type", b"application/json"), *headers], body
+        )
+        answer = raw_exchange(target.port, request)
+        assert answer.status == 401, (path, headers, answer)
+        assert answer.json() == {"error": "invalid signature"}
+    events = _events_since(target, mark)
+    rejected = [
+        e
+        for e in events
+        if e.get("event") == "webhook.rejected" and e.get("reason") == "malformed_header"
+    ]
+    assert len(rejected) == len(cases), events
+    assert all(e["level"] == "warning" and e["status"] == 401 for e in rejected)
+    _assert_no_error_lines(events)
+    assert not {d for _, d in inbox_rows(target.db_path)} & {"sig-not-ascii", "msg_sig_not_ascii"}
+
+
+def test_a_webhook_id_that_is_not_utf8_is_400_and_a_warning(target: Target) -> None:
+    """Proves that an incident.io delivery whose `webhook-id` holds bytes that are not UTF-8
+    (an ID no store column can hold) gets 400 with the JSON error body, stores nothing and
+    is logged as a `webhook.rejected` warning saying why (it used to crash while the signed
+    content was built: 500 with a traceback)."""
+    mark = _log_mark(target)
+    before = inbox_rows(target.db_path)
+    body = b'{"event_type": "public_alert.alert_created_v1", "public_alert.alert_created_v1": {}}'
+    for webhook_id in (b"\xff", b"msg_\xc3(", b"msg_\xed\xa0\x80"):
+        headers = [
+            (b"Content-Type", b"application/json"),
+            (b"webhook-id", webhook_id),
+            (b"webhook-timestamp", _now()),
+            (b"webhook-signature", b"v1,AAAA"),
+        ]
+        answer = raw_exchange(
+            target.port, http_request("POST", "/webhooks/incident-io", headers, body)
+        )
+        assert answer.status == 400, (webhook_id, answer)
+        assert answer.json() == {"error": "webhook-id is not valid UTF-8 text"}
+    events = _events_since(target, mark)
+    rejected = [e for e in events if e.get("event") == "webhook.rejected"]
+    assert [(e["level"], e["status"], e["detail"]) for e in rejected] == [
+        ("warning", 400, "webhook-id is not valid UTF-8 text")
+    ] * 3
+    _assert_no_error_lines(events)
+    assert inbox_rows(target.db_path) == before
+
+
+def test_a_bearer_token_that_is_not_utf8_is_401_on_every_admin_route(target: Target) -> None:
+    """Proves that `Authorization: Bearer \\xff` (and the right token followed by such a
+    byte) gets 401 with `WWW-Authenticate` and the JSON error body on every admin route,
+    logged as an `admin.unauthenticated` warning (it used to crash while the token was
+    encoded for the constant-time comparison: 500 with a traceback)."""
+    mark = _log_mark(target)
+    offered = [b"Bearer \xff", b"Bearer " + target.token.encode() + b"\xff"]
+    for method, path in ADMIN_ROUTES:
+        for authorization in offered:
+            answer = raw_exchange(
+                target.port, http_request(method, path, [(b"Authorization", authorization)])
+            )
+            assert answer.status == 401, (method, path, answer)
+            assert answer.headers["www-authenticate"].startswith("Bearer")
+            assert answer.json() == {"error": "bearer token is not UTF-8 text"}
+    events = _events_since(target, mark)
+    warned = [e for e in events if e.get("event") == "admin.unauthenticated"]
+    assert len(warned) == len(ADMIN_ROUTES) * len(offered)
+    assert {(e["level"], e["reason"]) for e in warned} == {("warning", "token_not_utf8")}
+    _assert_no_error_lines(events)
+
+
+def _undecodable_bodies() -> list[tuple[bytes, bytes]]:
+    good = gzip.compress(b'{"a": "rootly:incident:1", "b": "incident_io:escalation:1"}')
+    return [
+        (b"gzip", b"this is not gzip"),
+        (b"gzip", good[:-8] + b"\x00" * 8),  # wrong checksum and length
+        (b"deflate", b"\x78\x9cnot deflate at all"),
+        (b"deflate", b"neither zlib nor raw deflate \xff\xff"),
+    ]
+
+
+def test_bodies_that_do_not_decode_are_400_on_every_route_that_reads_one(target: Target) -> None:
+    """Proves that a gzip or deflate body that does not decode (garbage, a wrong checksum)
+    gets 400 with the JSON error body from both webhook endpoints and from the admin API's
+    body-taking routes (with the right token), that routes which take no body answer as
+    usual, that nothing is stored, and that each is a warning (`webhook.rejected` reason
+    `body_encoding`, `http.body_undecodable`), never an ERROR (it used to be a 500 and two
+    ERROR lines with a traceback)."""
+    mark = _log_mark(target)
+    before = inbox_rows(target.db_path)
+    auth = (b"Authorization", f"Bearer {target.token}".encode())
+    json_type = (b"Content-Type", b"application/json")
+    reading = [
+        ("POST", "/webhooks/rootly", [json_type]),
+        ("POST", "/webhooks/incident-io", [json_type]),
+        ("POST", "/api/v1/links", [auth, json_type]),
+        ("DELETE", "/api/v1/links", [auth, json_type]),
+    ]
+    not_reading = [
+        ("GET", "/healthz", []),
+        ("GET", "/metrics", []),
+        ("GET", "/api/v1/links", [auth]),
+        ("POST", "/api/v1/dead-letters/1/drop", [auth]),
+        ("POST", "/nowhere", []),
+    ]
+    for encoding, body in _undecodable_bodies():
+        for method, path, headers in reading:
+            request = http_request(method, path, [*headers, (b"Content-Encoding", encoding)], body)
+            answer = raw_exchange(target.port, request)
+            assert answer.status == 400, (encoding, body[:20], method, path, answer)
+            assert "could not be decoded" in answer.json()["error"]
+        for method, path, headers in not_reading:
+            request = http_request(method, path, [*headers, (b"Content-Encoding", encoding)], body)
+            answer = raw_exchange(target.port, request)
+            assert answer.status is not None and answer.status < 500, (method, path, answer)
+    events = _events_since(target, mark)
+    webhook_warnings = [
+        e
+        for e in events
+        if e.get("event") == "webhook.rejected" and e.get("reason") == "body_encoding"
+    ]
+    admin_warnings = [e for e in events if e.get("event") == "http.body_undecodable"]
+    assert len(webhook_warnings) == 2 * len(_undecodable_bodies())
+    assert len(admin_warnings) >= 2 * len(_undecodable_bodies())
+    assert {e["level"] for e in webhook_warnings + admin_warnings} == {"warning"}
+    _assert_no_error_lines(events)
+    assert inbox_rows(target.db_path) == before
+    target.assert_alive()
+
+
+def test_unsupported_content_encodings_are_415(target: Target) -> None:
+    """Proves that a Content-Encoding the bridge does not decode (stacked codings, unknown
+    tokens, non-ASCII bytes; br and zstd without their libraries) gets 415, or 400 for br
+    and zstd where aiohttp decodes them, with the JSON error body on both webhook endpoints
+    and the admin API's body-taking routes, instead of reaching the signature check still
+    encoded (401) or aiohttp's own parser error; and that a correctly gzipped, signed
+    delivery is accepted."""
+    mark = _log_mark(target)
+    auth = (b"Authorization", f"Bearer {target.token}".encode())
+    routes = [
+        ("POST", "/webhooks/rootly", []),
+        ("POST", "/webhooks/incident-io", []),
+        ("POST", "/api/v1/links", [auth]),
+    ]
+    body = b'{"a": "rootly:incident:1", "b": "incident_io:escalation:1"}'
+    for encoding in (b"compress", b"gzip, gzip", b"x-gzip", b"identity, gzip", "é".encode()):
+        for method, path, headers in routes:
+            request = http_request(method, path, [*headers, (b"Content-Encoding", encoding)], body)
+            answer = raw_exchange(target.port, request)
+            assert answer.status == 415, (encoding, path, answer)
+            assert "Content-Encoding" in answer.json()["error"]
+    for encoding in (b"br", b"zstd"):
+        for method, path, headers in routes:
+            request = http_request(method, path, [*headers, (b"Content-Encoding", encoding)], body)
+            answer = raw_exchange(target.port, request)
+            assert answer.status in (400, 415), (encoding, path, answer)
+            assert "error" in answer.json()
+    _assert_no_error_lines(_events_since(target, mark))
+
+    delivery = rootly_delivery("pulse.created", {"id": "gz"}, delivery_id="gzipped-delivery")
+    signed = [
+        (k.encode(), v.encode()) for k, v in signed_headers(delivery, target.upstream).items()
+    ]
+    request = http_request(
+        "POST",
+        "/webhooks/rootly",
+        [*signed, (b"Content-Encoding", b"gzip")],
+        gzip.compress(delivery.body),
+    )
+    answer = raw_exchange(target.port, request)
+    assert answer.status == 200, answer
+    assert ("rootly", "gzipped-delivery") in inbox_rows(target.db_path)
+
+
+async def test_an_unstorable_delivery_fails_alone_and_its_batch_mates_are_stored(
+    target: Target,
+) -> None:
+    """Proves that a signed delivery whose ID or type cannot be stored (a lone surrogate
+    "\\ud800" from a JSON escape, a NUL), sent at the same time as 30 good ones, gets 400
+    while every good one gets 200 and is stored, round after round (it used to fail the
+    whole group commit: most of the good ones got 503, again at each retry of the bad one)."""
+    bad_ones = [
+        rootly_delivery("pulse.created", {"id": "p"}, delivery_id="poison-\ud800"),
+        rootly_delivery("incident.created\ud800", {"id": "p"}, delivery_id="poison-type"),
+        rootly_delivery("pulse.created", {"id": "p"}, delivery_id="poison-\x00-nul"),
+        incident_io_delivery("public_alert.alert_created_v1\udfff", {"id": "p"}),
+    ]
+    good_ids: set[tuple[str, str]] = set()
+    async with SignedSender(f"http://127.0.0.1:{target.port}", target.upstream) as sender:
+        for round_number, bad in enumerate(bad_ones):
+            good = [
+                rootly_delivery("pulse.created", {"id": f"ok-{round_number}-{i}"})
+                if i % 2
+                else incident_io_delivery("public_alert.alert_resolved_v1", {"id": f"ok-{i}"})
+                for i in range(30)
+            ]
+            answers = await asyncio.gather(
+                *(sender.post_once(d) for d in [*good[:15], bad, *good[15:]])
+            )
+            statuses = [status for status, _ in answers]
+            assert statuses[15] == 400, answers[15]
+            assert statuses[:15] + statuses[16:] == [200] * 30, statuses
+            good_ids |= {(d.source, d.delivery_id) for d in good}
+    assert good_ids <= inbox_rows(target.db_path)
+
+
+async def test_an_action_that_cannot_be_built_is_dead_lettered_on_its_first_attempt(
+    target: Target,
+) -> None:
+    """Proves that a signed Rootly `incident.created` whose `title` is an object or a list
+    (rule 1 renders it into the title of the escalation, a string in incident.io's spec) is
+    dead-lettered on its first attempt, with the reason, instead of being retried as a
+    transient crash (it used to fail with TypeError "mappingproxy is not JSON serializable"
+    and be retried 10 times)."""
+    mark = _log_mark(target)
+    cases = {"obj-title": {"text": "DB down"}, "list-title": ["DB", "down"]}
+    async with SignedSender(f"http://127.0.0.1:{target.port}", target.upstream) as sender:
+        for incident_id, title in cases.items():
+            delivery = rootly_delivery(
+                "incident.created", {"id": incident_id, "title": title, "status": "started"}
+            )
+            status, text = await sender.post_once(delivery)
+            assert status == 200, text
+    keys = {f"rootly-incident-{incident_id}" for incident_id in cases}
+    letters: dict[str, dict[str, Any]] = {}
+
+    async def dead_lettered() -> bool:
+        status, body = await asyncio.to_thread(
+            raw_request,
+            target.port,
+            "GET",
+            "/api/v1/dead-letters?limit=1000",
+            [("Authorization", f"Bearer {target.token}")],
+        )
+        assert status == 200, body
+        for letter in json.loads(body)["dead_letters"]:
+            if letter["idempotency_key"] in keys:
+                letters[letter["idempotency_key"]] = letter
+        return len(letters) == len(keys)
+
+    await wait_until(dead_lettered, timeout=30, what="both actions dead-lettered")
+    for kind, key in (
+        ("an object", "rootly-incident-obj-title"),
+        ("an array", "rootly-incident-list-title"),
+    ):
+        letter = letters[key]
+        assert letter["attempts"] == 1, letter
+        assert letter["last_error"] == (
+            f"incident_io.create_escalation: parameter title must be a string, got {kind}"
+        )
+    events = _events_since(target, mark)
+    retried = [e for e in events if e.get("event") in ("action.retry", "action.crashed")]
+    assert retried == []
 
 
 def test_the_process_survived_the_module(target: Target) -> None:

@@ -1,5 +1,5 @@
 """Ingest's inbox writer over a real store: settled events in a batch are stored but never
-handed to the local dispatcher, nor wake it."""
+handed to the local dispatcher, nor wake it; an event the store refuses fails alone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import asyncio
 import dataclasses
 from collections.abc import Sequence
 
+from bridge.events import DeliveryId
 from bridge.logging import get_logger
+from bridge.pipeline.batching import WriteRefused
 from bridge.pipeline.ingest import InboxWriter
 from bridge.store.base import InboxRow, StoredTrace
 from bridge.store.store import SqlStore
@@ -76,3 +78,28 @@ async def test_batch_of_settled_events_neither_hands_over_nor_wakes(
     assert states == ["processed", "processed"]
     assert dispatcher.adopted == []
     assert woken == []
+
+
+async def test_an_event_the_store_refuses_fails_alone(store: SqlStore, clock: FakeClock) -> None:
+    """30 storable deliveries and one the store refuses (a lone surrogate in its delivery
+    ID, which neither SQLite nor PostgreSQL can encode) written at the same time, so in one
+    group commit: every storable one is stored, handed to the dispatcher and gets its ID;
+    only the refused one fails, with `WriteRefused` (ingest answers it 400), not the
+    "unavailable" error that would have them all answered 503."""
+    supervisor = Supervisor(get_logger("test.inbox_writer"))
+    dispatcher = RecordingDispatcher(100)
+    writer = InboxWriter(store, supervisor, lambda: None, owner="me", handoff=dispatcher)
+    events = [delivery(f"good-{n}", clock()) for n in range(30)]
+    events.insert(17, delivery("bad-\ud800", clock()))
+    try:
+        results = await asyncio.gather(*(writer.write(e) for e in events), return_exceptions=True)
+    finally:
+        await supervisor.stop()
+    refused = results.pop(17)
+    assert isinstance(refused, WriteRefused), refused
+    assert all(isinstance(r, int) for r in results), results
+    for n in range(30):
+        row = await store.find_inbox("rootly", DeliveryId(f"good-{n}"))
+        assert row is not None and row.id == results[n]
+    adopted = {r.delivery_id for batch in dispatcher.adopted for r in batch}
+    assert adopted == {f"good-{n}" for n in range(30)}

@@ -164,7 +164,7 @@ class IncidentIoClient:
                 "create_escalation: give exactly one of escalation_path_id or user_ids"
             )
         if user_ids is not None and (
-            isinstance(user_ids, str)
+            not isinstance(user_ids, list | tuple)
             or not user_ids
             or not all(isinstance(u, str) for u in user_ids)
         ):

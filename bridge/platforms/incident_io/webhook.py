@@ -20,12 +20,14 @@ from typing import Any, Final, Literal
 
 from bridge.events import Actor, DeliveryId, Event, ObjectKind, ObjectRef, freeze
 from bridge.platforms.webhooks import (
+    MAX_KEY_LENGTH,
     Envelope,
     PayloadError,
     SignatureError,
     decode_json_object,
     header,
     parse_time,
+    storable_text,
 )
 
 KNOWN_FAMILIES: Final[dict[str, ObjectKind]] = {
@@ -59,7 +61,8 @@ def verify(
     tolerance_seconds: int,
     now: float,
 ) -> DeliveryId:
-    """Return the delivery ID if one of `secrets` signed `body` within the window."""
+    """Return the delivery ID if one of `secrets` signed `body` within the window; raise
+    `SignatureError` if not, and `PayloadError` for a `webhook-id` no store could hold."""
     msg_id = header(headers, "webhook-id")
     raw_ts = header(headers, "webhook-timestamp")
     raw_sig = header(headers, "webhook-signature")
@@ -74,12 +77,19 @@ def verify(
     ]
     if missing or msg_id is None or raw_ts is None or raw_sig is None:
         raise SignatureError("missing_header", f"missing header(s): {', '.join(missing)}")
-    if len(msg_id) > 200:
-        raise SignatureError("malformed_header", "webhook-id longer than 200 characters")
-    try:
-        timestamp = int(raw_ts)
-    except ValueError:
-        raise SignatureError("malformed_header", "webhook-timestamp is not an integer") from None
+    if not storable_text(msg_id):
+        # Undecodable bytes (or NUL) in the delivery ID: it could never be stored.
+        raise PayloadError("webhook-id is not valid UTF-8 text")
+    if len(msg_id) > MAX_KEY_LENGTH:
+        raise SignatureError(
+            "malformed_header", f"webhook-id longer than {MAX_KEY_LENGTH} characters"
+        )
+    if not (raw_ts.isascii() and raw_ts.isdigit() and len(raw_ts) <= 20):
+        raise SignatureError("malformed_header", "webhook-timestamp is not an integer")
+    if not raw_sig.isascii():
+        # Base64 signatures are ASCII; anything else cannot be compared.
+        raise SignatureError("malformed_header", "webhook-signature holds non-ASCII characters")
+    timestamp = int(raw_ts)
     if abs(now - timestamp) > tolerance_seconds:
         raise SignatureError(
             "timestamp", f"timestamp {timestamp} is more than {tolerance_seconds}s from now"
@@ -127,8 +137,10 @@ KNOWN_TYPES: Final = frozenset(
 
 def envelope(data: Mapping[str, Any], delivery_id: DeliveryId) -> Envelope:
     event_type = data.get("event_type")
-    if not isinstance(event_type, str) or not event_type or len(event_type) > 200:
-        raise PayloadError("'event_type' must be a non-empty string")
+    if not isinstance(event_type, str) or not event_type or len(event_type) > MAX_KEY_LENGTH:
+        raise PayloadError(
+            f"'event_type' must be a non-empty string of at most {MAX_KEY_LENGTH} characters"
+        )
     if not isinstance(data.get(event_type), dict):
         raise PayloadError(f"missing object {event_type!r} (the event's payload)")
     return Envelope("incident_io", delivery_id, event_type, event_type in KNOWN_TYPES)

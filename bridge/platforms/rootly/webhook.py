@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from bridge.events import Actor, DeliveryId, Event, ObjectRef, freeze
 from bridge.platforms.webhooks import (
+    MAX_KEY_LENGTH,
     Envelope,
     PayloadError,
     SignatureError,
@@ -64,6 +65,9 @@ def verify(
     raw = header(headers, SIGNATURE_HEADER)
     if not raw:
         raise SignatureError("missing_header", f"missing {SIGNATURE_HEADER} header")
+    if not raw.isascii():
+        # Hex digits and a decimal timestamp are ASCII; anything else cannot be compared.
+        raise SignatureError("malformed_header", f"{SIGNATURE_HEADER} holds non-ASCII characters")
     fields: dict[str, list[str]] = {}
     for part in raw.split(","):
         key, sep, value = part.strip().partition("=")
@@ -100,10 +104,14 @@ def envelope(data: Mapping[str, Any]) -> Envelope:
         raise PayloadError("missing object 'event'")
     delivery_id = event.get("id")
     event_type = event.get("type")
-    if not isinstance(delivery_id, str) or not delivery_id or len(delivery_id) > 200:
-        raise PayloadError("'event.id' must be a non-empty string of at most 200 characters")
-    if not isinstance(event_type, str) or not event_type or len(event_type) > 200:
-        raise PayloadError("'event.type' must be a non-empty string")
+    if not isinstance(delivery_id, str) or not delivery_id or len(delivery_id) > MAX_KEY_LENGTH:
+        raise PayloadError(
+            f"'event.id' must be a non-empty string of at most {MAX_KEY_LENGTH} characters"
+        )
+    if not isinstance(event_type, str) or not event_type or len(event_type) > MAX_KEY_LENGTH:
+        raise PayloadError(
+            f"'event.type' must be a non-empty string of at most {MAX_KEY_LENGTH} characters"
+        )
     if not isinstance(data.get("data"), dict):
         raise PayloadError("missing object 'data'")
     known = (

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from bridge.events import Event, ObjectKind, Operation
 from bridge.operations import OPERATIONS
 from bridge.rules.templates import CompiledTemplate, Omit, RenderError, truthy
+from bridge.yamlsource import LineMap
 
 # The object type each operation acts on; None: the operation creates something instead.
 # Which object type each operation acts on (None: it creates one), from the one table.
@@ -218,6 +219,8 @@ class RuleSet:
     rules: tuple[CompiledRule, ...]
     variables: Mapping[str, Any]
     source_path: str
+    # Where each key and item of the file is (for messages about a rule's parts).
+    lines: LineMap = field(default_factory=lambda: LineMap({}), compare=False)
 
     def triggered_by(self, event: Event) -> bool:
         """True if at least one enabled rule looks at `event` (source and event type)."""

@@ -56,7 +56,7 @@ def test_every_handled_type_is_sent_and_parses_to_its_object() -> None:
     """The types the bridge acts on are types the platform sends, and each official
     incident.io example parses into an event about the object the catalog names."""
     for platform in ("rootly", "incident_io"):
-        cat = catalog(platform)  # type: ignore[arg-type]
+        cat = catalog(platform)
         assert set(cat.handled) <= cat.event_types
     for event_type in webhook_event_types():
         kind = catalog("incident_io").handled.get(event_type)

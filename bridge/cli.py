@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not require real secrets (for files whose secrets come at deploy time)",
     )
+    check.add_argument(
+        "--strict", action="store_true", help="exit 2 on warnings too, not only on errors"
+    )
+    check.add_argument(
+        "--print-subscriptions",
+        action="store_true",
+        help="list the webhook event types to subscribe to on each platform, and nothing else",
+    )
 
     explain = sub.add_parser(
         "explain", help="show which rules an event file matches and what they would do"
@@ -178,6 +186,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except RulesError as exc:
         raise CliError(f"invalid rules: {exc}") from None
     enabled = [r.name for r in rules.rules if r.enabled]
+    if args.print_subscriptions:
+        return _print_subscriptions(settings, rules)
 
     def on(flag: object) -> str:
         return "on" if flag else "off"
@@ -189,7 +199,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     print(f"rules ok: {rules_path}: {len(enabled)} enabled of {len(rules.rules)}:")
     print(f"  {', '.join(enabled)}")
-    return EXIT_OK
+    return _report_findings(
+        settings, rules, require_secrets=not args.no_secrets, strict=args.strict
+    )
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -358,13 +370,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not 0 <= args.port <= 65535:
             raise CliError("--port must be between 0 and 65535")
         overrides["server"] = {"port": args.port}
-    return asyncio.run(serve(args.config, sandbox=args.sandbox, overrides=overrides))
+    return asyncio.run(
+        serve(
+            args.config,
+            sandbox=args.sandbox,
+            overrides=overrides,
+            override_names={("server", "port"): f"--port {args.port}"},
+        )
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from bridge.demo import run_demo
 
     return asyncio.run(run_demo(args.store))
+
+
+# ---------------------------------------------------------------------------------------
+# dead flows
+
+
+def _report_findings(settings: Any, rules: Any, *, require_secrets: bool, strict: bool) -> int:
+    """Print the dead flows `check_setup` finds; the exit code they call for."""
+    from bridge.checks import check_setup
+
+    findings = check_setup(settings, rules, require_secrets=require_secrets)
+    errors = sum(1 for f in findings if f.severity == "error")
+    warnings = len(findings) - errors
+    for finding in findings:
+        print(finding)
+    if not findings:
+        print("flows ok: every enabled rule can fire with the settings in force")
+        return EXIT_OK
+    summary = f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    if errors or strict:
+        raise CliError(f"check-config: {summary}" + (" (--strict)" if not errors else ""))
+    print(f"flows: {summary}")
+    return EXIT_OK
+
+
+def _print_subscriptions(settings: Any, rules: Any) -> int:
+    from bridge.checks import subscriptions
+    from bridge.platforms.catalog import catalog
+
+    for platform, types in subscriptions(settings, rules).items():
+        cat = catalog(platform)
+        print(f"{cat.platform} (webhook endpoint: POST {cat.webhook_path}):")
+        for event_type in types:
+            print(f"  {event_type}")
+        if not types:
+            print("  (none: no enabled rule triggers on its events)")
+    return EXIT_OK
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

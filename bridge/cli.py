@@ -29,10 +29,14 @@ class CliError(Exception):
         self.code = code
 
 
+class UsageError(CliError):
+    """argparse's own complaint; its message already starts with the command's name."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        raise CliError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: error: {message}")
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -221,7 +225,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         event = PARSERS[source](body, DeliveryId(f"explain:{args.event_file.name}"))  # type: ignore[index]
     except PayloadError as exc:
-        raise CliError(f"{args.event_file}: {exc}") from None
+        raise CliError(f"{args.event_file}: {exc}{_other_source_hint(source, body)}") from None
     try:
         rules = load_rules(args.rules or settings.rules.file, dict(os.environ))
     except RulesError as exc:
@@ -423,6 +427,17 @@ def _print_subscriptions(settings: Any, rules: Any) -> int:
     return EXIT_OK
 
 
+def _other_source_hint(source: str, body: bytes) -> str:
+    from bridge.platforms.catalog import catalog, sniff_source
+
+    sniffed = sniff_source(body)
+    if sniffed is None or sniffed == source:
+        return ""
+    other = catalog(sniffed)
+    article = "an" if other.label[0].lower() in "aeiou" else "a"
+    return f"; this looks like {article} {other.label} event: try --source {other.cli_name}"
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "check-config": cmd_check_config,
@@ -435,6 +450,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bridge.store.base import StoreError
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -444,8 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             configure_logging("warning", "auto", stream=sys.stderr)
         return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return exc.code
     except CliError as exc:
         print(f"bridge: {exc}", file=sys.stderr)
         return exc.code
+    except StoreError as exc:
+        print(f"bridge: store: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130

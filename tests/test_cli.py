@@ -213,6 +213,14 @@ def test_links_and_db_commands_on_a_real_store(tmp_path: Path) -> None:
     assert run("dlq", "replay", "42", env=env).returncode == 1
 
 
+def test_usage_errors_have_one_prefix(tmp_path: Path) -> None:
+    """argparse's complaints read `bridge serve: error: ...`, not `bridge: bridge serve: ...`."""
+    result = run("serve", "--port", "eighty")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("bridge serve: error: argument --port: invalid int value")
+
+
 def test_unusable_store_is_a_clear_error(tmp_path: Path) -> None:
     """A store path that is a directory: exit 1 with the path in the message."""
     (tmp_path / "dir.db").mkdir()
@@ -244,6 +252,20 @@ def test_explain_shows_matching_rules_and_actions(tmp_path: Path) -> None:
     result = run("explain", "--source", "rootly", "--no-store", str(bad))
     assert result.returncode == 2
     assert "JSON object" in result.stderr
+
+
+def test_explain_recognises_the_other_platforms_event(tmp_path: Path) -> None:
+    """An event given with the wrong --source: exit 2 saying which source it looks like."""
+    rootly = tmp_path / "rootly.json"
+    rootly.write_text(json.dumps({"event": {"id": "e", "type": "incident.created"}, "data": {}}))
+    result = run("explain", "--source", "incident-io", "--no-store", str(rootly))
+    assert result.returncode == 2
+    assert "this looks like a Rootly event: try --source rootly" in result.stderr
+    io = tmp_path / "io.json"
+    io.write_text(json.dumps(specs.webhook_example("public_alert.alert_created_v1")))
+    result = run("explain", "--source", "rootly", "--no-store", str(io))
+    assert result.returncode == 2
+    assert "this looks like an incident.io event: try --source incident-io" in result.stderr
 
 
 def free_port() -> int:

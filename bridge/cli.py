@@ -1,4 +1,4 @@
-"""The `bridge` command line: serve, check-config, explain, links, dlq, db, demo.
+"""The `bridge` command line: serve, check-config, explain, links, dlq, db, demo, test-rules.
 
 Every failure a user can cause (bad config, bad rules, bad argument, unreachable store)
 ends as one clear line on stderr and exit code 2 (usage and configuration) or 1
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="play the main flows through the sandbox and narrate them")
     demo.add_argument("--store", default=None, help="store URL (default: a temporary SQLite file)")
+    _add_test_rules(sub)
     return parser
 
 
@@ -391,7 +392,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# dead flows
+# dead flows and rule tests
 
 
 def _report_findings(settings: Any, rules: Any, *, require_secrets: bool, strict: bool) -> int:
@@ -438,6 +439,58 @@ def _other_source_hint(source: str, body: bytes) -> str:
     return f"; this looks like {article} {other.label} event: try --source {other.cli_name}"
 
 
+def _add_test_rules(sub: Any) -> None:
+    tests = sub.add_parser(
+        "test-rules",
+        help="run rule unit tests (YAML files of events and the actions they must produce)",
+    )
+    _add_config(tests)
+    tests.add_argument(
+        "--rules",
+        type=Path,
+        help="rules file for every test file (default: the file's own 'rules:', else"
+        " rules.file from config)",
+    )
+    tests.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="test files or directories (default: tests/ beside the rules file)",
+    )
+
+
+def cmd_test_rules(args: argparse.Namespace) -> int:
+    from bridge.rules.testing import TestFileError, run_test_files
+
+    fallback: Path | None = None
+    if args.rules is None or not args.paths:
+        fallback = _load(args, require_secrets=False).rules.file
+    rules_file = args.rules or fallback
+    assert isinstance(rules_file, Path)
+    paths = list(args.paths) or [rules_file.parent / "tests"]
+    for path in paths:
+        if not path.exists():
+            raise CliError(f"{path}: no such file or directory")
+    try:
+        report = run_test_files(paths, args.rules, fallback=fallback)
+    except TestFileError as exc:
+        raise CliError(str(exc)) from None
+    if not report.results:
+        raise CliError(f"no rule tests found in {', '.join(str(p) for p in paths)}")
+    for result in report.failed:
+        where = f"{result.file}:{result.line}" if result.line else result.file
+        print(f"FAIL {where}: {result.name}")
+        for line in result.diff:
+            print(f"  {line}")
+    failed = len(report.failed)
+    total = len(report.results)
+    if report.untested:
+        print(f"no test makes these rules fire: {', '.join(report.untested)}")
+    print(f"test-rules: {total} tests, {total - failed} passed, {failed} failed")
+    return EXIT_RUNTIME if failed else EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "check-config": cmd_check_config,
@@ -446,6 +499,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dlq": cmd_dlq,
     "db": cmd_db,
     "demo": cmd_demo,
+    "test-rules": cmd_test_rules,
 }
 
 

@@ -1,4 +1,5 @@
-"""The `bridge` command line: serve, check-config, explain, links, dlq, db, demo, test-rules.
+"""The `bridge` command line: serve, check-config, explain, links, dlq, db, demo, test-rules,
+adopt.
 
 Every failure a user can cause (bad config, bad rules, bad argument, unreachable store)
 ends as one clear line on stderr and exit code 2 (usage and configuration) or 1
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="play the main flows through the sandbox and narrate them")
     demo.add_argument("--store", default=None, help="store URL (default: a temporary SQLite file)")
     _add_test_rules(sub)
+    _add_adopt(sub)
     return parser
 
 
@@ -392,7 +394,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# dead flows and rule tests
+# day one and day two: dead flows, rule tests, adopting what exists
 
 
 def _report_findings(settings: Any, rules: Any, *, require_secrets: bool, strict: bool) -> int:
@@ -491,6 +493,146 @@ def cmd_test_rules(args: argparse.Namespace) -> int:
     return EXIT_RUNTIME if failed else EXIT_OK
 
 
+def _add_adopt(sub: Any) -> None:
+    adopt = sub.add_parser(
+        "adopt",
+        help="link objects that belong together but were created before the bridge ran",
+    )
+    _add_config(adopt)
+    adopt.add_argument(
+        "--since",
+        required=True,
+        help="look at objects created on or after this date (YYYY-MM-DD or ISO 8601)",
+    )
+    adopt.add_argument(
+        "--apply", action="store_true", help="record the links (default: only show them)"
+    )
+    adopt.add_argument(
+        "--limit", type=int, help="read at most N keyed escalations and N keyed alerts"
+    )
+    adopt.add_argument("--output", choices=["table", "json"], default="table")
+
+
+def _since(text: str) -> str:
+    from datetime import date, datetime
+
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            return date.fromisoformat(value).isoformat()
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--since {text!r}: not a date (YYYY-MM-DD or ISO 8601)") from None
+    return value
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    since = _since(args.since)
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    settings = _load(args, require_secrets=False)
+    missing = [
+        env
+        for group, key, env in (
+            (settings.incident_io, "api_key", "BRIDGE_INCIDENT_IO__API_KEY"),
+            (settings.rootly, "api_token", "BRIDGE_ROOTLY__API_TOKEN"),
+        )
+        if getattr(group, key) is None or not group.enabled
+    ]
+    if missing:
+        raise CliError(
+            "adopt reads both platforms: enable both and set their API credentials"
+            f" ({', '.join(missing)})"
+        )
+
+    async def run(store: Any) -> int:
+        from prometheus_client import CollectorRegistry
+
+        from bridge import adopt
+        from bridge.app import build_clients
+        from bridge.logging import get_logger
+        from bridge.metrics import create_metrics
+        from bridge.platforms.errors import UpstreamError
+        from bridge.platforms.ratelimit import RateLimiters
+
+        clients = build_clients(
+            settings, create_metrics(CollectorRegistry()), RateLimiters(), get_logger("bridge")
+        )
+        for client in clients.values():
+            await client.start()
+        progress = adopt.Progress()
+        try:
+            found = await adopt.find(
+                clients["incident_io"],  # type: ignore[arg-type]
+                clients["rootly"],  # type: ignore[arg-type]
+                since=since,
+                limit=args.limit,
+                progress=progress,
+            )
+            found = await adopt.mark_recorded(store, found)
+            added = 0
+            if args.apply:
+                added = await adopt.record(
+                    store, found, lambda done, total: progress.show("recording", done, total)
+                )
+                progress.close()
+        except UpstreamError as exc:
+            raise CliError(f"adopt: {exc}", EXIT_RUNTIME) from None
+        finally:
+            for client in clients.values():
+                await client.close()
+        _print_adoption(found, since, args.apply, added, args.output)
+        return EXIT_OK
+
+    return asyncio.run(_with_store(args, run))
+
+
+def _print_adoption(found: Any, since: str, applied: bool, added: int, output: str) -> None:
+    new = len(found.new)
+    counts = {
+        "found": len(found.links),
+        "already_recorded": len(found.links) - new,
+        "new": new,
+        "recorded": added,
+        "keyed_escalations": found.escalations,
+        "keyed_alerts": found.alerts,
+        "rootly_incidents_read": found.rootly_incidents,
+    }
+    if output == "json":
+        _print_json(
+            {
+                "since": since,
+                "applied": applied,
+                "links": [
+                    {"a": str(x.a), "b": str(x.b), "reason": x.reason, "recorded": x.recorded}
+                    for x in found.links
+                ],
+                "unpaired_escalations": list(found.unpaired_escalations),
+                "counts": counts,
+            }
+        )
+        return
+    rows = [
+        (str(x.a), str(x.b), "recorded" if x.recorded else "new", x.reason) for x in found.links
+    ]
+    header = ("A", "B", "STATE", "WHY")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    for escalation_id in found.unpaired_escalations:
+        print(
+            f"unpaired: incident_io:escalation:{escalation_id} has a rootly-incident-* key but"
+            f" no Rootly incident created since {since} has it (try an earlier --since)"
+        )
+    if applied:
+        print(f"adopt: recorded {added} new links ({counts['already_recorded']} already recorded)")
+    else:
+        print(
+            f"adopt: {new} new links to record, {counts['already_recorded']} already recorded;"
+            " run again with --apply to record them"
+        )
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "check-config": cmd_check_config,
@@ -500,6 +642,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "db": cmd_db,
     "demo": cmd_demo,
     "test-rules": cmd_test_rules,
+    "adopt": cmd_adopt,
 }
 
 

@@ -230,6 +230,24 @@ def test_unusable_store_is_a_clear_error(tmp_path: Path) -> None:
     no_traceback(result)
 
 
+def test_adopt_needs_both_platforms_and_a_store(tmp_path: Path) -> None:
+    """`bridge adopt` without API credentials: exit 2 naming the variables to set; with
+    them but a store that cannot be opened: exit 1 with the store's message, before any
+    API call; never a traceback."""
+    store = {"BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/a.db"}
+    result = run("adopt", "--since", "2026-01-01", env=store)
+    assert result.returncode == 2
+    assert "BRIDGE_INCIDENT_IO__API_KEY, BRIDGE_ROOTLY__API_TOKEN" in result.stderr
+    no_traceback(result)
+    (tmp_path / "file").write_text("not a directory")
+    broken = {**SECRET_ENV, "BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/file/a.db"}
+    result = run("adopt", "--since", "2026-01-01", env=broken)
+    assert result.returncode == 1
+    assert result.stderr.startswith("bridge: store: ")
+    assert f"{tmp_path}/file" in result.stderr
+    no_traceback(result)
+
+
 def test_explain_shows_matching_rules_and_actions(tmp_path: Path) -> None:
     """`bridge explain` on the official ack example shows rule 5 matching and, with links
     absent, why it produced no action; it calls nothing and needs no secrets."""

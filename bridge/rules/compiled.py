@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from bridge.events import Event, ObjectKind, Operation
+from bridge.events import Event, ObjectKind, Operation, thaw
 from bridge.operations import OPERATIONS
 from bridge.rules.templates import CompiledTemplate, Omit, RenderError, truthy
 from bridge.yamlsource import LineMap
@@ -102,7 +102,9 @@ class FieldTest:
     regex: re.Pattern[str] | None
 
     def check(self, context: dict[str, Any]) -> tuple[bool, str]:
-        value = resolve_path(context, self.path)
+        # Variables are deep-frozen (lists are tuples): compare them as the plain values a
+        # rule writes (`equals: []` must hold for an empty list variable).
+        value = thaw(resolve_path(context, self.path))
         if self.op == "matches":
             assert self.regex is not None
             ok = value is not None and self.regex.search(str(value)) is not None

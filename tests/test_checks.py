@@ -192,3 +192,34 @@ def test_subscriptions_list_the_handled_types_of_the_enabled_rules() -> None:
     assert "private_escalation.escalation_status_updated_v1" in subs["incident_io"]
     assert "public_incident.incident_created_v2" not in subs["incident_io"]
     assert set(subscriptions(settings(rootly={"enabled": False}), ruleset)) == {"incident_io"}
+
+
+def test_only_conditions_the_variables_alone_decide_can_make_a_rule_dead() -> None:
+    """An `expr` or `any` over variables only is decided (false: the rule never fires,
+    naming each variable); one that also reads the event is left to the event."""
+    text = """version: 1
+variables: {{flag: false, sevs: []}}
+rules:
+  - name: r
+    on: {{source: rootly, event: incident.created}}
+    when:
+      - {cond}
+    links:
+      - add: {{a: "{{{{ subject }}}}", b: "rootly:alert:x"}}
+"""
+    dead = [
+        'expr: "{{ vars.flag }}"',
+        'any: [{expr: "{{ vars.flag }}"}, {field: vars.sevs, not_equals: []}]',
+    ]
+    for cond in dead:
+        (finding,) = check_setup(settings(), load_rules_text(text.format(cond=cond), "r.yaml"))
+        assert finding.code == "rule_never_fires", cond
+        assert finding.line == 7
+        assert "env BRIDGE_RULE_VAR_FLAG" in finding.fix
+    alive = [
+        'expr: "{{ vars.flag or incident.severity }}"',
+        'expr: "{{ not vars.flag }}"',
+        "{field: incident.title, equals: x}",
+    ]
+    for cond in alive:
+        assert check_setup(settings(), load_rules_text(text.format(cond=cond), "r.yaml")) == ()

@@ -24,7 +24,6 @@ from typing import Any, Final
 from jinja2 import Environment, TemplateSyntaxError, nodes
 
 from bridge.rules.compiled import (
-    AnyTest,
     CompiledForEach,
     CompiledRule,
     Const,
@@ -36,7 +35,7 @@ from bridge.rules.compiled import (
     Test,
     Tpl,
 )
-from bridge.rules.templates import GLOBALS, CompiledTemplate, RenderError, truthy
+from bridge.rules.templates import GLOBALS, CompiledTemplate, RenderError
 from bridge.yamlsource import KeyPath
 
 # Names under which the event's object appears in the template context.
@@ -222,8 +221,6 @@ def decided_conditions(
             holds, detail = test.check(context)
         except RenderError:
             continue
-        if isinstance(test, AnyTest | ExprTest):
-            holds = truthy(holds)
         out.append(DecidedCondition(index, holds, detail, names))
     return tuple(out)
 

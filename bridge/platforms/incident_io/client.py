@@ -222,7 +222,7 @@ class IncidentIoClient:
         """``GET /v2/escalations``: one page and the cursor of the next (None at the end).
 
         Filters use the API's operators, e.g. ``status={"one_of": ["triggered", "acked"]}``,
-        ``idempotency_key={"one_of": [key]}``.
+        ``idempotency_key={"is": [key]}`` or ``{"starts_with": [prefix]}``.
         """
         params = _list_params("list_escalations", ESCALATION_FILTERS, after, page_size, filters)
         response = await self._http.request("GET", "/v2/escalations", params=params)

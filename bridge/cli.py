@@ -1,4 +1,5 @@
-"""The `bridge` command line: serve, check-config, explain, links, dlq, db, demo.
+"""The `bridge` command line: serve, check-config, explain, links, dlq, db, demo, test-rules,
+adopt.
 
 Every failure a user can cause (bad config, bad rules, bad argument, unreachable store)
 ends as one clear line on stderr and exit code 2 (usage and configuration) or 1
@@ -29,10 +30,14 @@ class CliError(Exception):
         self.code = code
 
 
+class UsageError(CliError):
+    """argparse's own complaint; its message already starts with the command's name."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        raise CliError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: error: {message}")
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-secrets",
         action="store_true",
         help="do not require real secrets (for files whose secrets come at deploy time)",
+    )
+    check.add_argument(
+        "--strict", action="store_true", help="exit 2 on warnings too, not only on errors"
+    )
+    check.add_argument(
+        "--print-subscriptions",
+        action="store_true",
+        help="list the webhook event types to subscribe to on each platform, and nothing else",
     )
 
     explain = sub.add_parser(
@@ -109,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="play the main flows through the sandbox and narrate them")
     demo.add_argument("--store", default=None, help="store URL (default: a temporary SQLite file)")
+    _add_test_rules(sub)
+    _add_adopt(sub)
     return parser
 
 
@@ -178,6 +193,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except RulesError as exc:
         raise CliError(f"invalid rules: {exc}") from None
     enabled = [r.name for r in rules.rules if r.enabled]
+    if args.print_subscriptions:
+        return _print_subscriptions(settings, rules)
 
     def on(flag: object) -> str:
         return "on" if flag else "off"
@@ -189,7 +206,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     print(f"rules ok: {rules_path}: {len(enabled)} enabled of {len(rules.rules)}:")
     print(f"  {', '.join(enabled)}")
-    return EXIT_OK
+    return _report_findings(
+        settings, rules, require_secrets=not args.no_secrets, strict=args.strict
+    )
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -209,7 +228,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         event = PARSERS[source](body, DeliveryId(f"explain:{args.event_file.name}"))  # type: ignore[index]
     except PayloadError as exc:
-        raise CliError(f"{args.event_file}: {exc}") from None
+        raise CliError(f"{args.event_file}: {exc}{_other_source_hint(source, body)}") from None
     try:
         rules = load_rules(args.rules or settings.rules.file, dict(os.environ))
     except RulesError as exc:
@@ -354,13 +373,260 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not 0 <= args.port <= 65535:
             raise CliError("--port must be between 0 and 65535")
         overrides["server"] = {"port": args.port}
-    return asyncio.run(serve(args.config, sandbox=args.sandbox, overrides=overrides))
+    return asyncio.run(
+        serve(
+            args.config,
+            sandbox=args.sandbox,
+            overrides=overrides,
+            override_names={("server", "port"): f"--port {args.port}"},
+        )
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from bridge.demo import run_demo
 
     return asyncio.run(run_demo(args.store))
+
+
+# ---------------------------------------------------------------------------------------
+# day one and day two: dead flows, rule tests, adopting what exists
+
+
+def _report_findings(settings: Any, rules: Any, *, require_secrets: bool, strict: bool) -> int:
+    """Print the dead flows `check_setup` finds; the exit code they call for."""
+    from bridge.checks import check_setup
+
+    findings = check_setup(settings, rules, require_secrets=require_secrets)
+    errors = sum(1 for f in findings if f.severity == "error")
+    warnings = len(findings) - errors
+    for finding in findings:
+        print(finding)
+    if not findings:
+        print("flows ok: every enabled rule can fire with the settings in force")
+        return EXIT_OK
+    summary = f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    if errors or strict:
+        raise CliError(f"check-config: {summary}" + (" (--strict)" if not errors else ""))
+    print(f"flows: {summary}")
+    return EXIT_OK
+
+
+def _print_subscriptions(settings: Any, rules: Any) -> int:
+    from bridge.checks import subscriptions
+    from bridge.platforms.catalog import catalog
+
+    for platform, types in subscriptions(settings, rules).items():
+        cat = catalog(platform)
+        print(f"{cat.platform} (webhook endpoint: POST {cat.webhook_path}):")
+        for event_type in types:
+            print(f"  {event_type}")
+        if not types:
+            print("  (none: no enabled rule triggers on its events)")
+    return EXIT_OK
+
+
+def _other_source_hint(source: str, body: bytes) -> str:
+    from bridge.platforms.catalog import catalog, sniff_source
+
+    sniffed = sniff_source(body)
+    if sniffed is None or sniffed == source:
+        return ""
+    other = catalog(sniffed)
+    article = "an" if other.label[0].lower() in "aeiou" else "a"
+    return f"; this looks like {article} {other.label} event: try --source {other.cli_name}"
+
+
+def _add_test_rules(sub: Any) -> None:
+    tests = sub.add_parser(
+        "test-rules",
+        help="run rule unit tests (YAML files of events and the actions they must produce)",
+    )
+    _add_config(tests)
+    tests.add_argument(
+        "--rules",
+        type=Path,
+        help="rules file for every test file (default: the file's own 'rules:', else"
+        " rules.file from config)",
+    )
+    tests.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="test files or directories (default: tests/ beside the rules file)",
+    )
+
+
+def cmd_test_rules(args: argparse.Namespace) -> int:
+    from bridge.rules.testing import TestFileError, run_test_files
+
+    fallback: Path | None = None
+    if args.rules is None or not args.paths:
+        fallback = _load(args, require_secrets=False).rules.file
+    rules_file = args.rules or fallback
+    assert isinstance(rules_file, Path)
+    paths = list(args.paths) or [rules_file.parent / "tests"]
+    for path in paths:
+        if not path.exists():
+            raise CliError(f"{path}: no such file or directory")
+    try:
+        report = run_test_files(paths, args.rules, fallback=fallback)
+    except TestFileError as exc:
+        raise CliError(str(exc)) from None
+    if not report.results:
+        raise CliError(f"no rule tests found in {', '.join(str(p) for p in paths)}")
+    for result in report.failed:
+        where = f"{result.file}:{result.line}" if result.line else result.file
+        print(f"FAIL {where}: {result.name}")
+        for line in result.diff:
+            print(f"  {line}")
+    failed = len(report.failed)
+    total = len(report.results)
+    if report.untested:
+        print(f"no test makes these rules fire: {', '.join(report.untested)}")
+    print(f"test-rules: {total} tests, {total - failed} passed, {failed} failed")
+    return EXIT_RUNTIME if failed else EXIT_OK
+
+
+def _add_adopt(sub: Any) -> None:
+    adopt = sub.add_parser(
+        "adopt",
+        help="link objects that belong together but were created before the bridge ran",
+    )
+    _add_config(adopt)
+    adopt.add_argument(
+        "--since",
+        required=True,
+        help="look at objects created on or after this date (YYYY-MM-DD or ISO 8601)",
+    )
+    adopt.add_argument(
+        "--apply", action="store_true", help="record the links (default: only show them)"
+    )
+    adopt.add_argument(
+        "--limit", type=int, help="read at most N keyed escalations and N keyed alerts"
+    )
+    adopt.add_argument("--output", choices=["table", "json"], default="table")
+
+
+def _since(text: str) -> str:
+    from datetime import date, datetime
+
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            return date.fromisoformat(value).isoformat()
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--since {text!r}: not a date (YYYY-MM-DD or ISO 8601)") from None
+    return value
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    since = _since(args.since)
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    settings = _load(args, require_secrets=False)
+    missing = [
+        env
+        for group, key, env in (
+            (settings.incident_io, "api_key", "BRIDGE_INCIDENT_IO__API_KEY"),
+            (settings.rootly, "api_token", "BRIDGE_ROOTLY__API_TOKEN"),
+        )
+        if getattr(group, key) is None or not group.enabled
+    ]
+    if missing:
+        raise CliError(
+            "adopt reads both platforms: enable both and set their API credentials"
+            f" ({', '.join(missing)})"
+        )
+
+    async def run(store: Any) -> int:
+        from prometheus_client import CollectorRegistry
+
+        from bridge import adopt
+        from bridge.app import build_clients
+        from bridge.logging import get_logger
+        from bridge.metrics import create_metrics
+        from bridge.platforms.errors import UpstreamError
+        from bridge.platforms.ratelimit import RateLimiters
+
+        clients = build_clients(
+            settings, create_metrics(CollectorRegistry()), RateLimiters(), get_logger("bridge")
+        )
+        for client in clients.values():
+            await client.start()
+        progress = adopt.Progress()
+        try:
+            found = await adopt.find(
+                clients["incident_io"],  # type: ignore[arg-type]
+                clients["rootly"],  # type: ignore[arg-type]
+                since=since,
+                limit=args.limit,
+                progress=progress,
+            )
+            found = await adopt.mark_recorded(store, found)
+            added = 0
+            if args.apply:
+                added = await adopt.record(
+                    store, found, lambda done, total: progress.show("recording", done, total)
+                )
+                progress.close()
+        except UpstreamError as exc:
+            raise CliError(f"adopt: {exc}", EXIT_RUNTIME) from None
+        finally:
+            for client in clients.values():
+                await client.close()
+        _print_adoption(found, since, args.apply, added, args.output)
+        return EXIT_OK
+
+    return asyncio.run(_with_store(args, run))
+
+
+def _print_adoption(found: Any, since: str, applied: bool, added: int, output: str) -> None:
+    new = len(found.new)
+    counts = {
+        "found": len(found.links),
+        "already_recorded": len(found.links) - new,
+        "new": new,
+        "recorded": added,
+        "keyed_escalations": found.escalations,
+        "keyed_alerts": found.alerts,
+        "rootly_incidents_read": found.rootly_incidents,
+    }
+    if output == "json":
+        _print_json(
+            {
+                "since": since,
+                "applied": applied,
+                "links": [
+                    {"a": str(x.a), "b": str(x.b), "reason": x.reason, "recorded": x.recorded}
+                    for x in found.links
+                ],
+                "unpaired_escalations": list(found.unpaired_escalations),
+                "counts": counts,
+            }
+        )
+        return
+    rows = [
+        (str(x.a), str(x.b), "recorded" if x.recorded else "new", x.reason) for x in found.links
+    ]
+    header = ("A", "B", "STATE", "WHY")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    for escalation_id in found.unpaired_escalations:
+        print(
+            f"unpaired: incident_io:escalation:{escalation_id} has a rootly-incident-* key but"
+            f" no Rootly incident created since {since} has it (try an earlier --since)"
+        )
+    if applied:
+        print(f"adopt: recorded {added} new links ({counts['already_recorded']} already recorded)")
+    else:
+        print(
+            f"adopt: {new} new links to record, {counts['already_recorded']} already recorded;"
+            " run again with --apply to record them"
+        )
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -371,10 +637,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dlq": cmd_dlq,
     "db": cmd_db,
     "demo": cmd_demo,
+    "test-rules": cmd_test_rules,
+    "adopt": cmd_adopt,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bridge.store.base import StoreError
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -384,8 +654,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             configure_logging("warning", "auto", stream=sys.stderr)
         return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return exc.code
     except CliError as exc:
         print(f"bridge: {exc}", file=sys.stderr)
         return exc.code
+    except StoreError as exc:
+        print(f"bridge: store: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130

@@ -392,6 +392,43 @@ def _describe(
     return dotted
 
 
+def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The paths of the non-mapping values of a nested mapping."""
+    out: list[tuple[str, ...]] = []
+    for key, value in tree.items():
+        path = (*prefix, str(key))
+        out.extend(_leaves(value, path) if isinstance(value, Mapping) and value else [path])
+    return out
+
+
+def _known_keys(parent: tuple[str, ...]) -> list[str]:
+    """The keys the settings accept under `parent` (``()`` for the groups)."""
+    model: Any = Settings
+    for part in parent:
+        is_model = isinstance(model, type) and issubclass(model, BaseModel)
+        field = model.model_fields.get(part) if is_model else None
+        if field is None:
+            return []
+        model = field.annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _suggest(loc: tuple[str, ...], origins: Mapping[tuple[str, ...], str]) -> str:
+    """`` (did you mean 'port'?)`` for an unknown key, in the form the user wrote it."""
+    import difflib
+
+    known = _known_keys(loc[:-1])
+    close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+    if not close:
+        return f" (known: {', '.join(known)})" if known else ""
+    path = (*loc[:-1], close[0])
+    if origins.get(loc, "").startswith("env "):
+        return f" (did you mean {env_name(path)}?)"
+    return f" (did you mean {close[0]!r}?)"
+
+
 def env_name(path: tuple[str, ...]) -> str:
     """The environment variable that sets the key at `path`."""
     return ENV_PREFIX + "__".join(p.upper() for p in path)
@@ -463,11 +500,14 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    override_names: Mapping[tuple[str, ...], str] | None = None,
     require_secrets: bool = True,
 ) -> Settings:
     """Build `Settings` from the YAML file, secrets directory, environment and `overrides`.
 
     Raises `ConfigError` listing every problem with its origin (file:line, env var, file).
+    `override_names` says where each overridden key came from as the user typed it (the
+    CLI flag ``--port`` for ``("server", "port")``); other overrides read "override".
     `require_secrets=False` skips the "real secret" check (for `check-config --no-secrets`
     of a file that will get its secrets at deploy time).
     """
@@ -498,8 +538,9 @@ def load_settings(
     origins.update(layer_origins)
     if overrides:
         merged = deep_merge(merged, overrides)
-        for key in overrides:
-            origins.setdefault((key,), "override")
+        names = override_names or {}
+        for leaf in _leaves(overrides):
+            origins[leaf] = names.get(leaf, "override")
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
@@ -507,7 +548,7 @@ def load_settings(
         for error in exc.errors(include_url=False):
             message = error["msg"]
             if error["type"] == "extra_forbidden":
-                message = "unknown key"
+                message = "unknown key" + _suggest(tuple(str(p) for p in error["loc"]), origins)
             problems.append(f"{_describe(tuple(error['loc']), yaml_doc, origins)}: {message}")
         raise ConfigError(problems) from None
     if require_secrets:

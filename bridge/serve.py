@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from bridge.app import Bridge
+from bridge.checks import check_setup
 from bridge.config import ConfigError, Settings, deep_merge, load_settings
 from bridge.logging import Logger, configure_logging, get_logger
-from bridge.rules import RulesError
+from bridge.rules import RulesError, RuleSet
 from bridge.store.base import StoreError
 
 EXIT_RUNTIME = 1
@@ -60,10 +61,29 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def log_findings(log: Logger, settings: Settings, rules: RuleSet) -> None:
+    """The dead flows `bridge check-config` reports, one log event each (``check.<code>``)."""
+    for finding in check_setup(settings, rules):
+        log.warning(
+            f"check.{finding.code}",
+            severity=finding.severity,
+            file=finding.file,
+            line=finding.line,
+            rule=finding.rule,
+            problem=finding.message,
+            fix=finding.fix,
+        )
+
+
 async def serve(
-    config: Path | None, *, sandbox: bool = False, overrides: dict[str, Any] | None = None
+    config: Path | None,
+    *,
+    sandbox: bool = False,
+    overrides: dict[str, Any] | None = None,
+    override_names: dict[tuple[str, ...], str] | None = None,
 ) -> int:
     overrides = dict(overrides or {})
+    names = dict(override_names or {})
     env = dict(os.environ)
     sim = None
     if sandbox:
@@ -72,11 +92,13 @@ async def serve(
 
         sim = Sandbox()
         await sim.start()
-        overrides = deep_merge(overrides, sandbox_overrides(sim))
+        wiring = sandbox_overrides(sim)
+        overrides = deep_merge(overrides, wiring)
+        names.update({(group, key): "--sandbox" for group in wiring for key in wiring[group]})
         env = {**sandbox_rule_env(sim), **env}
     try:
         try:
-            settings: Settings = load_settings(config, overrides=overrides)
+            settings: Settings = load_settings(config, overrides=overrides, override_names=names)
         except ConfigError as exc:
             return _fail(f"invalid configuration:\n{exc}", EXIT_CONFIG)
         configure_logging(settings.logging.level, settings.logging.format, settings.secret_values())
@@ -98,6 +120,7 @@ async def serve(
                 EXIT_RUNTIME,
             )
         assert bridge.endpoint is not None
+        log_findings(log, settings, bridge.rulebook.current())
         if sim is not None:
             print(sandbox_banner(bridge.endpoint.url, sim), file=sys.stderr, flush=True)
             sim.set_webhook_targets(

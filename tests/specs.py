@@ -121,6 +121,22 @@ def validate_request(
     return template
 
 
+def validate_query(platform: str, method: str, path: str, names: list[str]) -> None:
+    """Check a request's query parameter names against the operation's parameters: each is
+    declared (exactly, as Rootly's ``filter[created_at][gte]``, or as the base name of a
+    deepObject filter, as incident.io's ``status[one_of]``), and every required one is sent."""
+    template, operation = find_operation(platform, method, path)
+    where = f"{platform} {method.upper()} {template}"
+    declared = {p["name"]: p for p in operation.get("parameters", []) if p.get("in") == "query"}
+    for name in names:
+        if name not in declared and name.split("[", 1)[0] not in declared:
+            raise ContractError(f"{where}: undeclared query parameter {name!r}")
+    sent = {name.split("[", 1)[0] for name in names} | set(names)
+    missing = sorted(n for n, p in declared.items() if p.get("required") and n not in sent)
+    if missing:
+        raise ContractError(f"{where}: required query parameter(s) {', '.join(missing)} not sent")
+
+
 def validate_response(platform: str, method: str, path: str, status: int, body: Any) -> None:
     """Check a (simulated) response against the official operation's response schema."""
     template, operation = find_operation(platform, method, path)

@@ -46,13 +46,93 @@ def test_version() -> None:
     assert result.stdout.startswith("bridge 0.")
 
 
+# What the shipped rules need besides the secrets: the escalation path to page, the alert
+# source that receives Rootly alerts, the ID of the bridge's API key (echo guard).
+COMPLETE_ENV = {
+    **SECRET_ENV,
+    "BRIDGE_RULE_VAR_ESCALATION_PATH_ID": "01HPATH00000000000000000000",
+    "BRIDGE_INCIDENT_IO__ALERT_SOURCE_CONFIG_ID": "01HSOURCE00000000000000000",
+    "BRIDGE_INCIDENT_IO__ALERT_SOURCE_TOKEN": "alert-source-token-for-tests",
+    "BRIDGE_INCIDENT_IO__API_KEY_ID": "01HKEY00000000000000000000",
+}
+
+
 def test_check_config_ok_prints_summary() -> None:
-    """The shipped config and rules pass check-config with secrets from env (exit 0)."""
-    result = run("check-config", env=SECRET_ENV)
-    assert result.returncode == 0, result.stderr
+    """The shipped config and rules with what they need pass check-config (exit 0)."""
+    result = run("check-config", env=COMPLETE_ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "config ok" in result.stdout
     assert "rules ok" in result.stdout
     assert "rootly-incident-opens-escalation" in result.stdout
+    assert "flows ok" in result.stdout
+
+
+def test_check_config_finds_the_dead_flows_of_a_fresh_install() -> None:
+    """Secrets only: rule 1 can never fire (empty escalation path) and rules 2 and 4 have no
+    alert source: exit 2, each with file:line, rule and the variable or key to set."""
+    result = run("check-config", env=SECRET_ENV)
+    assert result.returncode == 2, result.stdout + result.stderr
+    out = result.stdout
+    assert (
+        "error: config/rules.yaml:46: rule 'rootly-incident-opens-escalation': can never fire"
+    ) in out
+    assert "fix: set variable 'escalation_path_id' (env BRIDGE_RULE_VAR_ESCALATION_PATH_ID" in out
+    assert "rule 'rootly-alert-fires-incident-io-alert': actions[0] sends incident.io alert" in out
+    assert "warning: incident_io.api_key_id is not set" in out
+    assert result.stderr.strip().endswith("bridge: check-config: 3 errors, 1 warning")
+    no_traceback(result)
+
+
+def test_check_config_warnings_exit_0_unless_strict() -> None:
+    """Only the echo-guard warning left: printed, exit 0; with --strict, exit 2."""
+    env = {k: v for k, v in COMPLETE_ENV.items() if k != "BRIDGE_INCIDENT_IO__API_KEY_ID"}
+    result = run("check-config", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning: incident_io.api_key_id is not set" in result.stdout
+    assert "flows: 0 errors, 1 warning" in result.stdout
+    strict = run("check-config", "--strict", env=env)
+    assert strict.returncode == 2
+    assert "bridge: check-config: 0 errors, 1 warning (--strict)" in strict.stderr
+
+
+def test_check_config_reports_a_trigger_typo_and_a_field_typo(tmp_path: Path) -> None:
+    """A glob matching nothing Rootly sends is an error, a field the payload lacks a
+    warning; each suggests the name meant."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\nrules:\n  - name: r1\n    on: {source: rootly, event: incident.creatd}\n"
+        "    links:\n      - add: {a: '{{ subject }}', b: 'rootly:alert:{{ incident.titel }}'}\n"
+        "  - name: r2\n    on: {source: rootly, event: incident.resolved}\n"
+        "    links:\n      - add: {a: '{{ subject }}', b: 'rootly:alert:{{ incident.titel }}'}\n"
+    )
+    result = run("check-config", "--rules", str(rules), env=COMPLETE_ENV)
+    assert result.returncode == 2
+    assert f"error: {rules}:4: rule 'r1': on.event 'incident.creatd' matches no event" in (
+        result.stdout
+    )
+    assert "fix: did you mean 'incident.created'?" in result.stdout
+    assert f"warning: {rules}:10: rule 'r2': links[0].add.b reads 'incident.titel'" in (
+        result.stdout
+    )
+    assert "fix: did you mean 'incident.title'?" in result.stdout
+
+
+def test_check_config_prints_the_subscriptions_the_rules_need() -> None:
+    """--print-subscriptions lists, per platform, the event types to subscribe to."""
+    result = run("check-config", "--print-subscriptions", env=SECRET_ENV)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "rootly (webhook endpoint: POST /webhooks/rootly):"
+    assert lines[1:6] == [
+        "  alert.created",
+        "  incident.cancelled",
+        "  incident.created",
+        "  incident.mitigated",
+        "  incident.resolved",
+    ]
+    assert lines[6] == "incident_io (webhook endpoint: POST /webhooks/incident-io):"
+    assert "  public_escalation.escalation_status_updated_v1" in lines
+    assert "error" not in result.stdout
 
 
 def test_check_config_without_secrets_names_each_key() -> None:
@@ -133,12 +213,38 @@ def test_links_and_db_commands_on_a_real_store(tmp_path: Path) -> None:
     assert run("dlq", "replay", "42", env=env).returncode == 1
 
 
+def test_usage_errors_have_one_prefix(tmp_path: Path) -> None:
+    """argparse's complaints read `bridge serve: error: ...`, not `bridge: bridge serve: ...`."""
+    result = run("serve", "--port", "eighty")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("bridge serve: error: argument --port: invalid int value")
+
+
 def test_unusable_store_is_a_clear_error(tmp_path: Path) -> None:
     """A store path that is a directory: exit 1 with the path in the message."""
     (tmp_path / "dir.db").mkdir()
     result = run("links", "list", env={"BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/dir.db"})
     assert result.returncode == 1
     assert "dir.db" in result.stderr
+    no_traceback(result)
+
+
+def test_adopt_needs_both_platforms_and_a_store(tmp_path: Path) -> None:
+    """`bridge adopt` without API credentials: exit 2 naming the variables to set; with
+    them but a store that cannot be opened: exit 1 with the store's message, before any
+    API call; never a traceback."""
+    store = {"BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/a.db"}
+    result = run("adopt", "--since", "2026-01-01", env=store)
+    assert result.returncode == 2
+    assert "BRIDGE_INCIDENT_IO__API_KEY, BRIDGE_ROOTLY__API_TOKEN" in result.stderr
+    no_traceback(result)
+    (tmp_path / "file").write_text("not a directory")
+    broken = {**SECRET_ENV, "BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/file/a.db"}
+    result = run("adopt", "--since", "2026-01-01", env=broken)
+    assert result.returncode == 1
+    assert result.stderr.startswith("bridge: store: ")
+    assert f"{tmp_path}/file" in result.stderr
     no_traceback(result)
 
 
@@ -164,6 +270,20 @@ def test_explain_shows_matching_rules_and_actions(tmp_path: Path) -> None:
     result = run("explain", "--source", "rootly", "--no-store", str(bad))
     assert result.returncode == 2
     assert "JSON object" in result.stderr
+
+
+def test_explain_recognises_the_other_platforms_event(tmp_path: Path) -> None:
+    """An event given with the wrong --source: exit 2 saying which source it looks like."""
+    rootly = tmp_path / "rootly.json"
+    rootly.write_text(json.dumps({"event": {"id": "e", "type": "incident.created"}, "data": {}}))
+    result = run("explain", "--source", "incident-io", "--no-store", str(rootly))
+    assert result.returncode == 2
+    assert "this looks like a Rootly event: try --source rootly" in result.stderr
+    io = tmp_path / "io.json"
+    io.write_text(json.dumps(specs.webhook_example("public_alert.alert_created_v1")))
+    result = run("explain", "--source", "rootly", "--no-store", str(io))
+    assert result.returncode == 2
+    assert "this looks like an incident.io event: try --source incident-io" in result.stderr
 
 
 def free_port() -> int:
@@ -227,11 +347,22 @@ def test_serve_stops_cleanly_on_sigterm_within_grace(tmp_path: Path, sandbox: bo
     assert "bridge.started" in events
     assert "bridge.heap_frozen" in events
     assert "bridge.stopped" in events
+    checks = sorted(e for e in events if e.startswith("check."))
     if sandbox:
+        # The sandbox wires everything the default rules need: no dead flow.
+        assert checks == []
         assert "sandbox.ready" in events
         # The throwaway sandbox credentials are printed for a person, outside the logs.
         assert "bridge sandbox:" in err
         assert "Rootly webhook secret" in err
+    else:
+        # The same findings as `bridge check-config`, one event each.
+        assert checks == [
+            "check.missing_alert_source",
+            "check.missing_alert_source",
+            "check.missing_api_key_id",
+            "check.rule_never_fires",
+        ]
     assert SECRET_ENV["BRIDGE_ROOTLY__API_TOKEN"] not in err + out
 
 

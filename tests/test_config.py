@@ -99,6 +99,44 @@ def test_unknown_key_is_an_error_with_line(tmp_path: Path) -> None:
     assert f"{config}:2: server.prot: unknown key" in str(info.value)
 
 
+def test_unknown_key_suggests_the_closest_known_one(tmp_path: Path) -> None:
+    """A misspelt key says which key was meant: in YAML as the key, in env as the variable."""
+    config = write(tmp_path, "server:\n  prot: 8080\nrootlly:\n  enabled: true\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, environ=SECRETS)
+    assert info.value.problems == [
+        f"{config}:2: server.prot: unknown key (did you mean 'port'?)",
+        f"{config}:3: rootlly: unknown key (did you mean 'rootly'?)",
+    ]
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            environ={**SECRETS, "BRIDGE_CONFIG": "/dev/null", "BRIDGE_SERVER__PROT": "8080"},
+        )
+    assert str(info.value) == (
+        "env BRIDGE_SERVER__PROT: server.prot: unknown key (did you mean BRIDGE_SERVER__PORT?)"
+    )
+
+
+def test_an_override_is_reported_as_the_flag_that_set_it(tmp_path: Path) -> None:
+    """A bad overridden value names the flag as typed; a bad value next to it in the file
+    still names the file and line (not the override, which only set another key)."""
+    environ = {**SECRETS, "BRIDGE_CONFIG": "/dev/null"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            environ=environ,
+            overrides={"server": {"port": 70000}},
+            override_names={("server", "port"): "--port 70000"},
+        )
+    assert str(info.value).startswith("--port 70000: server.port: ")
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ, overrides={"server": {"prot": 1}})
+    assert str(info.value) == "override: server.prot: unknown key (did you mean 'port'?)"
+    config = write(tmp_path, "server:\n  max_body_bytes: 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, environ=SECRETS, overrides={"server": {"port": 9000}})
+    assert str(info.value).startswith(f"{config}:2: server.max_body_bytes: ")
+
+
 def test_env_error_names_the_variable() -> None:
     """A bad value from the environment names the variable it came from."""
     with pytest.raises(ConfigError) as info:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from bridge.events import Event, ObjectKind, Operation
+from bridge.events import Event, ObjectKind, Operation, thaw
 from bridge.operations import OPERATIONS
 from bridge.rules.templates import CompiledTemplate, Omit, RenderError, truthy
+from bridge.yamlsource import LineMap
 
 # The object type each operation acts on; None: the operation creates something instead.
 # Which object type each operation acts on (None: it creates one), from the one table.
@@ -101,7 +102,9 @@ class FieldTest:
     regex: re.Pattern[str] | None
 
     def check(self, context: dict[str, Any]) -> tuple[bool, str]:
-        value = resolve_path(context, self.path)
+        # Variables are deep-frozen (lists are tuples): compare them as the plain values a
+        # rule writes (`equals: []` must hold for an empty list variable).
+        value = thaw(resolve_path(context, self.path))
         if self.op == "matches":
             assert self.regex is not None
             ok = value is not None and self.regex.search(str(value)) is not None
@@ -218,6 +221,8 @@ class RuleSet:
     rules: tuple[CompiledRule, ...]
     variables: Mapping[str, Any]
     source_path: str
+    # Where each key and item of the file is (for messages about a rule's parts).
+    lines: LineMap = field(default_factory=lambda: LineMap({}), compare=False)
 
     def triggered_by(self, event: Event) -> bool:
         """True if at least one enabled rule looks at `event` (source and event type)."""

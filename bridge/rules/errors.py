@@ -7,6 +7,9 @@ evaluation problems are recorded per rule in the `Evaluation` (see `engine.py`).
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class RulesError(Exception):
     """A rules file that cannot be loaded.
@@ -43,3 +46,12 @@ class RulesError(Exception):
         """One error to raise for several problems: the first leads, all are kept."""
         first = problems[0]
         return cls(first.file, first.line, first.rule, first.message, tuple(problems))
+
+
+def did_you_mean(word: str, known: Iterable[str], what: str = "known") -> str:
+    """`` (did you mean 'x'?)`` for the closest of `known`, else `` (<what>: a, b, ...)``."""
+    names = sorted(set(known))
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" ({what}: {', '.join(names) or 'none'})"

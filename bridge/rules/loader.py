@@ -37,7 +37,7 @@ from bridge.rules.compiled import (
     Test,
     Tpl,
 )
-from bridge.rules.errors import RulesError
+from bridge.rules.errors import RulesError, did_you_mean
 from bridge.rules.models import ActionSpec, Condition, ForEach, LinkSpec, Rule, RuleFile
 from bridge.rules.templates import (
     BASE_NAMES,
@@ -79,6 +79,7 @@ class _Loader:
         self.problems: list[RulesError] = []
         self.lines = LineMap({})
         self.data: Any = None
+        self.variables: Mapping[str, Any] = {}
 
     # -- problems -------------------------------------------------------------------------
 
@@ -119,6 +120,7 @@ class _Loader:
             raise AssertionError("unreachable") from exc
         variables = self._variables(model.variables)
         self._raise_if_problems()
+        self.variables = variables
         compiler = TemplateCompiler(variables)
         rules: list[CompiledRule] = []
         seen: dict[str, int] = {}
@@ -133,7 +135,7 @@ class _Loader:
             if compiled is not None:
                 rules.append(compiled)
         self._raise_if_problems()
-        return RuleSet(tuple(rules), freeze(variables), self.file)
+        return RuleSet(tuple(rules), freeze(variables), self.file, self.lines)
 
     def _schema_problems(self, exc: ValidationError) -> None:
         seen: set[tuple[YamlPath, str]] = set()
@@ -269,6 +271,13 @@ class _Loader:
             self.problem(
                 (*path, "field"),
                 f"field {cond.field!r} must start with one of: {', '.join(sorted(names))}",
+            )
+            return None
+        if steps[0] == "vars" and len(steps) > 1 and steps[1] not in self.variables:
+            self.problem(
+                (*path, "field"),
+                f"field {cond.field!r}: variable {steps[1]!r} is not defined"
+                + did_you_mean(steps[1], self.variables, "variables"),
             )
             return None
         op = next(

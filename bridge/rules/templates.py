@@ -39,6 +39,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bridge.events import InvalidRef, ObjectRef
+from bridge.rules.errors import did_you_mean
 
 # Names every template sees (from `Event.template_context()` plus `vars` and `now`).
 BASE_NAMES: Final = frozenset(
@@ -392,8 +393,10 @@ class TemplateCompiler:
 
     def _check_variable(self, name: str) -> None:
         if name not in self._variables:
-            known = ", ".join(sorted(self._variables)) or "none defined"
-            raise TemplateProblem(f"variable {name!r} is not defined (variables: {known})")
+            raise TemplateProblem(
+                f"variable {name!r} is not defined"
+                + did_you_mean(name, self._variables, "variables")
+            )
 
 
 def _const_str(node: nodes.Node) -> str | None:

@@ -9,10 +9,14 @@ API routes:
   POST /v2/escalations (201; a reused idempotency key returns the existing escalation)
   GET  /v2/escalations/{id}   GET /v2/escalations (page_size, after, filters such as
        status[one_of]=triggered, status[not_in]=..., escalation_path|alert|incident[one_of],
-       idempotency_key[one_of|starts_with], created_at|updated_at[gte|lte])
+       idempotency_key[is|starts_with], created_at|updated_at[gte|lte|date_range]), newest
+       first
   POST /v2/escalations/{id}/actions/cancel (200, empty; cancelled: no-op; resolved/expired:
        422 `invalid_state`)
   POST /v2/alert_events/http/{alert_source_config_id} (202)
+  GET  /v2/alerts (page_size required, after, deduplication_key[is], status|alert_source
+       [one_of|not_in], alert_group_id[one_of], created_at[gte|lte|date_range],
+       has_notes[is], include_maintenance_window[is]), newest first
   GET  /v2/alerts/{id}   GET /v2/incidents/{id}   POST /v2/incidents/{id}/actions/edit
 
 An HTTP alert event `firing` with a new deduplication key creates an alert
@@ -207,6 +211,7 @@ class IncidentIoSimulator(SimulatorBase):
         r.add_get("/v2/escalations/{id}", self._h_get_escalation)
         r.add_post("/v2/escalations/{id}/actions/cancel", self._h_cancel_escalation)
         r.add_post("/v2/alert_events/http/{config_id}", self._h_alert_event)
+        r.add_get("/v2/alerts", self._h_list_alerts)
         r.add_get("/v2/alerts/{id}", self._h_get_alert)
         r.add_get("/v2/incidents/{id}", self._h_get_incident)
         r.add_post("/v2/incidents/{id}/actions/edit", self._h_edit_incident)
@@ -691,10 +696,10 @@ class IncidentIoSimulator(SimulatorBase):
         self._escalation(escalation_id)
         return json_response(200, {"escalation": self._escalation_view(escalation_id)})
 
-    def _matches(self, escalation_id: str, field: str, op: str, values: list[str]) -> bool:
+    def _escalation_fields(self, escalation_id: str) -> dict[str, list[str]]:
         esc = self._escalations[escalation_id]
         keys = {v: k for k, v in self._idempotency.items()}
-        actual: list[str] = {
+        return {
             "status": [esc["status"]],
             "escalation_path": [esc.get("escalation_path_id", "")],
             "alert": self._esc_alerts[escalation_id],
@@ -702,31 +707,42 @@ class IncidentIoSimulator(SimulatorBase):
             "idempotency_key": [keys.get(escalation_id, "")],
             "created_at": [esc["created_at"]],
             "updated_at": [esc["updated_at"]],
-        }[field]
-        if op == "one_of":
+        }
+
+    def _alert_fields(self, alert_id: str) -> dict[str, list[str]]:
+        alert = self._alerts[alert_id]
+        return {
+            "deduplication_key": [alert["deduplication_key"]],
+            "status": [alert["status"]],
+            "alert_source": [alert["alert_source_id"]],
+            "alert_group_id": list(alert.get("alert_group_ids") or []),
+            "created_at": [alert["created_at"]],
+            "has_notes": ["false"],
+            "include_maintenance_window": [],
+        }
+
+    @staticmethod
+    def _holds(actual: list[str], op: str, values: list[str]) -> bool:
+        if op in ("one_of", "is"):
             return any(a in values for a in actual)
         if op == "not_in":
             return not any(a in values for a in actual)
         if op == "starts_with":
             return any(a.startswith(v) for a in actual for v in values)
+        if op == "date_range":
+            bounds = [tuple(v.split("~", 1)) for v in values if "~" in v]
+            return all(
+                lo <= a[: len(lo)] and a[: len(hi)] <= hi for a in actual for lo, hi in bounds
+            )
         if op == "gte":
             return all(a[: len(v)] >= v for a in actual for v in values)
         return all(a[: len(v)] <= v for a in actual for v in values)  # lte
 
-    async def _h_list_escalations(self, request: web.Request) -> web.Response:
-        raw_size = request.query.get("page_size", "25")
-        if not raw_size.isdigit() or not 1 <= int(raw_size) <= 50:
-            raise SimError(422, "invalid_value", "page_size must be between 1 and 50", "page_size")
-        size = int(raw_size)
-        ops = {
-            "status": {"one_of", "not_in"},
-            "escalation_path": {"one_of", "not_in"},
-            "alert": {"one_of", "not_in"},
-            "incident": {"one_of", "not_in"},
-            "idempotency_key": {"one_of", "not_in", "starts_with"},
-            "created_at": {"gte", "lte"},
-            "updated_at": {"gte", "lte"},
-        }
+    @staticmethod
+    def _filters(
+        request: web.Request, ops: dict[str, set[str]]
+    ) -> list[tuple[str, str, list[str]]]:
+        """The deepObject filters of a list request (``status[one_of]=a``), checked."""
         filters: list[tuple[str, str, list[str]]] = []
         for name in set(request.query) - {"page_size", "after"}:
             field, _, rest = name.partition("[")
@@ -735,11 +751,19 @@ class IncidentIoSimulator(SimulatorBase):
                 raise SimError(422, "invalid_value", f"unsupported filter {name!r}", name)
             values = [v for raw in request.query.getall(name) for v in raw.split(",") if v]
             filters.append((field, op, values))
-        ordered = [
-            e
-            for e in reversed(self._escalations)
-            if all(self._matches(e, f, o, v) for f, o, v in filters)
-        ]
+        return filters
+
+    @staticmethod
+    def _page(
+        request: web.Request, ordered: list[str], *, required: bool
+    ) -> tuple[list[str], dict[str, Any]]:
+        raw_size = request.query.get("page_size")
+        if raw_size is None and required:
+            raise SimError(422, "is_required", "page_size is required", "page_size")
+        raw_size = raw_size or "25"
+        if not raw_size.isdigit() or not 1 <= int(raw_size) <= 50:
+            raise SimError(422, "invalid_value", "page_size must be between 1 and 50", "page_size")
+        size = int(raw_size)
         after = request.query.get("after")
         if after:
             if after not in ordered:
@@ -749,8 +773,54 @@ class IncidentIoSimulator(SimulatorBase):
         meta: dict[str, Any] = {"page_size": size}
         if len(ordered) > size:
             meta["after"] = page[-1]
+        return page, meta
+
+    async def _h_list_escalations(self, request: web.Request) -> web.Response:
+        filters = self._filters(
+            request,
+            {
+                "status": {"one_of", "not_in"},
+                "escalation_path": {"one_of", "not_in"},
+                "alert": {"one_of", "not_in"},
+                "incident": {"one_of", "not_in"},
+                "idempotency_key": {"is", "starts_with"},
+                "created_at": {"gte", "lte", "date_range"},
+                "updated_at": {"gte", "lte", "date_range"},
+            },
+        )
+        ordered = []
+        for escalation_id in reversed(self._escalations):
+            fields = self._escalation_fields(escalation_id)
+            if all(self._holds(fields[f], o, v) for f, o, v in filters):
+                ordered.append(escalation_id)
+        page, meta = self._page(request, ordered, required=False)
         return json_response(
             200, {"escalations": [self._escalation_view(e) for e in page], "pagination_meta": meta}
+        )
+
+    async def _h_list_alerts(self, request: web.Request) -> web.Response:
+        filters = self._filters(
+            request,
+            {
+                "deduplication_key": {"is"},
+                "status": {"one_of", "not_in"},
+                "alert_source": {"one_of", "not_in"},
+                "alert_group_id": {"one_of"},
+                "created_at": {"gte", "lte", "date_range"},
+                "has_notes": {"is"},
+                "include_maintenance_window": {"is"},
+            },
+        )
+        # No alert in the sandbox is held by a maintenance window: that filter keeps all.
+        filters = [f for f in filters if f[0] != "include_maintenance_window"]
+        ordered = []
+        for alert_id in reversed(self._alerts):
+            fields = self._alert_fields(alert_id)
+            if all(self._holds(fields[f], o, v) for f, o, v in filters):
+                ordered.append(alert_id)
+        page, meta = self._page(request, ordered, required=True)
+        return json_response(
+            200, {"alerts": [dict(self._alerts[a]) for a in page], "pagination_meta": meta}
         )
 
     async def _h_cancel_escalation(self, request: web.Request) -> web.Response:

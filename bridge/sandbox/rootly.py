@@ -5,6 +5,8 @@ swagger). API routes need `Authorization: Bearer <api token>`, answer
 `application/vnd.api+json` and require it on request bodies (415 otherwise).
 
 API routes:
+  GET  /v1/incidents (page[number], page[size], sort=[-]created_at,
+       filter[created_at][gt|gte|lt|lte])
   GET  /v1/incidents/{id}[?include=alerts]    PUT /v1/incidents/{id}
   PUT  /v1/incidents/{id}/cancel|restart|resolve|mitigate
   POST /v1/alerts (201)    GET /v1/alerts/{id}[?include=incidents]
@@ -197,6 +199,7 @@ class RootlySimulator(SimulatorBase):
         self._alert_incidents: dict[str, list[str]] = {}
         self._seq = 0
         r = self.app.router
+        r.add_get("/v1/incidents", self._h_list_incidents)
         r.add_get("/v1/incidents/{id}", self._h_get_incident)
         r.add_put("/v1/incidents/{id}", self._h_update_incident)
         for action in ("cancel", "restart", "resolve", "mitigate"):
@@ -685,6 +688,70 @@ class RootlySimulator(SimulatorBase):
         return json_response(status, doc, content_type=JSONAPI)
 
     # -- API handlers --------------------------------------------------------------------
+
+    async def _h_list_incidents(self, request: web.Request) -> web.Response:
+        """`GET /v1/incidents`: page[number], page[size], sort by created_at,
+        filter[created_at][gt|gte|lt|lte] (other filters are not simulated: 400)."""
+        query = request.query
+        bounds: list[tuple[str, str]] = []
+        sort = "created_at"
+        for name in query:
+            if name.startswith("filter[created_at][") and name.endswith("]"):
+                op = name[len("filter[created_at][") : -1]
+                if op not in ("gt", "gte", "lt", "lte"):
+                    raise SimError(400, "bad_request", f"unsupported filter {name}")
+                bounds.append((op, query[name]))
+            elif name == "sort":
+                sort = query[name]
+                if sort not in ("created_at", "-created_at"):
+                    raise SimError(400, "bad_request", f"sort {sort!r} is not simulated")
+            elif name not in ("page[number]", "page[size]", "include"):
+                raise SimError(400, "bad_request", f"unsupported query parameter {name}")
+        number_raw, size_raw = query.get("page[number]", "1"), query.get("page[size]", "20")
+        if not number_raw.isdigit() or not size_raw.isdigit() or int(number_raw) < 1:
+            raise SimError(400, "bad_request", "page[number] and page[size] must be integers")
+        number, size = int(number_raw), max(1, min(int(size_raw), 100))
+
+        def keep(created: str) -> bool:
+            for op, value in bounds:
+                head = created[: len(value)]
+                if (
+                    (op == "gt" and not head > value)
+                    or (op == "gte" and not head >= value)
+                    or (op == "lt" and not head < value)
+                    or (op == "lte" and not head <= value)
+                ):
+                    return False
+            return True
+
+        ids = [i for i, attrs in self._incidents.items() if keep(attrs["created_at"])]
+        # Creation order breaks ties (several incidents can share a millisecond).
+        ids.sort(
+            key=lambda i: (self._incidents[i]["created_at"], self._incidents[i]["sequential_id"]),
+            reverse=sort.startswith("-"),
+        )
+        total = len(ids)
+        pages = max(1, -(-total // size))
+        chunk = ids[(number - 1) * size : number * size]
+        base = f"{request.url.with_query(None)}?page[size]={size}&page[number]="
+        doc = {
+            "data": [self._incident_doc(i, "")["data"] for i in chunk],
+            "links": {
+                "self": f"{base}{number}",
+                "first": f"{base}1",
+                "prev": f"{base}{number - 1}" if number > 1 else None,
+                "next": f"{base}{number + 1}" if number < pages else None,
+                "last": f"{base}{pages}",
+            },
+            "meta": {
+                "current_page": number,
+                "next_page": number + 1 if number < pages else None,
+                "prev_page": number - 1 if number > 1 else None,
+                "total_count": total,
+                "total_pages": pages,
+            },
+        }
+        return self._ok(doc)
 
     async def _h_get_incident(self, request: web.Request) -> web.Response:
         incident_id = request.match_info["id"]

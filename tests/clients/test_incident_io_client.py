@@ -21,7 +21,7 @@ from tests.clients.conftest import (
     RecordingServer,
     fast_bucket,
 )
-from tests.specs import load_spec, validate_request
+from tests.specs import load_spec, validate_query, validate_request
 
 ESC_ID = "01G0J1EXE7AXZ2C93K61WBPYEH"
 
@@ -483,3 +483,55 @@ async def test_perform_send_alert_event_needs_a_configured_source(
                 deduplication_key="d",
             )
         )
+
+
+async def test_list_alerts_sends_page_size_and_filters_as_the_spec_declares(
+    server: RecordingServer, incident_io: IncidentIoClient
+) -> None:
+    """`GET /v2/alerts` always sends its required page_size; filters are deepObject params
+    the spec declares; alerts and the next cursor come back."""
+    page = example("GET", "/v2/alerts", "200")
+    page["pagination_meta"] = {"after": "cursor-2", "page_size": 50}
+    server.reply(200, page)
+    alerts, cursor = await incident_io.list_alerts(
+        page_size=50, created_at={"gte": ["2026-01-01"]}, deduplication_key={"is": "k"}
+    )
+    request = server.requests[-1]
+    assert check_last(server) == "/v2/alerts"
+    validate_query("incident_io", "GET", request.path, [name for name, _ in request.query])
+    assert request.query == (
+        ("page_size", "50"),
+        ("created_at[gte]", "2026-01-01"),
+        ("deduplication_key[is]", "k"),
+    )
+    assert [a.id for a in alerts] == [a["id"] for a in page["alerts"]]
+    assert cursor == "cursor-2"
+    with pytest.raises(ValueError, match="unknown filter"):
+        await incident_io.list_alerts(idempotency_key={"is": "k"})
+
+
+async def test_iter_escalations_follows_the_cursor_to_the_last_page(
+    server: RecordingServer, incident_io: IncidentIoClient
+) -> None:
+    """Paging: each page is one request with the previous page's cursor, until no cursor;
+    the filters go out on every page."""
+    first = example("GET", "/v2/escalations", "200")
+    second = copy.deepcopy(first)
+    second["escalations"][0]["id"] = "01SECONDPAGE00000000000000"
+    first["pagination_meta"] = {"after": first["escalations"][-1]["id"], "page_size": 1}
+    second["pagination_meta"] = {"page_size": 1}
+    server.reply(200, first)
+    server.reply(200, second)
+    found = [
+        e.id
+        async for e in incident_io.iter_escalations(
+            page_size=1, idempotency_key={"starts_with": ["rootly-incident-"]}
+        )
+    ]
+    assert found == [first["escalations"][0]["id"], "01SECONDPAGE00000000000000"]
+    assert len(server.requests) == 2
+    second_query = dict(server.requests[1].query)
+    assert second_query["after"] == first["escalations"][-1]["id"]
+    assert second_query["idempotency_key[starts_with]"] == "rootly-incident-"
+    for request in server.requests:
+        validate_query("incident_io", "GET", request.path, [name for name, _ in request.query])

@@ -18,7 +18,7 @@ from bridge.platforms.rootly.models import (
     related_ids,
 )
 from tests.clients.conftest import ROOTLY_TOKEN, RecordingServer
-from tests.specs import validate_request, validate_response
+from tests.specs import validate_query, validate_request, validate_response
 
 JSONAPI = "application/vnd.api+json"
 INCIDENT_ID = "a29f0733-c07d-42f9-8050-be42bce9b981"
@@ -444,3 +444,57 @@ def test_alert_model_tolerates_missing_fields() -> None:
     """An alert without status or incidents parses with defaults."""
     alert = RootlyAlert.from_document({"data": {"id": 7, "type": "alerts"}})
     assert (alert.id, alert.status, alert.incident_ids) == ("7", "unknown", ())
+
+
+async def test_list_incidents_pages_newest_first_since_a_date(
+    server: RecordingServer, rootly: RootlyClient
+) -> None:
+    """`GET /v1/incidents` with page[number], page[size], sort and the created_at filter,
+    all declared by the spec; the answer's meta gives the next page and the total."""
+    item = {
+        "id": "inc-1",
+        "type": "incidents",
+        "attributes": {
+            "title": "DB",
+            "status": "started",
+            "created_at": "2026-01-02T10:00:00Z",
+            "updated_at": "2026-01-02T10:00:00Z",
+        },
+    }
+    links = {"self": "s", "first": "f", "prev": None, "next": "n", "last": "l"}
+    page1 = {
+        "data": [item],
+        "links": links,
+        "meta": {
+            "current_page": 1,
+            "next_page": 2,
+            "prev_page": None,
+            "total_count": 2,
+            "total_pages": 2,
+        },
+    }
+    page2 = {
+        "data": [{**item, "id": "inc-2"}],
+        "links": {**links, "next": None},
+        "meta": {
+            "current_page": 2,
+            "next_page": None,
+            "prev_page": 1,
+            "total_count": 2,
+            "total_pages": 2,
+        },
+    }
+    validate_response("rootly", "GET", "/v1/incidents", 200, page1)
+    server.reply(200, page1, content_type=JSONAPI)
+    server.reply(200, page2, content_type=JSONAPI)
+    found = [(i.id, total) async for i, total in rootly.iter_incidents(created_since="2026-01-01")]
+    assert found == [("inc-1", 2), ("inc-2", 2)]
+    for request in server.requests:
+        validate_query("rootly", "GET", request.path, [name for name, _ in request.query])
+    assert dict(server.requests[0].query) == {
+        "page[number]": "1",
+        "page[size]": "50",
+        "sort": "-created_at",
+        "filter[created_at][gte]": "2026-01-01",
+    }
+    assert dict(server.requests[1].query)["page[number]"] == "2"

@@ -20,6 +20,29 @@ import yaml
 from tests.deploy.chart import ROOT, default_values, ha_values, render
 
 DEFAULT_RULES = ROOT / "config" / "rules.yaml"
+# What the shipped rules need besides the chart's secrets, set the way an install sets it:
+# the escalation path to page (a rule variable, as extra env), the alert source that
+# receives Rootly alerts (its ID in config, its token as a secret) and the API key's ID.
+NEEDED: dict[str, Any] = {
+    "config": {
+        "incident_io": {
+            "alert_source_config_id": "01HTESTALERTSOURCE0000000000",
+            "api_key_id": "01HTESTAPIKEY000000000000000",
+        }
+    },
+    "secrets": {"incidentIoAlertSourceToken": "inc-test-alert-source-token-9z8y"},
+    "extraEnv": [{"name": "BRIDGE_RULE_VAR_ESCALATION_PATH_ID", "value": "01HTESTPATH0000"}],
+}
+
+
+def merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _require_cli() -> None:
@@ -43,6 +66,12 @@ def _check_config(values: dict[str, Any], tmp_path: Path) -> subprocess.Complete
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env |= release.secret_env()
+    # The container's literal env entries (extraEnv), except the pod paths mapped above.
+    env |= {
+        entry["name"]: entry["value"]
+        for entry in release.container().get("env", [])
+        if "value" in entry and entry["name"] not in ("BRIDGE_CONFIG", "BRIDGE_RULES_FILE")
+    }
     return subprocess.run(
         [
             sys.executable,
@@ -64,15 +93,27 @@ def _check_config(values: dict[str, Any], tmp_path: Path) -> subprocess.Complete
 
 
 def test_default_install_config_passes_check_config(tmp_path: Path) -> None:
-    """Default values + secrets: the rendered config with the image's rules is valid."""
+    """Default values + secrets + what the default rules need: the rendered config with the
+    image's rules is valid and every flow can fire."""
+    _require_cli()
+    result = _check_config(merged(default_values(), NEEDED), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "flows ok" in result.stdout
+
+
+def test_default_install_without_the_escalation_path_names_the_fix(tmp_path: Path) -> None:
+    """Default values + secrets only: check-config exits 2 and says which rule variable and
+    which settings the default rules still need."""
     _require_cli()
     result = _check_config(default_values(), tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "BRIDGE_RULE_VAR_ESCALATION_PATH_ID" in result.stdout
+    assert "incident_io.alert_source_config_id" in result.stdout
 
 
 def test_ha_install_with_custom_rules_passes_check_config(tmp_path: Path) -> None:
     """HA values with rules shipped through the ConfigMap: config and rules are valid."""
     _require_cli()
-    values = ha_values() | {"rules": DEFAULT_RULES.read_text(encoding="utf-8")}
+    values = merged(ha_values(), NEEDED) | {"rules": DEFAULT_RULES.read_text(encoding="utf-8")}
     result = _check_config(values, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

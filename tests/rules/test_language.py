@@ -598,3 +598,26 @@ def test_link_graph_is_undirected_typed_and_sorted() -> None:
     )
     assert refs_to_resolve(no_subject) == set()
     assert isinstance(next(iter(refs_to_resolve(event))), ObjectRef)
+
+
+def test_field_conditions_compare_list_and_table_variables_as_written() -> None:
+    """Variables are frozen inside the rule set; a field test still compares them as the
+    plain lists and mappings a rule writes: `equals: []` holds for an empty list variable,
+    `not_equals: []` does not, and a table equals its own literal."""
+    rules = load(
+        """\
+        - name: empty
+          on: {source: rootly, event: incident.created}
+          when: [{field: vars.names, equals: []}]
+          links: [{add: {a: "{{ subject }}", b: "rootly:alert:a"}}]
+        - name: not-empty
+          on: {source: rootly, event: incident.created}
+          when: [{field: vars.names, not_equals: []}]
+          links: [{add: {a: "{{ subject }}", b: "rootly:alert:b"}}]
+        - name: table
+          on: {source: rootly, event: incident.created}
+          when: [{field: vars.table, equals: {sev1: "rootly-sev-1", minor: "rootly-minor"}}]
+          links: [{add: {a: "{{ subject }}", b: "rootly:alert:c"}}]
+        """
+    )
+    assert run(rules).matched == ("empty", "table")

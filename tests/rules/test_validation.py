@@ -207,6 +207,20 @@ CASES = [
         "config/rules.yaml:5: rule 'first': rule does nothing: give it 'actions' or 'links'",
         id="rule-without-effect",
     ),
+    pytest.param(
+        GOOD_RULE.replace(
+            "    actions:", '    when:\n      - {field: vars.path_di, not_equals: ""}\n    actions:'
+        ),
+        "config/rules.yaml:8: rule 'first': field 'vars.path_di': variable 'path_di' is not"
+        " defined (did you mean 'path_id'?)",
+        id="field-on-undefined-variable",
+    ),
+    pytest.param(
+        GOOD_RULE.replace("{{ incident.title }}", "{{ vars.path_d }}"),
+        "config/rules.yaml:10: rule 'first': actions[0].params.title: variable 'path_d' is"
+        " not defined (did you mean 'path_id'?)",
+        id="template-on-misspelt-variable",
+    ),
 ]
 
 

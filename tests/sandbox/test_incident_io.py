@@ -302,3 +302,50 @@ async def test_rate_limit(http: aiohttp.ClientSession) -> None:
     assert limited.body["type"] == "too_many_requests"
     assert set(limited.body["rate_limit"]) == {"name", "limit", "remaining", "retry_after"}
     assert limited.body["errors"][0]["code"] == "too_many_requests"
+
+
+async def test_list_escalations_by_exact_idempotency_key(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    """`idempotency_key[is]` finds the one escalation made with that key (the spec's
+    operators for it are `is` and `starts_with`); `one_of` is not one of them."""
+    made = await inc(http, sandbox, "POST", "/v2/escalations", escalation_body("rootly-incident-1"))
+    await inc(http, sandbox, "POST", "/v2/escalations", escalation_body("rootly-incident-10"))
+    exact = await inc(http, sandbox, "GET", "/v2/escalations?idempotency_key[is]=rootly-incident-1")
+    assert [e["id"] for e in exact.body["escalations"]] == [made.body["escalation"]["id"]]
+    assert (
+        await inc(http, sandbox, "GET", "/v2/escalations?idempotency_key[one_of]=x")
+    ).status == (422)
+
+
+async def test_list_alerts_filters_and_pages(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
+    """`GET /v2/alerts` (spec-valid answers): newest first, `after` pages, filters by exact
+    deduplication key, status and creation time; page_size is required, as in the spec."""
+    source = f"/v2/alert_events/http/{sandbox.alert_source_config_id}"
+    for key in ("rootly-alert-a", "rootly-alert-b", "datadog-1"):
+        event = {"title": key, "status": "firing", "deduplication_key": key}
+        assert (
+            await inc(http, sandbox, "POST", source, event, token=sandbox.alert_source_token)
+        ).status == 202
+    resolved = {"title": "x", "status": "resolved", "deduplication_key": "datadog-1"}
+    await inc(http, sandbox, "POST", source, resolved, token=sandbox.alert_source_token)
+    page = await inc(http, sandbox, "GET", "/v2/alerts?page_size=2")
+    keys = [a["deduplication_key"] for a in page.body["alerts"]]
+    assert keys == ["datadog-1", "rootly-alert-b"]
+    after = page.body["pagination_meta"]["after"]
+    rest = await inc(http, sandbox, "GET", f"/v2/alerts?page_size=2&after={after}")
+    assert [a["deduplication_key"] for a in rest.body["alerts"]] == ["rootly-alert-a"]
+    one = await inc(
+        http, sandbox, "GET", "/v2/alerts?page_size=5&deduplication_key[is]=rootly-alert-a"
+    )
+    assert [a["deduplication_key"] for a in one.body["alerts"]] == ["rootly-alert-a"]
+    firing = await inc(http, sandbox, "GET", "/v2/alerts?page_size=5&status[one_of]=firing")
+    assert len(firing.body["alerts"]) == 2
+    later = await inc(http, sandbox, "GET", "/v2/alerts?page_size=5&created_at[gte]=2999-01-01")
+    assert later.body["alerts"] == []
+    today = await inc(http, sandbox, "GET", "/v2/alerts?page_size=5&created_at[gte]=2000-01-01")
+    assert len(today.body["alerts"]) == 3
+    assert (await inc(http, sandbox, "GET", "/v2/alerts")).status == 422
+    assert (
+        await inc(http, sandbox, "GET", "/v2/alerts?page_size=5&deduplication_key[starts_with]=r")
+    ).status == 422

@@ -235,3 +235,25 @@ async def test_rate_limit(http: aiohttp.ClientSession) -> None:
         assert "Retry-After" not in limited.headers
         assert limited.headers["X-RateLimit-Limit"] == "2"
         assert int(limited.headers["X-RateLimit-Reset"]) % 60 == 0
+
+
+async def test_list_incidents_pages_and_filters_by_creation(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    """`GET /v1/incidents` answers a spec-valid `incident_list`: pages with meta and links,
+    newest first with sort=-created_at, filtered by filter[created_at][gte]."""
+    made = [(await sandbox.rootly.create_incident(f"incident {n}"))["id"] for n in range(3)]
+    first = await rootly(http, sandbox, "GET", "/v1/incidents?page[size]=2&sort=-created_at")
+    assert first.status == 200
+    assert [i["id"] for i in first.body["data"]] == [made[2], made[1]]
+    assert first.body["meta"]["next_page"] == 2
+    assert first.body["meta"]["total_count"] == 3
+    second = await rootly(
+        http, sandbox, "GET", "/v1/incidents?page[size]=2&page[number]=2&sort=-created_at"
+    )
+    assert [i["id"] for i in second.body["data"]] == [made[0]]
+    assert second.body["meta"]["next_page"] is None
+    none = await rootly(http, sandbox, "GET", "/v1/incidents?filter[created_at][gte]=2999-01-01")
+    assert none.body["data"] == [] and none.body["meta"]["total_count"] == 0
+    refused = await rootly(http, sandbox, "GET", "/v1/incidents?filter[title]=x")
+    assert refused.status == 400

@@ -9,7 +9,7 @@ concerns (pacing, metrics, error mapping) live in `bridge.platforms.http.ApiTran
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
@@ -57,7 +57,20 @@ ESCALATION_FILTERS: Final = frozenset(
         "idempotency_key",
     }
 )
+# Query filters of `GET /v2/alerts` (``deduplication_key[is]=...``, ``created_at[gte]=...``).
+ALERT_FILTERS: Final = frozenset(
+    {
+        "deduplication_key",
+        "status",
+        "alert_source",
+        "alert_group_id",
+        "created_at",
+        "has_notes",
+        "include_maintenance_window",
+    }
+)
 MAX_PAGE_SIZE: Final = 50
+Filters = Mapping[str, Sequence[str] | str]
 
 _CONFLICT_CODES: Final = frozenset({"invalid_state"})
 _CONFLICT_WORDS = re.compile(
@@ -204,35 +217,29 @@ class IncidentIoClient:
         *,
         after: str | None = None,
         page_size: int = 25,
-        **filters: Mapping[str, Sequence[str]],
+        **filters: Filters,
     ) -> tuple[list[Escalation], str | None]:
         """``GET /v2/escalations``: one page and the cursor of the next (None at the end).
 
         Filters use the API's operators, e.g. ``status={"one_of": ["triggered", "acked"]}``,
-        ``idempotency_key={"one_of": [key]}``.
+        ``idempotency_key={"is": [key]}`` or ``{"starts_with": [prefix]}``.
         """
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidAction(f"list_escalations: page_size must be 1..{MAX_PAGE_SIZE}")
-        unknown = sorted(set(filters) - ESCALATION_FILTERS)
-        if unknown:
-            raise InvalidAction(
-                f"list_escalations: unknown filter(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(sorted(ESCALATION_FILTERS))}"
-            )
-        params: list[tuple[str, str]] = [("page_size", str(page_size))]
-        if after is not None:
-            params.append(("after", after))
-        for name, operators in sorted(filters.items()):
-            if not isinstance(operators, Mapping):
-                raise InvalidAction(
-                    f"list_escalations: filter {name} must map operators to values, "
-                    f'e.g. {{"one_of": [...]}}'
-                )
-            for operator, values in operators.items():
-                for value in [values] if isinstance(values, str) else values:
-                    params.append((f"{name}[{operator}]", str(value)))
+        params = _list_params("list_escalations", ESCALATION_FILTERS, after, page_size, filters)
         response = await self._http.request("GET", "/v2/escalations", params=params)
         return parse_answer("incident_io", _parse_page, response.body, "/v2/escalations")
+
+    async def iter_escalations(
+        self, *, page_size: int = MAX_PAGE_SIZE, **filters: Filters
+    ) -> AsyncIterator[Escalation]:
+        """Every escalation matching `filters`, page after page (each page one request,
+        paced by the key's rate limiter like every other call)."""
+        after: str | None = None
+        while True:
+            page, after = await self.list_escalations(after=after, page_size=page_size, **filters)
+            for escalation in page:
+                yield escalation
+            if after is None:
+                return
 
     # -- alerts ------------------------------------------------------------------------
 
@@ -280,6 +287,30 @@ class IncidentIoClient:
             expected=(202, 200, 201),
         )
         return AlertEventAccepted.from_json(response.body)
+
+    async def list_alerts(
+        self, *, after: str | None = None, page_size: int = 25, **filters: Filters
+    ) -> tuple[list[IncidentIoAlert], str | None]:
+        """``GET /v2/alerts``: one page and the cursor of the next (None at the end).
+
+        Filters use the API's operators, e.g. ``created_at={"gte": "2025-01-01"}``,
+        ``deduplication_key={"is": key}`` (the only operator the API has for it).
+        """
+        params = _list_params("list_alerts", ALERT_FILTERS, after, page_size, filters)
+        response = await self._http.request("GET", "/v2/alerts", params=params)
+        return parse_answer("incident_io", _parse_alert_page, response.body, "/v2/alerts")
+
+    async def iter_alerts(
+        self, *, page_size: int = MAX_PAGE_SIZE, **filters: Filters
+    ) -> AsyncIterator[IncidentIoAlert]:
+        """Every alert matching `filters`, page after page (paced like every other call)."""
+        after: str | None = None
+        while True:
+            page, after = await self.list_alerts(after=after, page_size=page_size, **filters)
+            for alert in page:
+                yield alert
+            if after is None:
+                return
 
     async def get_alert(self, alert_id: str) -> IncidentIoAlert:
         """``GET /v2/alerts/{id}``."""
@@ -379,12 +410,51 @@ def _parse_incident(body: Any, path: str) -> IncidentIoIncident:
     )
 
 
+def _list_params(
+    what: str,
+    allowed: frozenset[str],
+    after: str | None,
+    page_size: int,
+    filters: Mapping[str, Any],
+) -> list[tuple[str, str]]:
+    """Query parameters of a list endpoint: page size, cursor, deepObject filters."""
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidAction(f"{what}: page_size must be 1..{MAX_PAGE_SIZE}")
+    unknown = sorted(set(filters) - allowed)
+    if unknown:
+        raise InvalidAction(
+            f"{what}: unknown filter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    params: list[tuple[str, str]] = [("page_size", str(page_size))]
+    if after is not None:
+        params.append(("after", after))
+    for name, operators in sorted(filters.items()):
+        if not isinstance(operators, Mapping):
+            raise InvalidAction(
+                f'{what}: filter {name} must map operators to values, e.g. {{"one_of": [...]}}'
+            )
+        for operator, values in operators.items():
+            for value in [values] if isinstance(values, str) else values:
+                params.append((f"{name}[{operator}]", str(value)))
+    return params
+
+
+def _next_cursor(body: Mapping[str, Any], items: list[Any]) -> str | None:
+    meta = body.get("pagination_meta")
+    after = meta.get("after") if isinstance(meta, Mapping) else None
+    # An empty page ends the listing even if a cursor is echoed back.
+    return after if isinstance(after, str) and after and items else None
+
+
 def _parse_page(body: Any) -> tuple[list[Escalation], str | None]:
     if not isinstance(body, Mapping) or not isinstance(body.get("escalations"), list):
         raise MalformedResponse("incident.io answer has no 'escalations' list")
     escalations = [Escalation.from_json(item) for item in body["escalations"]]
-    meta = body.get("pagination_meta")
-    after = meta.get("after") if isinstance(meta, Mapping) else None
-    # An empty page ends the listing even if a cursor is echoed back.
-    next_cursor = after if isinstance(after, str) and after and escalations else None
-    return escalations, next_cursor
+    return escalations, _next_cursor(body, escalations)
+
+
+def _parse_alert_page(body: Any) -> tuple[list[IncidentIoAlert], str | None]:
+    if not isinstance(body, Mapping) or not isinstance(body.get("alerts"), list):
+        raise MalformedResponse("incident.io answer has no 'alerts' list")
+    alerts = [IncidentIoAlert.from_json(item) for item in body["alerts"]]
+    return alerts, _next_cursor(body, alerts)

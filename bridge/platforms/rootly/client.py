@@ -8,8 +8,8 @@ metrics, error mapping) live in `bridge.platforms.http.ApiTransport`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
@@ -18,7 +18,12 @@ import structlog
 from bridge.events import Action, ActionResult, ObjectRef, Platform
 from bridge.metrics import Metrics
 from bridge.operations import ROOTLY_INCIDENT_ATTRIBUTES
-from bridge.platforms.base import InvalidAction, action_params, action_target
+from bridge.platforms.base import (
+    InvalidAction,
+    MalformedResponse,
+    action_params,
+    action_target,
+)
 from bridge.platforms.http import (
     DEFAULT_USER_AGENT,
     ApiTransport,
@@ -31,6 +36,16 @@ from bridge.platforms.rootly.models import RootlyAlert, RootlyIncident
 
 DEFAULT_BASE_URL: Final = "https://api.rootly.com"
 JSONAPI: Final = "application/vnd.api+json"
+MAX_PAGE_SIZE: Final = 100
+
+
+class IncidentPage(NamedTuple):
+    """One page of `GET /v1/incidents`."""
+
+    incidents: list[RootlyIncident]
+    next_page: int | None
+    total: int
+
 
 UPDATE_INCIDENT_ATTRIBUTES: Final = ROOTLY_INCIDENT_ATTRIBUTES
 
@@ -162,6 +177,39 @@ class RootlyClient:
         response = await self._http.request("GET", path, params=[("include", "alerts")])
         return parse_answer("rootly", RootlyIncident.from_document, response.body, path)
 
+    async def list_incidents(
+        self, *, created_since: str | None = None, page: int = 1, page_size: int = 50
+    ) -> IncidentPage:
+        """``GET /v1/incidents``, newest first: one page, the next page's number and the total.
+
+        `created_since` is ``filter[created_at][gte]`` (a date or an ISO 8601 time).
+        """
+        if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidAction(f"list_incidents: page >= 1 and page_size 1..{MAX_PAGE_SIZE}")
+        params = [
+            ("page[number]", str(page)),
+            ("page[size]", str(page_size)),
+            ("sort", "-created_at"),
+        ]
+        if created_since is not None:
+            params.append(("filter[created_at][gte]", created_since))
+        response = await self._http.request("GET", "/v1/incidents", params=params)
+        return parse_answer("rootly", _parse_incident_page, response.body, "/v1/incidents")
+
+    async def iter_incidents(
+        self, *, created_since: str | None = None, page_size: int = 50
+    ) -> AsyncIterator[tuple[RootlyIncident, int]]:
+        """Every incident created since `created_since`, newest first, with the total count
+        (each page one request, paced by the key's rate limiter)."""
+        page: int | None = 1
+        while page is not None:
+            answer = await self.list_incidents(
+                created_since=created_since, page=page, page_size=page_size
+            )
+            for incident in answer.incidents:
+                yield incident, answer.total
+            page = answer.next_page if answer.incidents else None
+
     # -- alerts ------------------------------------------------------------------------
 
     async def acknowledge_alert(self, alert_id: str) -> RootlyAlert:
@@ -277,3 +325,19 @@ class RootlyClient:
         if ref.kind == "alert":
             return (await self.get_alert(ref.id)).flat()
         raise InvalidAction(f"Rootly has no {ref.kind} objects to fetch ({ref})")
+
+
+def _parse_incident_page(body: Any) -> IncidentPage:
+    """An ``incident_list`` document: resources under ``data``, pages under ``meta``."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("data"), list):
+        raise MalformedResponse("Rootly answer has no 'data' list")
+    incidents = [RootlyIncident.from_document({"data": item}) for item in body["data"]]
+    meta = body.get("meta")
+    meta = meta if isinstance(meta, Mapping) else {}
+    next_page = meta.get("next_page")
+    total = meta.get("total_count")
+    return IncidentPage(
+        incidents,
+        next_page if isinstance(next_page, int) and not isinstance(next_page, bool) else None,
+        total if isinstance(total, int) and not isinstance(total, bool) else len(incidents),
+    )

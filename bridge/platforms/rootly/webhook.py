@@ -37,7 +37,9 @@ INCIDENT_EVENTS: Final = frozenset(
         "incident.deleted",
     }
 )
-ALERT_EVENTS: Final = frozenset({"alert.created"})
+# `alert.updated` is not in the official spec yet; Rootly's SDK lists it (DESIGN section 7):
+# a flat alert like `alert.created`, sent when its status changes (acknowledged, resolved).
+ALERT_EVENTS: Final = frozenset({"alert.created", "alert.updated"})
 OTHER_KNOWN_PREFIXES: Final = (
     "incident.scheduled.",
     "incident_post_mortem.",

@@ -30,11 +30,11 @@ from bridge.config import Settings
 from bridge.events import Platform
 from bridge.logging import Logger, get_logger
 from bridge.metrics import Metrics, create_metrics
-from bridge.pipeline.checks import LinkChecker
 from bridge.pipeline.dispatcher import PARSERS, Dispatcher
 from bridge.pipeline.echo import EchoGuard
 from bridge.pipeline.executor import Executor
 from bridge.pipeline.ingest import InboxWriter, Ingest, SourceConfig
+from bridge.pipeline.linkcheck import LinkChecker
 from bridge.pipeline.rulebook import Rulebook
 from bridge.platforms.base import PlatformClient
 from bridge.platforms.incident_io.client import IncidentIoClient

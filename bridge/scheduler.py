@@ -7,7 +7,7 @@ Jobs (APScheduler 3, `AsyncIOScheduler`, intervals from `scheduler.*` settings):
   dedicated connection; SQLite: the single process always leads); `bridge_leader`;
 - `gauges`, `retention` (leader only): they touch shared state, so one replica runs them.
 
-Reconciliation is not a job here: the link checker (`bridge.pipeline.checks`) runs
+Reconciliation is not a job here: the link checker (`bridge.pipeline.linkcheck`) runs
 continuously on the leader, paced by its read budget.
 """
 

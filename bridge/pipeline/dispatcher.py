@@ -71,7 +71,7 @@ CHECK_PREFIX = "check:"
 
 
 def check_note(body: bytes) -> Any:
-    """Why the link checker wrote a synthetic delivery (see `bridge.pipeline.checks`)."""
+    """Why the link checker wrote a synthetic delivery (see `bridge.pipeline.linkcheck`)."""
     try:
         return json.loads(body).get("bridge_check")
     except (ValueError, AttributeError):

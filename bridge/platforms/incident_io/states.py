@@ -1,7 +1,7 @@
 """What incident.io objects' current states mean to the rules, for the link checker.
 
 `state_event` writes an object's current state as the webhook incident.io sends when the
-object enters it (`bridge.pipeline.checks`); the previous state is unknown, so rules that
+object enters it (`bridge.pipeline.linkcheck`); the previous state is unknown, so rules that
 need a transition (a re-opened incident) do not fire on it. `satisfied` says whether an
 action on incident.io would change nothing, given the current states.
 """

@@ -2,7 +2,7 @@
 
 `state_event` writes a Rootly object's current state as the webhook Rootly sends when an
 object enters that state, so the rules can be evaluated on it as on a delivery
-(`bridge.pipeline.checks`). `satisfied` says whether an action on a Rootly object would
+(`bridge.pipeline.linkcheck`). `satisfied` says whether an action on a Rootly object would
 change nothing, given the object's current state.
 """
 

@@ -216,10 +216,10 @@ class SchedulerSettings(_Group):
         120.0,
         gt=0,
         le=6000,
-        description="API reads per minute per platform the link checker may spend comparing "
-        "linked objects (new links first, then the least recently checked). A check reads "
-        "each object of a link's component once: at the default, about 3,600 components "
-        "(some 10,000 links) are checked per hour.",
+        description="API reads per minute per platform the link checker may spend re-checking "
+        "links, least recently checked first (a new link is checked at once, outside this "
+        "budget). A check reads each object of a link's component once: at the default, "
+        "about 3,600 components (some 10,000 links) are re-checked per hour.",
     )
     reconcile_poll_seconds: float = Field(
         2.0,

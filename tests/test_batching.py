@@ -174,6 +174,7 @@ async def test_an_item_the_store_refuses_fails_alone_and_the_others_are_written(
         return [i * 10 for i in items]
 
     commit: GroupCommit[int, int] = GroupCommit("test.commit", write, supervisor)
+    commit.start()
     try:
         results = await asyncio.gather(
             *(commit.submit(i) for i in range(32)), return_exceptions=True
@@ -201,6 +202,7 @@ async def test_an_exception_from_the_driver_is_isolated_too() -> None:
         return list(items)
 
     commit: GroupCommit[str, str] = GroupCommit("test.commit", write, supervisor)
+    commit.start()
     try:
         results = await asyncio.gather(
             *(commit.submit(s) for s in ("a", "\ud800", "b", "c")), return_exceptions=True
@@ -231,6 +233,7 @@ async def test_an_unavailable_store_fails_the_batch_and_is_never_blamed_on_an_it
         return list(items)
 
     commit: GroupCommit[int, int] = GroupCommit("test.commit", write, supervisor)
+    commit.start()
     try:
         outage = await asyncio.gather(*(commit.submit(i) for i in range(8)), return_exceptions=True)
         assert writes == 1

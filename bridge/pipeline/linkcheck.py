@@ -18,9 +18,10 @@ the inbox, with an ID naming the object, its state and what it still needs
 the same dispatcher, rules and echo guard as a real webhook. Then the component's links
 are marked checked.
 
-Its reads are paced by a budget per platform (`scheduler.reconcile_calls_per_minute`),
-on top of the client's own rate limiter; a read that fails defers the component's links.
-Only the leader runs it: it spends API quota.
+A new link's reads are part of handling the event that recorded it, like a hydration: they
+go at once (paced by the client's rate limiter only). Re-checks are background work and
+spend a budget per platform (`scheduler.reconcile_calls_per_minute`). A read that keeps
+failing defers the component's links. Only the leader runs it: it spends API quota.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from bridge.metrics import Metrics
 from bridge.pipeline.dispatcher import CHECK_PREFIX
 from bridge.pipeline.ingest import InboxWriter
 from bridge.platforms.base import PlatformClient
-from bridge.platforms.errors import TargetMissing, UpstreamError
+from bridge.platforms.errors import RateLimited, Retryable, TargetMissing, UpstreamError
 from bridge.platforms.ratelimit import TokenBucket
 from bridge.platforms.states import STATE_MODELS
 from bridge.platforms.webhooks import EventParser, PayloadError
@@ -52,8 +53,14 @@ MAX_COMPONENT: Final = 24
 """Most objects read for one check (a Rootly incident with its alerts and escalations)."""
 BATCH: Final = 20
 """Links taken per round."""
-RETRY_SECONDS: Final = 30.0
+RETRY_SECONDS: Final = 10.0
 """A check that could not read every object is tried again this much later."""
+READ_RETRIES: Final = (0.2, 0.5, 1.0)
+"""Pauses before reading again after a transient failure (5xx, timeout, 429)."""
+MAX_READ_WAIT_SECONDS: Final = 5.0
+"""A 429 asking for a longer pause defers the check instead."""
+CONCURRENCY: Final = 8
+"""Components checked at once (their reads overlap their latency)."""
 
 Pair = tuple[ObjectRef, ObjectRef]
 
@@ -110,8 +117,8 @@ class LinkChecker:
                 await asyncio.sleep(self._settings.reconcile_poll_seconds)
 
     async def run_once(self) -> int:
-        """One round: check the links due now; returns how many synthetic deliveries it
-        wrote (drift found for the first time)."""
+        """One round: check the links due now, `CONCURRENCY` components at a time; returns
+        how many synthetic deliveries it wrote (drift found for the first time)."""
         settings = self._settings
         now = self._clock()
         due = await self._store.links_to_check(
@@ -121,29 +128,34 @@ class LinkChecker:
             BATCH,
         )
         self._last_round = len(due)
-        done: set[Pair] = set()
-        written = 0
-        for link in due:
-            if (link.a, link.b) not in done:
-                settled, wrote = await self.check(link)
-                done |= settled
-                written += wrote
-        return written
+        busy: set[ObjectRef] = set()  # objects of the components being checked
+        slots = asyncio.Semaphore(CONCURRENCY)
 
-    async def check(self, link: LinkRow) -> tuple[set[Pair], int]:
-        """Check `link`'s component: the links it settled (marked checked or deferred) and
-        how many synthetic deliveries it wrote."""
+        async def one(link: LinkRow) -> int:
+            async with slots:
+                if link.a in busy or link.b in busy:
+                    return 0  # its component is being checked (and marked) right now
+                return await self.check(link, busy)
+
+        return sum(await asyncio.gather(*(one(link) for link in due)))
+
+    async def check(self, link: LinkRow, busy: set[ObjectRef] | None = None) -> int:
+        """Check `link`'s component and mark its links checked (or deferred); how many
+        synthetic deliveries it wrote. A new link's reads are part of handling the event
+        that made it, like a hydration: only re-checks spend the reconcile budget."""
         objects, pairs = await self._component(link)
+        if busy is not None:
+            busy |= objects
         states: dict[ObjectRef, Mapping[str, Any] | None] = {}
         for ref in sorted(objects):
             try:
-                states[ref] = await self._read(ref)
+                states[ref] = await self._read(ref, budgeted=link.checked_at is not None)
             except UpstreamError as exc:
                 until = self._clock() + timedelta(seconds=RETRY_SECONDS)
                 await self._store.defer_link_checks(sorted(pairs), until)
                 self._metrics.link_checks.labels("deferred").inc()
                 self._log.info("checks.read_failed", ref=str(ref), error=str(exc))
-                return pairs, 0
+                return 0
         now = self._clock()
         graph = LinkGraph(pairs)
         drifts = [
@@ -158,7 +170,7 @@ class LinkChecker:
             written += await self._write(drift, states[drift.ref], link, now)
         await self._store.mark_links_checked(sorted(pairs), now)
         self._metrics.link_checks.labels("drift" if drifts else "in_step").inc()
-        return pairs, written
+        return written
 
     async def _component(self, link: LinkRow) -> tuple[set[ObjectRef], set[Pair]]:
         """The objects linked to `link`'s, transitively (bounded), and their links."""
@@ -176,14 +188,27 @@ class LinkChecker:
                         frontier.add(ref)
         return objects, {(a, b) for a, b in pairs if a in objects and b in objects}
 
-    async def _read(self, ref: ObjectRef) -> Mapping[str, Any] | None:
-        """`ref`'s current state (None: it no longer exists), within the read budget."""
-        await self._budgets[ref.platform].acquire()
-        self._metrics.link_check_reads.labels(ref.platform).inc()
-        try:
-            return await self._clients[ref.platform].fetch(ref)
-        except TargetMissing:
-            return None
+    async def _read(self, ref: ObjectRef, *, budgeted: bool) -> Mapping[str, Any] | None:
+        """`ref`'s current state (None: it no longer exists). A transient failure is tried
+        again a few times before the check is deferred; a re-check waits for its budget."""
+        if budgeted:
+            await self._budgets[ref.platform].acquire()
+        for pause in (*READ_RETRIES, None):
+            self._metrics.link_check_reads.labels(ref.platform).inc()
+            try:
+                return await self._clients[ref.platform].fetch(ref)
+            except TargetMissing:
+                return None
+            except (Retryable, RateLimited) as exc:
+                if pause is None:
+                    raise
+                wait = pause
+                if isinstance(exc, RateLimited):
+                    wait = max(pause, exc.retry_at - self._clock().timestamp())
+                if wait > MAX_READ_WAIT_SECONDS:
+                    raise
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _drift(
         self,

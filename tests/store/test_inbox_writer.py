@@ -89,6 +89,7 @@ async def test_an_event_the_store_refuses_fails_alone(store: SqlStore, clock: Fa
     supervisor = Supervisor(get_logger("test.inbox_writer"))
     dispatcher = RecordingDispatcher(100)
     writer = InboxWriter(store, supervisor, lambda: None, owner="me", handoff=dispatcher)
+    writer.start()
     events = [delivery(f"good-{n}", clock()) for n in range(30)]
     events.insert(17, delivery("bad-\ud800", clock()))
     try:

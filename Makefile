@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check bridge tests bench
 	$(BIN)/ruff format --check bridge tests bench
 	$(BIN)/mypy
+	$(BIN)/vulture
 
 fmt: $(STAMP)
 	$(BIN)/ruff format bridge tests bench

@@ -149,12 +149,6 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def _setup_logging(settings: Any) -> None:
-    from bridge.logging import configure_logging
-
-    configure_logging(settings.logging.level, settings.logging.format, settings.secret_values())
-
-
 async def _with_store(args: argparse.Namespace, job: Callable[[Any], Awaitable[int]]) -> int:
     from bridge.store.base import StoreError
     from bridge.store.store import SqlStore

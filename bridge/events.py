@@ -132,10 +132,6 @@ class Event:
     needs_hydration: bool = False
     known_type: bool = True
 
-    @property
-    def object_kind(self) -> ObjectKind | None:
-        return self.subject.kind if self.subject else None
-
     def template_context(self) -> dict[str, Any]:
         """The variables a rule's templates and conditions see for this event."""
         context: dict[str, Any] = {

@@ -63,7 +63,7 @@ class Redactor:
         return value
 
     def __call__(
-        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+        self, _logger: Any, _method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for key in list(event_dict):
             event_dict[key] = self._clean(key, event_dict[key])

@@ -390,8 +390,29 @@ class Dispatcher:
             links = await self._links_around(refs_to_resolve(event))
         evaluation = evaluate(rules, event, links, now)
         trace = {**base, **dict(evaluation.trace)}
+        if any(r.get("reason") == "no targets" for r in evaluation.trace["rules"].values()):
+            waiting = await self._waiting_for(refs_to_resolve(event))
+            if waiting:
+                trace["waiting"] = waiting
         result = "actions" if evaluation.actions else "no_match"
         await self._complete(row, event, result, trace, evaluation.actions, evaluation.link_changes)
+
+    async def _waiting_for(self, refs: set[ObjectRef]) -> list[dict[str, Any]]:
+        """Actions still in flight that will link objects to `refs` (a create not done yet):
+        a rule that found nothing to act on may find it then. The link checker applies it
+        when the link is recorded (bridge.pipeline.linkcheck); the trace says so."""
+        return [
+            {
+                "action_id": row.id,
+                "operation": row.action.operation,
+                "links_to": str(link.to),
+                "state": row.state,
+                "note": "rules acting on what it creates are applied when its link is "
+                "recorded (link check)",
+            }
+            for row in await self._store.creating(sorted(refs))
+            for link in row.action.result_links
+        ]
 
     async def _complete(
         self,

@@ -308,7 +308,6 @@ class CompiledTemplate:
     """One template, compiled once; `render` gives the native or text value."""
 
     source: str
-    native: bool
     _call: Callable[[dict[str, Any]], Any]
 
     def render(self, context: dict[str, Any]) -> Any:
@@ -352,11 +351,11 @@ class TemplateCompiler:
             self._check(tree, names)
             if _is_single_expression(tree) and (m := _SINGLE_EXPR.match(source)):
                 expression = self._env.compile_expression(m.group(1), undefined_to_none=False)
-                return CompiledTemplate(source, True, expression)
+                return CompiledTemplate(source, expression)
             template = self._env.from_string(source)
         except TemplateError as exc:
             raise TemplateProblem(f"template error: {exc.message or exc}") from None
-        return CompiledTemplate(source, False, template.render)
+        return CompiledTemplate(source, template.render)
 
     def _check(self, tree: nodes.Template, names: frozenset[str]) -> None:
         for getattr_node in tree.find_all(nodes.Getattr):

@@ -182,7 +182,6 @@ class SimulatorBase:
         logger: structlog.typing.FilteringBoundLogger | None,
     ) -> None:
         self._log = (logger or structlog.get_logger(__name__)).bind(platform=self.platform)
-        self._seed = seed
         base = f"{seed}-{self.platform}" if seed is not None else None
         # Separate streams: IDs, request faults and webhook faults do not shift each other.
         self._ids = random.Random(f"{base}-ids" if base else None)

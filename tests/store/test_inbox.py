@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -10,7 +11,7 @@ import pytest
 from bridge.events import DeliveryId, InboxId, LinkChange, freeze
 from bridge.store.base import InboxCompletion, StoredTrace, StoreError
 from bridge.store.store import SqlStore
-from tests.store.conftest import FakeClock
+from tests.store.conftest import FakeClock, MakeStore
 from tests.store.factories import IIO_INC, ROOTLY_INC, action, complete, delivery, inbox_event
 
 
@@ -340,3 +341,33 @@ async def test_settled_event_is_not_claimed_for_the_owner(
     assert (owned_row.state, owned_row.attempts) == ("pending", 1)
     clock.advance(31)
     assert [r.id for r in await store.claim_inbox("w2", 10, 30)] == [owned_id]
+
+
+async def test_a_batch_keeps_arrival_order(store: SqlStore, clock: FakeClock) -> None:
+    """Deliveries stored in one batch get IDs in the order they arrived (the dispatcher
+    works in ID order), not in the order of their delivery IDs."""
+    names = ["d-zz", "d-aa", "d-mm", "d-bb"]
+    ids = [i for i in await store.add_inbox([delivery(name, clock()) for name in names]) if i]
+    assert len(ids) == len(names)
+    assert ids == sorted(ids)
+    rows = [await store.get_inbox(i) for i in ids]
+    assert [r.delivery_id for r in rows if r is not None] == names
+
+
+async def test_replicas_inserting_one_idempotency_key_at_once(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    """Two replicas recording, at the same moment, events whose actions share an
+    idempotency key: one action is created, the other event is recorded without it, and
+    neither gets an error (nothing waits for a lease to expire)."""
+    first, second = await make_store(), await make_store()
+    a = await inbox_event(first, clock(), "d-1")
+    b = await inbox_event(first, clock(), "d-2")
+    results = await asyncio.gather(
+        first.complete_inboxes([InboxCompletion(a, [action("same-key")], [], {})]),
+        second.complete_inboxes([InboxCompletion(b, [action("same-key")], [], {})]),
+    )
+    created = [rows for (rows,) in results if not isinstance(rows, StoreError)]
+    assert sorted(len(rows) for rows in created) == [0, 1]
+    states = [row.state for i in (a, b) if (row := await first.get_inbox(i)) is not None]
+    assert states == ["processed", "processed"]

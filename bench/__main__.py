@@ -1,8 +1,9 @@
 """`python -m bench` (= `make bench`): run every benchmark, print each figure and a summary.
 
 Options: `--quick` (smaller sizes, about 4 minutes), `--only NAME` (repeatable; names:
-ingest, event_to_action, drain, rules, store). Benchmarks never fail the build: the exit
-code is 0 whatever the figures, unless a benchmark crashed (then 1, after the others ran).
+ingest, event_to_action, drain, rules, store, convergence). Benchmarks never fail the
+build: the exit code is 0 whatever the figures, unless a benchmark crashed (then 1, after
+the others ran).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 
-from bench import ingest_bench, pipeline_bench, store_bench
+from bench import convergence_bench, ingest_bench, pipeline_bench, store_bench
 from bench.common import FULL, QUICK, Figure, Scale
 
 Benchmark = Callable[[Scale, Callable[[str], None]], Awaitable[list[Figure]]]
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "drain": pipeline_bench.drain,
     "rules": _rules,
     "store": store_bench.run,
+    "convergence": convergence_bench.run,
 }
 
 

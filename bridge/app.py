@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from bridge import __version__
 from bridge.config import Settings
@@ -246,6 +246,10 @@ class Bridge:
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         """Bring everything up; raises StoreError / RulesError with a clear message."""
+        # Counters export no `*_created` series: nothing charts or alerts on them, and they
+        # double the series count. prometheus_client's switch is process-wide, so it is
+        # thrown here, once per start, never at import time.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         await self.store.open()
         self.rulebook.load()
         self.readiness.rules_loaded = True

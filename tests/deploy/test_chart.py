@@ -16,6 +16,7 @@ from tests.deploy.chart import (
     ha_values,
     render,
 )
+from tests.deploy.crds import crd_problems
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema
 # kubernetes-validate ships.
@@ -221,43 +222,38 @@ def test_custom_rules_ship_in_the_configmap_and_roll_the_pods() -> None:
     assert checksum(base) != checksum(custom)
 
 
-def _structural_problems(manifest: dict[str, Any]) -> list[str]:
-    """Checks for the Prometheus-operator CRDs, whose schemas kubernetes-validate lacks."""
-    kind = manifest["kind"]
-    spec = manifest.get("spec", {})
-    problems: list[str] = []
-    if kind == "PrometheusRule":
-        for group in spec.get("groups", []):
-            if set(group) - {"name", "interval", "rules"} or not group.get("rules"):
-                problems.append(f"group {group.get('name')}: bad keys or no rules")
-            for rule in group.get("rules", []):
-                allowed = {"alert", "record", "expr", "for", "labels", "annotations"}
-                if set(rule) - allowed or "expr" not in rule or "alert" not in rule:
-                    problems.append(f"rule {rule.get('alert')}: bad keys {sorted(rule)}")
-    elif kind == "ServiceMonitor":
-        endpoints = spec.get("endpoints", [])
-        if not endpoints or any(e.get("port") != "http" for e in endpoints):
-            problems.append("ServiceMonitor must scrape the http port")
-        if not spec.get("selector", {}).get("matchLabels"):
-            problems.append("ServiceMonitor needs a selector")
-    else:
-        problems.append(f"unexpected custom resource {kind}")
-    return problems
-
-
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("variant", ["default", "ha"])
 def test_manifests_match_kubernetes_schemas(variant: str, kube_version: str) -> None:
-    """Every rendered object validates (strict: no unknown fields) against the k8s schemas."""
+    """Every rendered object validates (strict: no unknown fields) against the k8s schemas,
+    the ServiceMonitor and PrometheusRule against the prometheus-operator CRD schemas."""
     release = render(_variants()[variant])
     problems: list[str] = []
     for manifest in release.manifests:
         name = f"{manifest['kind']}/{manifest['metadata']['name']}"
         if str(manifest["apiVersion"]).startswith(CRD_GROUPS):
-            problems += [f"{name}: {p}" for p in _structural_problems(manifest)]
+            problems += [f"{name}: {p}" for p in crd_problems(manifest)]
             continue
         try:
             kubernetes_validate.validate(manifest, kube_version, strict=True)
         except kubernetes_validate.ValidationError as error:
             problems.append(f"{name}: {str(error).splitlines()[0]}")
     assert problems == []
+
+
+def test_crd_validation_catches_what_the_api_server_would_refuse(ha_release: Release) -> None:
+    """The CRD check is real: a misspelt endpoint field, a bad `for:` duration and a rule
+    with no expression are each reported; the rendered resources are clean."""
+    import copy
+
+    monitor = copy.deepcopy(ha_release.one("ServiceMonitor"))
+    assert crd_problems(monitor) == []
+    monitor["spec"]["endpoints"][0]["scrapeTimout"] = "10s"
+    assert any("scrapeTimout" in p for p in crd_problems(monitor))
+    rule = copy.deepcopy(ha_release.one("PrometheusRule"))
+    assert crd_problems(rule) == []
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "ten minutes"
+    del rule["spec"]["groups"][0]["rules"][1]["expr"]
+    problems = crd_problems(rule)
+    assert any("ten minutes" in p for p in problems), problems
+    assert any("'expr' is a required property" in p for p in problems), problems

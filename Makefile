@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench fmt clean venv lock
+.PHONY: run test lint bench fmt clean venv lock schema
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ LOCK_ARGS ?=
 lock: $(STAMP)
 	$(PIP_COMPILE) $(LOCK_ARGS) -o requirements/image.lock pyproject.toml
 	$(PIP_COMPILE) $(LOCK_ARGS) -o requirements/build.lock requirements/build.in
+
+# helm/bridge/values.schema.json's `config` subtree, from the settings models.
+schema: $(STAMP)
+	$(BIN)/python -m bridge.chartschema helm/bridge/values.schema.json
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

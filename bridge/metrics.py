@@ -48,6 +48,7 @@ WEBHOOK_REJECTION_REASONS = (
 )
 DISPATCH_RESULTS = ("actions", "no_match", "echo", "stale", "ignored", "error")
 RULES_RELOAD_OUTCOMES = ("ok", "failed")
+SECRETS_RELOAD_OUTCOMES = ("ok", "failed")
 # Scheduled tasks (bridge/scheduler.py) and their outcomes. The label is `task`, not `job`:
 # Prometheus' scrape adds its own `job` label and would rename ours to `exported_job`.
 SCHEDULER_TASKS = ("leader", "sweep", "gauges", "retention", "reconcile")
@@ -108,6 +109,7 @@ class Metrics:
     events_dispatched: Counter
     rules_reloads: Counter
     rules_loaded: Gauge
+    secrets_reloads: Counter
     leader: Gauge
     scheduler_job_runs: Counter
     ratelimit_wait: Histogram
@@ -209,6 +211,12 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
             "Number of enabled rules in the active rule set.",
             registry=registry,
         ),
+        secrets_reloads=Counter(
+            "bridge_secrets_reloads_total",
+            "Reloads of the secrets directory after its files changed, by outcome (ok, failed).",
+            ("outcome",),
+            registry=registry,
+        ),
         leader=Gauge(
             "bridge_leader",
             "1 while this replica holds scheduler leadership, else 0.",
@@ -254,6 +262,7 @@ def known_counter_labels(metrics: Metrics) -> list[tuple[Counter, tuple[str, ...
         platform, action = operation.split(".", 1)
         out += [(metrics.actions, (platform, action, outcome)) for outcome in ACTION_OUTCOMES]
     out += [(metrics.rules_reloads, (outcome,)) for outcome in RULES_RELOAD_OUTCOMES]
+    out += [(metrics.secrets_reloads, (outcome,)) for outcome in SECRETS_RELOAD_OUTCOMES]
     out += [
         (metrics.scheduler_job_runs, (task, outcome))
         for task in SCHEDULER_TASKS

@@ -36,10 +36,19 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 10) -> A
 
 
 class ServedBridge:
-    """One `python -m bridge serve --sandbox --config FILE --port N` child process."""
+    """One `python -m bridge serve [--sandbox] --config FILE --port N` child process."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        *,
+        sandbox: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.sandbox = sandbox
+        self.extra_env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_file = workdir / "bridge.yaml"
@@ -49,9 +58,11 @@ class ServedBridge:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> ServedBridge:
-        """Start the process and wait (bounded) until the sandbox and /readyz are up."""
+        """Start the process and wait (bounded) until it is ready (with the sandbox: until
+        `sandbox.ready`, which follows the listener's start)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        args = [sys.executable, "-m", "bridge", "serve", "--sandbox"]
+        env.update(self.extra_env)
+        args = [sys.executable, "-m", "bridge", "serve"] + (["--sandbox"] if self.sandbox else [])
         args += ["--config", str(self.config_file), "--port", str(self.port)]
         with self.log_file.open("wb") as log:
             self._process = subprocess.Popen(
@@ -61,12 +72,26 @@ class ServedBridge:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise AssertionError(f"bridge exited early:\n{self.log()}")
-            ready = self.events("sandbox.ready")
-            if ready:
+            if not self.sandbox:
+                if self.events("bridge.started") and self.readyz():
+                    return self
+            elif ready := self.events("sandbox.ready"):
                 self.ready = ready[0]
                 return self
             time.sleep(0.1)
-        raise AssertionError(f"bridge did not report sandbox.ready:\n{self.log()}")
+        raise AssertionError(f"bridge did not become ready:\n{self.log()}")
+
+    def running(self) -> bool:
+        """Whether the process is still the one started (it has not exited)."""
+        return self._process is not None and self._process.poll() is None
+
+    def readyz(self) -> bool:
+        """Whether GET /readyz answers 200."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     @property
     def rootly_url(self) -> str:

@@ -99,8 +99,9 @@ def test_pod_is_hardened_and_probed(variant: str) -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert set(mounts) == {"/etc/bridge", "/data", "/tmp"}
+    assert set(mounts) == {"/etc/bridge", "/data", "/tmp", "/var/run/secrets/bridge"}
     assert mounts["/etc/bridge"]["readOnly"] is True
+    assert mounts["/var/run/secrets/bridge"]["readOnly"] is True
     bridge_yaml = yaml.safe_load(release.config_data()["bridge.yaml"])
     grace = bridge_yaml["server"]["shutdown_grace_seconds"]
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
@@ -180,13 +181,43 @@ def test_postgresql_requires_a_store_url() -> None:
 
 
 def test_existing_secret_replaces_the_chart_secret() -> None:
-    """With secrets.existingSecret the chart creates no Secret and reads env from the named one."""
+    """With secrets.existingSecret the chart creates no Secret and mounts the named one."""
     release = render({"secrets": {"existingSecret": "bridge-creds"}})
     assert not release.has("Secret")
-    env_from = release.container()["envFrom"]
-    assert env_from[0] == {"secretRef": {"name": "bridge-creds"}}
+    volumes = release.one("Deployment")["spec"]["template"]["spec"]["volumes"]
+    secret_volume = next(v for v in volumes if v["name"] == "secrets")
+    assert secret_volume["secret"]["secretName"] == "bridge-creds"
+
+
+@pytest.mark.parametrize("variant", ["default", "ha"])
+def test_secrets_are_mounted_as_files_that_rotate_without_a_restart(variant: str) -> None:
+    """The Secret is a whole-directory volume (no subPath: the kubelet updates it in place)
+    named by BRIDGE_SECRETS_DIR, not environment variables (those never change in a running
+    process and would shadow the files); a secret change rolls no pods."""
+    release = render(_variants()[variant])
+    container = release.container()
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["BRIDGE_SECRETS_DIR"] == "/var/run/secrets/bridge"
+    assert not any("secretRef" in source for source in container.get("envFrom", []))
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "secrets")
+    assert mount["mountPath"] == "/var/run/secrets/bridge" and "subPath" not in mount
     annotations = release.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert "checksum/secret" not in annotations
+
+
+@pytest.mark.parametrize(
+    ("tls", "scheme"), [([], "http"), ([{"secretName": "t", "hosts": ["b.example.com"]}], "https")]
+)
+def test_notes_print_https_only_when_tls_is_set(tls: list[dict[str, Any]], scheme: str) -> None:
+    """The webhook URLs in NOTES use https only for hosts that ingress.tls covers, and warn
+    about a host without TLS."""
+    values = default_values() | {
+        "ingress": {"enabled": True, "hosts": [{"host": "b.example.com"}], "tls": tls}
+    }
+    notes = render(values).files["bridge/templates/NOTES.txt"]
+    assert f"Rootly:      {scheme}://b.example.com/webhooks/rootly" in notes
+    assert f"incident.io: {scheme}://b.example.com/webhooks/incident-io" in notes
+    assert ("no TLS for b.example.com" in notes) == (scheme == "http")
 
 
 def test_chart_owned_config_keys_are_refused() -> None:
@@ -257,3 +288,32 @@ def test_crd_validation_catches_what_the_api_server_would_refuse(ha_release: Rel
     problems = crd_problems(rule)
     assert any("ten minutes" in p for p in problems), problems
     assert any("'expr' is a required property" in p for p in problems), problems
+
+
+def test_values_schema_config_is_generated_from_the_settings_models() -> None:
+    """The committed values.schema.json is what `make schema` writes: its `config` subtree
+    is the settings models' schema (run `make schema` after changing bridge/config.py)."""
+    import json
+
+    from bridge.chartschema import render as render_schema
+
+    path = CHART_DIR / "values.schema.json"
+    committed = path.read_text(encoding="utf-8")
+    assert render_schema(json.loads(committed)) == committed
+
+
+@pytest.mark.parametrize(
+    ("config", "word"),
+    [
+        ({"executor": {"max_attempt": 5}}, "max_attempt"),
+        ({"scheduler": {"reconcile_seconds": "often"}}, "reconcile_seconds"),
+        ({"logging": {"level": "verbose"}}, "level"),
+        ({"rootly": {"max_concurrency": 0}}, "max_concurrency"),
+    ],
+)
+def test_nested_config_mistakes_fail_at_install(config: dict[str, Any], word: str) -> None:
+    """A typo or bad value deep in `config` fails `helm install`, naming the key, instead
+    of installing a bridge that refuses to start."""
+    values = default_values() | {"config": config}
+    with pytest.raises(helm_python.HelmValuesError, match=word):
+        render(values)

@@ -100,7 +100,7 @@ def _wait(what: str, check: Any, name: str, timeout: float = 90) -> Any:
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except (OSError, urllib.error.URLError):
         return False
 

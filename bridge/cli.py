@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
     upgrade = db_sub.add_parser("upgrade", help="apply migrations up to this version's schema")
     _add_config(upgrade)
+    backup = db_sub.add_parser(
+        "backup", help="copy the SQLite store while it runs (online backup API)"
+    )
+    _add_config(backup)
+    backup.add_argument("path", type=Path, help="new file, or a directory for a timestamped one")
 
     demo = sub.add_parser("demo", help="play the main flows through the sandbox and narrate them")
     demo.add_argument("--store", default=None, help="store URL (default: a temporary SQLite file)")
@@ -337,7 +342,21 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(args, run))
 
 
+def cmd_db_backup(args: argparse.Namespace) -> int:
+    from bridge.backup import BackupError, backup_store
+
+    settings = _load(args, require_secrets=False)
+    try:
+        done = backup_store(settings.store.url, args.path)
+    except BackupError as exc:
+        raise CliError(f"backup: {exc}", EXIT_USAGE if exc.usage else EXIT_RUNTIME) from None
+    print(f"backup written: {done.path} ({done.bytes} bytes, {done.pages} pages)")
+    return EXIT_OK
+
+
 def cmd_db(args: argparse.Namespace) -> int:
+    if args.db_command == "backup":
+        return cmd_db_backup(args)
     from bridge.store.base import StoreError
     from bridge.store.migrate import upgrade
 

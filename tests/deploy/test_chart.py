@@ -317,3 +317,45 @@ def test_nested_config_mistakes_fail_at_install(config: dict[str, Any], word: st
     values = default_values() | {"config": config}
     with pytest.raises(helm_python.HelmValuesError, match=word):
         render(values)
+
+
+def test_postgresql_upgrades_the_schema_in_a_hook_job_before_new_pods(
+    ha_release: Release,
+) -> None:
+    """PostgreSQL: a pre-install/pre-upgrade hook Job runs `bridge db upgrade` with the
+    store URL from a hook Secret made before it, hardened like the Deployment, with labels
+    the Service does not select; SQLite renders no Job."""
+    job = ha_release.one("Job")
+    hooks = job["metadata"]["annotations"]
+    assert hooks["helm.sh/hook"] == "pre-install,pre-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"] == ["db", "upgrade"]
+    assert container["image"] == ha_release.container()["image"]
+    assert container["securityContext"] == ha_release.container()["securityContext"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["BRIDGE_CONFIG"] == "/dev/null"
+    secret = ha_release.one("Secret", "-migrate")
+    assert secret["metadata"]["annotations"]["helm.sh/hook"] == hooks["helm.sh/hook"]
+    assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        hooks["helm.sh/hook-weight"]
+    )
+    volume = next(v for v in pod["volumes"] if v["name"] == "secrets")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert set(secret["data"]) == {"BRIDGE_STORE__URL"}
+    selector = ha_release.one("Service")["spec"]["selector"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= labels.items(), "the Service must not route to the Job"
+    assert "serviceAccountName" not in pod, "the chart's account does not exist at pre-install"
+    existing = ha_values() | {"secrets": {"existingSecret": "creds"}}
+    release = render(existing)
+    assert not release.has("Secret")
+    assert any(
+        v.get("secret", {}).get("secretName") == "creds"
+        for v in release.one("Job")["spec"]["template"]["spec"]["volumes"]
+    )
+
+
+def test_sqlite_has_no_migration_job(default_release: Release) -> None:
+    """SQLite (one pod, migrated at start) renders no hook Job."""
+    assert not default_release.has("Job")

@@ -1,4 +1,4 @@
-"""The `bridge` command line: serve, check-config, explain, links, dlq, db, demo.
+"""The `bridge` command line: serve, check-config, doctor, explain, links, dlq, db, demo.
 
 Every failure a user can cause (bad config, bad rules, bad argument, unreachable store)
 ends as one clear line on stderr and exit code 2 (usage and configuration) or 1
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not require real secrets (for files whose secrets come at deploy time)",
     )
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check a live setup: one read-only call per platform, and what each rule needs",
+    )
+    _add_config(doctor)
+    doctor.add_argument("--rules", type=Path, help="rules file (default: rules.file from config)")
 
     explain = sub.add_parser(
         "explain", help="show which rules an event file matches and what they would do"
@@ -195,6 +202,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"rules ok: {rules_path}: {len(enabled)} enabled of {len(rules.rules)}:")
     print(f"  {', '.join(enabled)}")
     return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from bridge.doctor import diagnose, summary
+    from bridge.rules import RulesError, load_rules
+
+    settings = _load(args)
+    try:
+        rules = load_rules(args.rules or settings.rules.file, dict(os.environ))
+    except RulesError as exc:
+        raise CliError(f"invalid rules: {exc}") from None
+    findings = asyncio.run(diagnose(settings, rules))
+    for finding in findings:
+        print(finding.line())
+    print(summary(findings))
+    return EXIT_RUNTIME if any(f.level == "fail" for f in findings) else EXIT_OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -389,6 +412,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "check-config": cmd_check_config,
+    "doctor": cmd_doctor,
     "explain": cmd_explain,
     "links": cmd_links,
     "dlq": cmd_dlq,

@@ -197,6 +197,7 @@ class RootlySimulator(SimulatorBase):
         self._alert_incidents: dict[str, list[str]] = {}
         self._seq = 0
         r = self.app.router
+        r.add_get("/v1/incidents", self._h_list_incidents)
         r.add_get("/v1/incidents/{id}", self._h_get_incident)
         r.add_put("/v1/incidents/{id}", self._h_update_incident)
         for action in ("cancel", "restart", "resolve", "mitigate"):
@@ -685,6 +686,30 @@ class RootlySimulator(SimulatorBase):
         return json_response(status, doc, content_type=JSONAPI)
 
     # -- API handlers --------------------------------------------------------------------
+
+    async def _h_list_incidents(self, request: web.Request) -> web.Response:
+        """``GET /v1/incidents`` (newest first, `page[size]` up to 100; one page)."""
+        try:
+            size = max(1, min(100, int(request.query.get("page[size]", "20"))))
+        except ValueError:
+            raise SimError(400, "invalid_parameter", "page[size] must be an integer") from None
+        ids = list(reversed(self._incidents))[:size]
+        path = request.path
+        return self._ok(
+            {
+                "data": [
+                    {"id": i, "type": "incidents", "attributes": self._api_attrs(i)} for i in ids
+                ],
+                "links": {"self": path, "first": path, "prev": None, "next": None, "last": path},
+                "meta": {
+                    "current_page": 1,
+                    "next_page": None,
+                    "prev_page": None,
+                    "total_count": len(self._incidents),
+                    "total_pages": 1,
+                },
+            }
+        )
 
     async def _h_get_incident(self, request: web.Request) -> web.Response:
         incident_id = request.match_info["id"]

@@ -302,3 +302,17 @@ async def test_rate_limit(http: aiohttp.ClientSession) -> None:
     assert limited.body["type"] == "too_many_requests"
     assert set(limited.body["rate_limit"]) == {"name", "limit", "remaining", "retry_after"}
     assert limited.body["errors"][0]["code"] == "too_many_requests"
+
+
+async def test_identity_reports_the_keys_roles(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    """GET /v1/identity (what `bridge doctor` reads) answers per the spec with the roles
+    the simulator was given, and refuses a wrong key."""
+    answer = await inc(http, sandbox, "GET", "/v1/identity")
+    assert answer.status == 200
+    assert "escalation_creator" in answer.body["identity"]["roles"]
+    sandbox.incident_io.api_key_roles = ["viewer"]
+    answer = await inc(http, sandbox, "GET", "/v1/identity")
+    assert answer.body["identity"]["roles"] == ["viewer"]
+    assert (await inc(http, sandbox, "GET", "/v1/identity", token="wrong")).status == 401

@@ -235,3 +235,16 @@ async def test_rate_limit(http: aiohttp.ClientSession) -> None:
         assert "Retry-After" not in limited.headers
         assert limited.headers["X-RateLimit-Limit"] == "2"
         assert int(limited.headers["X-RateLimit-Reset"]) % 60 == 0
+
+
+async def test_list_incidents_newest_first(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
+    """GET /v1/incidents (what `bridge doctor` reads) answers per the spec, newest first,
+    at most page[size]."""
+    first = await sandbox.rootly.create_incident("first")
+    second = await sandbox.rootly.create_incident("second")
+    answer = await rootly(http, sandbox, "GET", "/v1/incidents?page[size]=1")
+    assert answer.status == 200
+    assert [d["id"] for d in answer.body["data"]] == [second["id"]]
+    answer = await rootly(http, sandbox, "GET", "/v1/incidents")
+    assert [d["id"] for d in answer.body["data"]] == [second["id"], first["id"]]
+    assert answer.body["meta"]["total_count"] == 2

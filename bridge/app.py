@@ -17,18 +17,20 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
+from pydantic import SecretStr
 
 from bridge import __version__
 from bridge.clock import Clock, utcnow
 from bridge.config import Settings
 from bridge.events import Platform
-from bridge.logging import Logger, get_logger
+from bridge.logging import Logger, Redactor, get_logger
 from bridge.metrics import Metrics, create_metrics
 from bridge.pipeline.dispatcher import PARSERS, Dispatcher
 from bridge.pipeline.echo import EchoGuard
@@ -41,6 +43,7 @@ from bridge.platforms.incident_io.client import IncidentIoClient
 from bridge.platforms.ratelimit import RateLimiters
 from bridge.platforms.rootly.client import RootlyClient
 from bridge.scheduler import Scheduler
+from bridge.secrets import SecretRotation
 from bridge.store.base import Store, StoreError
 from bridge.store.store import SqlStore
 from bridge.tasks import Supervisor
@@ -113,7 +116,12 @@ class Bridge:
         logger: Logger | None = None,
         instance_id: str | None = None,
         clock: Clock = utcnow,
+        reload_settings: Callable[[], Settings] | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
+        """`reload_settings` loads the settings again as they were loaded for this bridge;
+        with it and `BRIDGE_SECRETS_DIR` in `env`, rotated secret files are picked up
+        while running. `redactor` (the log's) learns the rotated secrets."""
         self.settings = settings
         self.clock = clock
         self.log = logger or get_logger("bridge")
@@ -129,9 +137,10 @@ class Bridge:
             clock=clock,
             exclusive=True,
         )
+        environ = dict(os.environ if env is None else env)
         self.rulebook = Rulebook(
             settings.rules.file,
-            dict(os.environ if env is None else env),
+            environ,
             self.metrics,
             self.log.bind(component="rules"),
         )
@@ -217,6 +226,17 @@ class Bridge:
             is_leader=lambda: self.scheduler.is_leader,
             clock=clock,
         )
+        self._redactor = redactor
+        self._secrets_in_use = settings
+        self.secret_rotation: SecretRotation | None = None
+        if environ.get("BRIDGE_SECRETS_DIR") and reload_settings is not None:
+            self.secret_rotation = SecretRotation(
+                Path(environ["BRIDGE_SECRETS_DIR"]),
+                load=reload_settings,
+                apply=self.apply_secrets,
+                metrics=self.metrics,
+                logger=self.log.bind(component="secrets"),
+            )
         admin = None
         if settings.admin.token is not None:
             admin = AdminApi(
@@ -225,6 +245,7 @@ class Bridge:
                 self.log.bind(component="admin"),
                 self._wake_executor,
             )
+        self.admin = admin
         self.app = build_app(
             ingest=self.ingest,
             store=self.store,
@@ -258,9 +279,65 @@ class Bridge:
         self.dispatcher.wake()
         self.executor.wake()
 
+    def apply_secrets(self, fresh: Settings) -> list[str]:
+        """Hand the secrets of `fresh` that differ from those in use to the running parts;
+        the names of the ones changed. A platform that had no client at start (no token)
+        gets none now: that needs a restart, and is logged."""
+        old, changed = self._secrets_in_use, []
+
+        def differs(a: SecretStr | None, b: SecretStr | None) -> bool:
+            return (a and a.get_secret_value()) != (b and b.get_secret_value())
+
+        platforms: tuple[tuple[Platform, Any, Any], ...] = (
+            ("rootly", old.rootly, fresh.rootly),
+            ("incident_io", old.incident_io, fresh.incident_io),
+        )
+        for source, before, after in platforms:
+            if differs(before.webhook_secret, after.webhook_secret) and self.ingest.set_secrets(
+                source, tuple(after.webhook_secrets())
+            ):
+                changed.append(f"{source}.webhook_secret")
+        rootly = self.clients.get("rootly")
+        token = fresh.rootly.api_token
+        if differs(old.rootly.api_token, token) and token is not None:
+            if isinstance(rootly, RootlyClient):
+                rootly.set_credentials(token.get_secret_value())
+                changed.append("rootly.api_token")
+            else:
+                self.log.warning("secrets.restart_needed", key="rootly.api_token")
+        incident_io = self.clients.get("incident_io")
+        key, source_token = fresh.incident_io.api_key, fresh.incident_io.alert_source_token
+        key_changed = differs(old.incident_io.api_key, key)
+        source_changed = differs(old.incident_io.alert_source_token, source_token)
+        if (key_changed or source_changed) and key is not None:
+            if isinstance(incident_io, IncidentIoClient):
+                incident_io.set_credentials(
+                    key.get_secret_value(),
+                    source_token.get_secret_value() if source_token else None,
+                )
+                changed += ["incident_io.api_key"] * key_changed
+                changed += ["incident_io.alert_source_token"] * source_changed
+            else:
+                self.log.warning("secrets.restart_needed", key="incident_io.api_key")
+        admin_token = fresh.admin.token
+        if differs(old.admin.token, admin_token) and admin_token is not None:
+            if self.admin is not None:
+                self.admin.set_token(admin_token.get_secret_value())
+                changed.append("admin.token")
+            else:
+                self.log.warning("secrets.restart_needed", key="admin.token")
+        if self._redactor is not None:
+            self._redactor.add(fresh.secret_values())
+        self._secrets_in_use = fresh
+        return changed
+
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         """Bring everything up; raises StoreError / RulesError with a clear message."""
+        # Counters export no `*_created` series: nothing charts or alerts on them, and they
+        # double the series count. prometheus_client's switch is process-wide, so it is
+        # thrown here, once per start, never at import time.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         await self.store.open()
         self.rulebook.load()
         self.readiness.rules_loaded = True
@@ -276,6 +353,9 @@ class Bridge:
         if self.settings.rules.reload:
             self.supervisor.spawn_loop("rules.watch", self.rulebook.watch)
         self.supervisor.spawn_loop("checks", self.checker.run)
+        if self.secret_rotation is not None:
+            self.secret_rotation.remember()
+            self.supervisor.spawn_loop("secrets.watch", self.secret_rotation.watch)
         self.scheduler.start()
         # When the listener closes, the deliveries that matter have been stored (stop()
         # waits for them first); what is left is idle keep-alives or clients still sending

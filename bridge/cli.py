@@ -1,5 +1,5 @@
-"""The `bridge` command line: serve, check-config, explain, links, dlq, db, demo, test-rules,
-adopt.
+"""The `bridge` command line: serve, check-config, doctor, explain, links, dlq, db, demo,
+test-rules, adopt.
 
 Every failure a user can cause (bad config, bad rules, bad argument, unreachable store)
 ends as one clear line on stderr and exit code 2 (usage and configuration) or 1
@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the webhook event types to subscribe to on each platform, and nothing else",
     )
 
+    doctor = sub.add_parser(
+        "doctor",
+        help="check a live setup: one read-only call per platform, and what each rule needs",
+    )
+    _add_config(doctor)
+    doctor.add_argument("--rules", type=Path, help="rules file (default: rules.file from config)")
+
     explain = sub.add_parser(
         "explain", help="show which rules an event file matches and what they would do"
     )
@@ -119,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
     upgrade = db_sub.add_parser("upgrade", help="apply migrations up to this version's schema")
     _add_config(upgrade)
+    backup = db_sub.add_parser(
+        "backup", help="copy the SQLite store while it runs (online backup API)"
+    )
+    _add_config(backup)
+    backup.add_argument("path", type=Path, help="new file, or a directory for a timestamped one")
 
     demo = sub.add_parser("demo", help="play the main flows through the sandbox and narrate them")
     demo.add_argument("--store", default=None, help="store URL (default: a temporary SQLite file)")
@@ -203,6 +215,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return _report_findings(
         settings, rules, require_secrets=not args.no_secrets, strict=args.strict
     )
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from bridge.doctor import diagnose, summary
+    from bridge.rules import RulesError, load_rules
+
+    settings = _load(args)
+    try:
+        rules = load_rules(args.rules or settings.rules.file, dict(os.environ))
+    except RulesError as exc:
+        raise CliError(f"invalid rules: {exc}") from None
+    findings = asyncio.run(diagnose(settings, rules))
+    for finding in findings:
+        print(finding.line())
+    print(summary(findings))
+    return EXIT_RUNTIME if any(f.level == "fail" for f in findings) else EXIT_OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -350,7 +378,22 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(args, run))
 
 
+def cmd_db_backup(args: argparse.Namespace) -> int:
+    from bridge.backup import BackupError, backup_store
+
+    settings = _load(args, require_secrets=False)
+    try:
+        done = backup_store(settings.store.url, args.path)
+    except BackupError as exc:
+        raise CliError(f"backup: {exc}", EXIT_USAGE if exc.usage else EXIT_RUNTIME) from None
+    print(f"backup written: {done.path} ({done.bytes} bytes, {done.pages} pages)")
+    return EXIT_OK
+
+
 def cmd_db(args: argparse.Namespace) -> int:
+    if args.db_command == "backup":
+        return cmd_db_backup(args)
+
     async def upgraded(store: Any) -> int:
         # Opening the store migrates it (bridge.store.schema).
         print(f"database at schema version {store.version}")
@@ -626,6 +669,7 @@ def _print_adoption(found: Any, since: str, applied: bool, added: int, output: s
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "check-config": cmd_check_config,
+    "doctor": cmd_doctor,
     "explain": cmd_explain,
     "links": cmd_links,
     "dlq": cmd_dlq,

@@ -2,8 +2,9 @@
 
 Precedence, highest first: explicit overrides (CLI, sandbox wiring), environment
 (`BRIDGE_` prefix, `__` between levels: `BRIDGE_ROOTLY__API_TOKEN`), a secrets directory
-(`BRIDGE_SECRETS_DIR`, one file per key, named like `rootly__api_token`, as Kubernetes
-mounts a Secret), then the YAML file (`--config`, `BRIDGE_CONFIG`, default
+(`BRIDGE_SECRETS_DIR`, one file per key, named like `rootly__api_token` or like its
+environment variable, `BRIDGE_ROOTLY__API_TOKEN`, as Kubernetes mounts a Secret; re-read
+while running, see bridge/secrets.py), then the YAML file (`--config`, `BRIDGE_CONFIG`, default
 `config/bridge.yaml`). Two documented short forms are kept from the design brief:
 `BRIDGE_RULES_FILE` (= `rules.file`) and `BRIDGE_ADMIN_TOKEN` (= `admin.token`).
 
@@ -361,13 +362,29 @@ def _secrets_layer(directory: Path) -> tuple[dict[str, Any], dict[tuple[str, ...
         # Kubernetes mounts add ..data symlinks and dotfiles; only plain names are keys.
         if entry.name.startswith(".") or not entry.is_file():
             continue
-        path = tuple(entry.name.lower().split("__"))
+        path = _secret_file_path(entry.name)
+        if path is None:
+            continue
         try:
             _set_path(layer, path, entry.read_text(encoding="utf-8").strip())
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError([f"secret file {entry}: cannot read ({exc})"]) from None
         origins[path] = f"secret file {entry}"
     return layer, origins
+
+
+def _secret_file_path(name: str) -> tuple[str, ...] | None:
+    """The settings key a secret file sets. Two namings: the key itself (`rootly__api_token`)
+    or its environment variable (`BRIDGE_ROOTLY__API_TOKEN`, `BRIDGE_ADMIN_TOKEN`), so one
+    Kubernetes Secret serves as environment and as mounted files alike. None: not a setting
+    (`BRIDGE_CONFIG`, rule variables)."""
+    if not name.startswith(ENV_PREFIX):
+        return tuple(name.lower().split("__"))
+    if name in _LOADER_ENV or name.startswith(_NOT_SETTINGS_PREFIXES):
+        return None
+    if name in ENV_ALIASES:
+        return ENV_ALIASES[name]
+    return tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,15 @@ class Redactor:
     """A structlog processor that scrubs secrets from every value of an event dict."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._known: frozenset[str] = frozenset()
+        self._secrets: re.Pattern[str] | None = None
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Scrub `secrets` too from now on (rotated secrets join the ones already known)."""
+        self._known |= {s for s in secrets if len(s) >= 4}
         # One alternation, longest first, so a secret containing another is scrubbed whole.
-        ordered = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        ordered = sorted(self._known, key=len, reverse=True)
         self._secrets = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def scrub(self, text: str) -> str:

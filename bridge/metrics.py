@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from bridge import __version__
+from bridge.events import OPERATIONS
 
-# Outcome labels are a closed set; counters are pre-initialised with them so that a
-# dashboard shows 0 rather than "no data" before the first event of a kind.
+# Every labelled counter starts at 0 for each combination of its known label values (the
+# tuples below, declared once). A series that first appears at 1 has no increase in
+# Prometheus' eyes (`increase()` and `rate()` need two samples), so without this an alert
+# such as "a rules reload failed" would miss a process's first failure, and a dashboard
+# would show "no data" instead of 0.
 WEBHOOK_OUTCOMES = (
     "accepted",
     "duplicate",
@@ -30,6 +34,41 @@ ACTION_OUTCOMES = ("done", "skipped", "retried", "rate_limited", "dead_lettered"
 OUTBOX_STATES = ("pending", "claimed", "done", "skipped", "dead")
 SOURCES = ("rootly", "incident_io")
 LINK_CHECK_OUTCOMES = ("in_step", "drift", "deferred")
+# Deliveries refused before storage carry no event type yet.
+UNKNOWN_EVENT_TYPE = "unknown"
+WEBHOOK_REJECTION_REASONS = (
+    "signature",
+    "timestamp",
+    "missing_header",
+    "malformed_header",
+    "payload",
+    "too_large",
+    "body_timeout",
+    "content_type",
+    "shutting_down",
+)
+DISPATCH_RESULTS = ("actions", "no_match", "echo", "stale", "ignored", "error")
+RULES_RELOAD_OUTCOMES = ("ok", "failed")
+SECRETS_RELOAD_OUTCOMES = ("ok", "failed")
+# Scheduled tasks (bridge/scheduler.py) and their outcomes. The label is `task`, not `job`:
+# Prometheus' scrape adds its own `job` label and would rename ours to `exported_job`.
+SCHEDULER_TASKS = ("leader", "sweep", "gauges", "retention")
+TASK_OUTCOMES = ("ok", "failed")
+# Upstream answers worth a series from the start: the ones the alerts and dashboard single
+# out (errors, throttling) and the usual successes. Other statuses appear when they happen.
+UPSTREAM_STATUSES = (
+    "200",
+    "201",
+    "202",
+    "204",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+    "timeout",
+    "connection_error",
+)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -71,6 +110,7 @@ class Metrics:
     events_dispatched: Counter
     rules_reloads: Counter
     rules_loaded: Gauge
+    secrets_reloads: Counter
     leader: Gauge
     scheduler_job_runs: Counter
     ratelimit_wait: Histogram
@@ -175,6 +215,12 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
             "Number of enabled rules in the active rule set.",
             registry=registry,
         ),
+        secrets_reloads=Counter(
+            "bridge_secrets_reloads_total",
+            "Reloads of the secrets directory after its files changed, by outcome (ok, failed).",
+            ("outcome",),
+            registry=registry,
+        ),
         leader=Gauge(
             "bridge_leader",
             "1 while this replica holds scheduler leadership, else 0.",
@@ -182,8 +228,8 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
         ),
         scheduler_job_runs=Counter(
             "bridge_scheduler_job_runs_total",
-            "Scheduled job runs, by job and outcome (ok, failed).",
-            ("job", "outcome"),
+            "Scheduled task runs, by task and outcome (ok, failed).",
+            ("task", "outcome"),
             registry=registry,
         ),
         ratelimit_wait=Histogram(
@@ -216,11 +262,37 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
     )
     for state in OUTBOX_STATES:
         metrics.outbox_depth.labels(state=state).set(0)
-    for source in SOURCES:
-        metrics.echoes_suppressed.labels(source=source)
-        metrics.link_check_reads.labels(source)
-        metrics.link_check_drifts.labels(source)
-    for outcome in LINK_CHECK_OUTCOMES:
-        metrics.link_checks.labels(outcome)
     metrics.dead_letters.set(0)
+    for family, values in known_counter_labels(metrics):
+        family.labels(*values)
     return metrics
+
+
+def known_counter_labels(metrics: Metrics) -> list[tuple[Counter, tuple[str, ...]]]:
+    """Every (counter, label values) combination that starts at 0."""
+    out: list[tuple[Counter, tuple[str, ...]]] = []
+    for source in SOURCES:
+        out += [
+            (metrics.webhooks_received, (source, UNKNOWN_EVENT_TYPE, outcome))
+            for outcome in WEBHOOK_OUTCOMES
+        ]
+        out += [
+            (metrics.webhook_rejections, (source, reason)) for reason in WEBHOOK_REJECTION_REASONS
+        ]
+        out += [(metrics.events_dispatched, (source, result)) for result in DISPATCH_RESULTS]
+        out.append((metrics.echoes_suppressed, (source,)))
+        out.append((metrics.link_check_reads, (source,)))
+        out.append((metrics.link_check_drifts, (source,)))
+        out += [(metrics.upstream_requests, (source, status)) for status in UPSTREAM_STATUSES]
+    for operation in OPERATIONS:
+        platform, action = operation.split(".", 1)
+        out += [(metrics.actions, (platform, action, outcome)) for outcome in ACTION_OUTCOMES]
+    out += [(metrics.rules_reloads, (outcome,)) for outcome in RULES_RELOAD_OUTCOMES]
+    out += [(metrics.link_checks, (outcome,)) for outcome in LINK_CHECK_OUTCOMES]
+    out += [(metrics.secrets_reloads, (outcome,)) for outcome in SECRETS_RELOAD_OUTCOMES]
+    out += [
+        (metrics.scheduler_job_runs, (task, outcome))
+        for task in SCHEDULER_TASKS
+        for outcome in TASK_OUTCOMES
+    ]
+    return out

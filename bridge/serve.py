@@ -101,9 +101,17 @@ async def serve(
             settings: Settings = load_settings(config, overrides=overrides, override_names=names)
         except ConfigError as exc:
             return _fail(f"invalid configuration:\n{exc}", EXIT_CONFIG)
-        configure_logging(settings.logging.level, settings.logging.format, settings.secret_values())
+        redactor = configure_logging(
+            settings.logging.level, settings.logging.format, settings.secret_values()
+        )
         log = get_logger("bridge")
-        bridge = Bridge(settings, env=env, logger=log)
+
+        def reload_settings() -> Settings:
+            return load_settings(config, overrides=overrides)
+
+        bridge = Bridge(
+            settings, env=env, logger=log, reload_settings=reload_settings, redactor=redactor
+        )
         try:
             await bridge.start()
         except RulesError as exc:

@@ -193,6 +193,10 @@ class AdminApi:
         self._log = logger
         self._wake = wake_executor
 
+    def set_token(self, token: str) -> None:
+        """Accept a rotated admin token (only) from the next request on."""
+        self._token = token.encode()
+
     def authenticated(self, handler: Handler) -> Handler:
         """`handler`, answered only with the admin token for paths under /api/ (other
         paths pass: the catch-all route serves both)."""

@@ -14,6 +14,7 @@ transaction per batch, so throughput does not collapse to one fsync per webhook.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
@@ -179,6 +180,15 @@ class Ingest:
         self._accepting = True
         self._in_flight = 0
         self._counters = LabelledCounters()
+
+    def set_secrets(self, source: Platform, secrets: tuple[str, ...]) -> bool:
+        """Verify `source`'s webhooks with `secrets` from the next delivery on (rotation
+        without a restart, bridge/secrets.py); False if `source` is not enabled."""
+        config = self._sources.get(source)
+        if config is None:
+            return False
+        self._sources = {**self._sources, source: dataclasses.replace(config, secrets=secrets)}
+        return True
 
     def stop_accepting(self) -> None:
         """From now on answer 503 (senders retry against another replica or later)."""

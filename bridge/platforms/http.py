@@ -249,6 +249,12 @@ class ApiTransport:
         if session is not None:
             await session.close()
 
+    def set_token(self, token: str) -> None:
+        """Authenticate with `token` from the next request on (rotation without a restart)."""
+        if not token:
+            raise ValueError(f"{self.platform}: an API token is required")
+        self._token = token
+
     def _count(self, outcome: str, started: float) -> None:
         self._metrics.upstream_requests.labels(platform=self.platform, status=outcome).inc()
         self._metrics.upstream_request_duration.labels(platform=self.platform).observe(

@@ -41,6 +41,7 @@ Control routes (no auth): POST /_sandbox/escalations/{id}/ack|resolve|expire {us
 POST /_sandbox/incidents {name, severity?, summary?, status?}; POST
 /_sandbox/incidents/{id}/status {status (name or category), message?}; POST
 /_sandbox/incidents/{id}/edit {name?, summary?, severity?}; plus the shared ones.
+`GET /v1/identity` answers with `api_key_roles` (every role the bridge's operations need).
 """
 
 from __future__ import annotations
@@ -139,6 +140,9 @@ def _human(user: str | None) -> dict[str, Any]:
     }
 
 
+SANDBOX_KEY_ROLES = ("viewer", "incident_editor", "escalation_creator", "on_call_viewer")
+
+
 class IncidentIoSimulator(SimulatorBase):
     """Stateful fake of the incident.io API and its outgoing webhooks."""
 
@@ -163,6 +167,8 @@ class IncidentIoSimulator(SimulatorBase):
         super().__init__(seed=seed, webhook_retry_delays=tuple(webhook_retry_delays), logger=logger)
         self._api_key = api_key
         self.api_key_id = api_key_id
+        # What GET /v1/identity reports for the key (tests narrow it to check `bridge doctor`).
+        self.api_key_roles: list[str] = list(SANDBOX_KEY_ROLES)
         self._secret = base64.b64decode(webhook_secret.removeprefix("whsec_"))
         self.alert_source_config_id = alert_source_config_id
         self._alert_token = alert_source_token
@@ -206,6 +212,7 @@ class IncidentIoSimulator(SimulatorBase):
         self._incidents: dict[str, dict[str, Any]] = {}
         self._incident_seq = 0
         r = self.app.router
+        r.add_get("/v1/identity", self._h_identity)
         r.add_post("/v2/escalations", self._h_create_escalation)
         r.add_get("/v2/escalations", self._h_list_escalations)
         r.add_get("/v2/escalations/{id}", self._h_get_escalation)
@@ -644,6 +651,21 @@ class IncidentIoSimulator(SimulatorBase):
         )
 
     # -- API handlers --------------------------------------------------------------------
+
+    async def _h_identity(self, request: web.Request) -> web.Response:
+        """``GET /v1/identity``: the key's name and roles."""
+        return json_response(
+            200,
+            {
+                "identity": {
+                    "name": "bridge sandbox key",
+                    "dashboard_url": "https://app.incident.io/sandbox",
+                    "roles": list(self.api_key_roles),
+                    "team_roles": [],
+                    "teams": [],
+                }
+            },
+        )
 
     async def _h_create_escalation(self, request: web.Request) -> web.Response:
         body = require_object(request[BODY_KEY])

@@ -82,7 +82,7 @@ class Release:
 
     def secret_env(self) -> dict[str, str]:
         """The chart-created Secret, decoded: env var name -> value."""
-        data: dict[str, str] = self.one("Secret")["data"]
+        data: dict[str, str] = self.one("Secret", f"{RELEASE}-bridge")["data"]
         return {key: base64.b64decode(value).decode() for key, value in data.items()}
 
 

@@ -16,6 +16,7 @@ from tests.deploy.chart import (
     ha_values,
     render,
 )
+from tests.deploy.crds import crd_problems
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema
 # kubernetes-validate ships.
@@ -98,8 +99,9 @@ def test_pod_is_hardened_and_probed(variant: str) -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert set(mounts) == {"/etc/bridge", "/data", "/tmp"}
+    assert set(mounts) == {"/etc/bridge", "/data", "/tmp", "/var/run/secrets/bridge"}
     assert mounts["/etc/bridge"]["readOnly"] is True
+    assert mounts["/var/run/secrets/bridge"]["readOnly"] is True
     bridge_yaml = yaml.safe_load(release.config_data()["bridge.yaml"])
     grace = bridge_yaml["server"]["shutdown_grace_seconds"]
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
@@ -179,13 +181,43 @@ def test_postgresql_requires_a_store_url() -> None:
 
 
 def test_existing_secret_replaces_the_chart_secret() -> None:
-    """With secrets.existingSecret the chart creates no Secret and reads env from the named one."""
+    """With secrets.existingSecret the chart creates no Secret and mounts the named one."""
     release = render({"secrets": {"existingSecret": "bridge-creds"}})
     assert not release.has("Secret")
-    env_from = release.container()["envFrom"]
-    assert env_from[0] == {"secretRef": {"name": "bridge-creds"}}
+    volumes = release.one("Deployment")["spec"]["template"]["spec"]["volumes"]
+    secret_volume = next(v for v in volumes if v["name"] == "secrets")
+    assert secret_volume["secret"]["secretName"] == "bridge-creds"
+
+
+@pytest.mark.parametrize("variant", ["default", "ha"])
+def test_secrets_are_mounted_as_files_that_rotate_without_a_restart(variant: str) -> None:
+    """The Secret is a whole-directory volume (no subPath: the kubelet updates it in place)
+    named by BRIDGE_SECRETS_DIR, not environment variables (those never change in a running
+    process and would shadow the files); a secret change rolls no pods."""
+    release = render(_variants()[variant])
+    container = release.container()
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["BRIDGE_SECRETS_DIR"] == "/var/run/secrets/bridge"
+    assert not any("secretRef" in source for source in container.get("envFrom", []))
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "secrets")
+    assert mount["mountPath"] == "/var/run/secrets/bridge" and "subPath" not in mount
     annotations = release.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert "checksum/secret" not in annotations
+
+
+@pytest.mark.parametrize(
+    ("tls", "scheme"), [([], "http"), ([{"secretName": "t", "hosts": ["b.example.com"]}], "https")]
+)
+def test_notes_print_https_only_when_tls_is_set(tls: list[dict[str, Any]], scheme: str) -> None:
+    """The webhook URLs in NOTES use https only for hosts that ingress.tls covers, and warn
+    about a host without TLS."""
+    values = default_values() | {
+        "ingress": {"enabled": True, "hosts": [{"host": "b.example.com"}], "tls": tls}
+    }
+    notes = render(values).files["bridge/templates/NOTES.txt"]
+    assert f"Rootly:      {scheme}://b.example.com/webhooks/rootly" in notes
+    assert f"incident.io: {scheme}://b.example.com/webhooks/incident-io" in notes
+    assert ("no TLS for b.example.com" in notes) == (scheme == "http")
 
 
 def test_chart_owned_config_keys_are_refused() -> None:
@@ -221,43 +253,109 @@ def test_custom_rules_ship_in_the_configmap_and_roll_the_pods() -> None:
     assert checksum(base) != checksum(custom)
 
 
-def _structural_problems(manifest: dict[str, Any]) -> list[str]:
-    """Checks for the Prometheus-operator CRDs, whose schemas kubernetes-validate lacks."""
-    kind = manifest["kind"]
-    spec = manifest.get("spec", {})
-    problems: list[str] = []
-    if kind == "PrometheusRule":
-        for group in spec.get("groups", []):
-            if set(group) - {"name", "interval", "rules"} or not group.get("rules"):
-                problems.append(f"group {group.get('name')}: bad keys or no rules")
-            for rule in group.get("rules", []):
-                allowed = {"alert", "record", "expr", "for", "labels", "annotations"}
-                if set(rule) - allowed or "expr" not in rule or "alert" not in rule:
-                    problems.append(f"rule {rule.get('alert')}: bad keys {sorted(rule)}")
-    elif kind == "ServiceMonitor":
-        endpoints = spec.get("endpoints", [])
-        if not endpoints or any(e.get("port") != "http" for e in endpoints):
-            problems.append("ServiceMonitor must scrape the http port")
-        if not spec.get("selector", {}).get("matchLabels"):
-            problems.append("ServiceMonitor needs a selector")
-    else:
-        problems.append(f"unexpected custom resource {kind}")
-    return problems
-
-
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("variant", ["default", "ha"])
 def test_manifests_match_kubernetes_schemas(variant: str, kube_version: str) -> None:
-    """Every rendered object validates (strict: no unknown fields) against the k8s schemas."""
+    """Every rendered object validates (strict: no unknown fields) against the k8s schemas,
+    the ServiceMonitor and PrometheusRule against the prometheus-operator CRD schemas."""
     release = render(_variants()[variant])
     problems: list[str] = []
     for manifest in release.manifests:
         name = f"{manifest['kind']}/{manifest['metadata']['name']}"
         if str(manifest["apiVersion"]).startswith(CRD_GROUPS):
-            problems += [f"{name}: {p}" for p in _structural_problems(manifest)]
+            problems += [f"{name}: {p}" for p in crd_problems(manifest)]
             continue
         try:
             kubernetes_validate.validate(manifest, kube_version, strict=True)
         except kubernetes_validate.ValidationError as error:
             problems.append(f"{name}: {str(error).splitlines()[0]}")
     assert problems == []
+
+
+def test_crd_validation_catches_what_the_api_server_would_refuse(ha_release: Release) -> None:
+    """The CRD check is real: a misspelt endpoint field, a bad `for:` duration and a rule
+    with no expression are each reported; the rendered resources are clean."""
+    import copy
+
+    monitor = copy.deepcopy(ha_release.one("ServiceMonitor"))
+    assert crd_problems(monitor) == []
+    monitor["spec"]["endpoints"][0]["scrapeTimout"] = "10s"
+    assert any("scrapeTimout" in p for p in crd_problems(monitor))
+    rule = copy.deepcopy(ha_release.one("PrometheusRule"))
+    assert crd_problems(rule) == []
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "ten minutes"
+    del rule["spec"]["groups"][0]["rules"][1]["expr"]
+    problems = crd_problems(rule)
+    assert any("ten minutes" in p for p in problems), problems
+    assert any("'expr' is a required property" in p for p in problems), problems
+
+
+def test_values_schema_config_is_generated_from_the_settings_models() -> None:
+    """The committed values.schema.json is what `make schema` writes: its `config` subtree
+    is the settings models' schema (run `make schema` after changing bridge/config.py)."""
+    import json
+
+    from bridge.chartschema import render as render_schema
+
+    path = CHART_DIR / "values.schema.json"
+    committed = path.read_text(encoding="utf-8")
+    assert render_schema(json.loads(committed)) == committed
+
+
+@pytest.mark.parametrize(
+    ("config", "word"),
+    [
+        ({"executor": {"max_attempt": 5}}, "max_attempt"),
+        ({"scheduler": {"reconcile_seconds": "often"}}, "reconcile_seconds"),
+        ({"logging": {"level": "verbose"}}, "level"),
+        ({"rootly": {"max_concurrency": 0}}, "max_concurrency"),
+    ],
+)
+def test_nested_config_mistakes_fail_at_install(config: dict[str, Any], word: str) -> None:
+    """A typo or bad value deep in `config` fails `helm install`, naming the key, instead
+    of installing a bridge that refuses to start."""
+    values = default_values() | {"config": config}
+    with pytest.raises(helm_python.HelmValuesError, match=word):
+        render(values)
+
+
+def test_postgresql_upgrades_the_schema_in_a_hook_job_before_new_pods(
+    ha_release: Release,
+) -> None:
+    """PostgreSQL: a pre-install/pre-upgrade hook Job runs `bridge db upgrade` with the
+    store URL from a hook Secret made before it, hardened like the Deployment, with labels
+    the Service does not select; SQLite renders no Job."""
+    job = ha_release.one("Job")
+    hooks = job["metadata"]["annotations"]
+    assert hooks["helm.sh/hook"] == "pre-install,pre-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"] == ["db", "upgrade"]
+    assert container["image"] == ha_release.container()["image"]
+    assert container["securityContext"] == ha_release.container()["securityContext"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["BRIDGE_CONFIG"] == "/dev/null"
+    secret = ha_release.one("Secret", "-migrate")
+    assert secret["metadata"]["annotations"]["helm.sh/hook"] == hooks["helm.sh/hook"]
+    assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        hooks["helm.sh/hook-weight"]
+    )
+    volume = next(v for v in pod["volumes"] if v["name"] == "secrets")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert set(secret["data"]) == {"BRIDGE_STORE__URL"}
+    selector = ha_release.one("Service")["spec"]["selector"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= labels.items(), "the Service must not route to the Job"
+    assert "serviceAccountName" not in pod, "the chart's account does not exist at pre-install"
+    existing = ha_values() | {"secrets": {"existingSecret": "creds"}}
+    release = render(existing)
+    assert not release.has("Secret")
+    assert any(
+        v.get("secret", {}).get("secretName") == "creds"
+        for v in release.one("Job")["spec"]["template"]["spec"]["volumes"]
+    )
+
+
+def test_sqlite_has_no_migration_job(default_release: Release) -> None:
+    """SQLite (one pod, migrated at start) renders no hook Job."""
+    assert not default_release.has("Job")

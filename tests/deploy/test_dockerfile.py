@@ -48,3 +48,13 @@ def test_final_stage_runs_bridge_as_uid_10001() -> None:
     assert 'CMD ["serve", "--config", "/etc/bridge/bridge.yaml"]' in final
     assert "PYTHONDONTWRITEBYTECODE=1" in final
     assert "pip install" not in final, "no installs in the runtime stage"
+
+
+def test_dockerfile_builds_without_a_registry_frontend() -> None:
+    """No `# syntax=` directive (BuildKit would fetch that frontend from a registry), and
+    the dependencies come from the hashed lock with wheels only."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert "syntax=" not in text.split("\n", 1)[0]
+    assert not any(line.lower().startswith("# syntax") for line in text.splitlines())
+    assert "--require-hashes --only-binary=:all:" in text
+    assert "-r requirements/image.lock" in text

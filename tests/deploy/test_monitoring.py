@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from bridge.metrics import create_metrics
 from tests.deploy.chart import CHART_DIR, Release, ha_values, render
+from tests.tools import tool
 
 METRIC_NAME = re.compile(r"\bbridge_[a-z_]+")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -127,9 +127,7 @@ def test_dashboard_configmap_is_picked_up_by_the_grafana_sidecar(release: Releas
 
 def test_promtool_accepts_the_rules(release: Release, tmp_path: Path) -> None:
     """`promtool check rules` accepts the rule groups from the PrometheusRule."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not on PATH (install Prometheus to run this check)")
+    promtool = tool("promtool", "prometheus")
     rules_file = tmp_path / "rules.yaml"
     groups = release.one("PrometheusRule")["spec"]["groups"]
     rules_file.write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
@@ -145,9 +143,7 @@ def test_promtool_accepts_the_rules(release: Release, tmp_path: Path) -> None:
 
 def test_promtool_accepts_the_dashboard_queries(release: Release, tmp_path: Path) -> None:
     """Every dashboard query parses as PromQL (checked as recording rules by promtool)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not on PATH (install Prometheus to run this check)")
+    promtool = tool("promtool", "prometheus")
     grafana_vars = {"$__rate_interval": "5m", "$namespace": "ns", "$job": "job"}
     records = []
     for index, target in enumerate(

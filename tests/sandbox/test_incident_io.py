@@ -349,3 +349,17 @@ async def test_list_alerts_filters_and_pages(sandbox: Sandbox, http: aiohttp.Cli
     assert (
         await inc(http, sandbox, "GET", "/v2/alerts?page_size=5&deduplication_key[starts_with]=r")
     ).status == 422
+
+
+async def test_identity_reports_the_keys_roles(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    """GET /v1/identity (what `bridge doctor` reads) answers per the spec with the roles
+    the simulator was given, and refuses a wrong key."""
+    answer = await inc(http, sandbox, "GET", "/v1/identity")
+    assert answer.status == 200
+    assert "escalation_creator" in answer.body["identity"]["roles"]
+    sandbox.incident_io.api_key_roles = ["viewer"]
+    answer = await inc(http, sandbox, "GET", "/v1/identity")
+    assert answer.body["identity"]["roles"] == ["viewer"]
+    assert (await inc(http, sandbox, "GET", "/v1/identity", token="wrong")).status == 401

@@ -145,6 +145,11 @@ class IncidentIoClient:
     async def start(self) -> None:
         await self._http.start()
 
+    def set_credentials(self, token: str, alert_source_token: str | None) -> None:
+        """Use a rotated API key (and alert source secret) from the next request on."""
+        self._http.set_token(token)
+        self._alert_source_token = alert_source_token
+
     async def close(self) -> None:
         await self._http.close()
 

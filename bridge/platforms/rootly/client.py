@@ -119,6 +119,10 @@ class RootlyClient:
     async def start(self) -> None:
         await self._http.start()
 
+    def set_credentials(self, token: str) -> None:
+        """Use a rotated API token from the next request on."""
+        self._http.set_token(token)
+
     async def close(self) -> None:
         await self._http.close()
 

@@ -38,7 +38,8 @@ def test_every_labelled_counter_starts_with_zero_series() -> None:
         ("bridge_upstream_requests_total", {"platform": "incident_io", "status": "500"}),
         ("bridge_actions_total", {"platform": "rootly", "action": "cancel_incident",
                                   "outcome": "dead_lettered"}),
-        ("bridge_scheduler_job_runs_total", {"task": "reconcile", "outcome": "failed"}),
+        ("bridge_scheduler_job_runs_total", {"task": "retention", "outcome": "failed"}),
+        ("bridge_link_checks_total", {"outcome": "drift"}),
     ):  # fmt: skip
         assert samples[(name, tuple(sorted(labels.items())))] == 0.0, (name, labels)
 

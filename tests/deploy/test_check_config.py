@@ -66,11 +66,14 @@ def _check_config(values: dict[str, Any], tmp_path: Path) -> subprocess.Complete
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env |= release.secret_env()
-    # The container's literal env entries (extraEnv), except the pod paths mapped above.
+    # The container's literal env entries (extraEnv), except the pod paths: the config and
+    # rules are mapped above, and the Secret's values (mounted as files in the pod) come
+    # as environment variables here.
+    pod_paths = ("BRIDGE_CONFIG", "BRIDGE_RULES_FILE", "BRIDGE_SECRETS_DIR")
     env |= {
         entry["name"]: entry["value"]
         for entry in release.container().get("env", [])
-        if "value" in entry and entry["name"] not in ("BRIDGE_CONFIG", "BRIDGE_RULES_FILE")
+        if "value" in entry and entry["name"] not in pod_paths
     }
     return subprocess.run(
         [

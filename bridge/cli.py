@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="start simulated Rootly and incident.io on loopback and wire the bridge to them",
     )
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="override store.url (with --sandbox the default is a throwaway store per run)",
+    )
 
     check = sub.add_parser("check-config", help="validate config and rules, print a summary")
     _add_config(check)
@@ -406,17 +411,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bridge.serve import serve
 
     overrides: dict[str, Any] = {}
+    names: dict[tuple[str, ...], str] = {}
     if args.port is not None:
         if not 0 <= args.port <= 65535:
             raise CliError("--port must be between 0 and 65535")
         overrides["server"] = {"port": args.port}
+        names[("server", "port")] = f"--port {args.port}"
+    if args.store is not None:
+        overrides["store"] = {"url": args.store}
+        names[("store", "url")] = f"--store {args.store}"
     return asyncio.run(
-        serve(
-            args.config,
-            sandbox=args.sandbox,
-            overrides=overrides,
-            override_names={("server", "port"): f"--port {args.port}"},
-        )
+        serve(args.config, sandbox=args.sandbox, overrides=overrides, override_names=names)
     )
 
 

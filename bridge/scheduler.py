@@ -118,7 +118,8 @@ class Scheduler:
                 return
             self._metrics.scheduler_job_runs.labels(name, "ok").inc()
             if name not in ("sweep", "leader"):
-                self._log.info(
+                # Debug: these run every few seconds forever; the counter above counts them.
+                self._log.debug(
                     "job.done",
                     job=name,
                     seconds=round(time.monotonic() - started, 3),

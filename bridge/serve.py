@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,29 @@ async def serve(
     names = dict(override_names or {})
     env = dict(os.environ)
     sim = None
+    scratch = None
+    redactor = None
     if sandbox:
         from bridge.sandbox import Sandbox
         from bridge.sandbox.stack import sandbox_overrides, sandbox_rule_env
 
-        sim = Sandbox()
+        # Logging first, so the simulators log through the same pipeline as the bridge
+        # (their credentials are made below, then redacted like every other secret).
+        try:
+            early = load_settings(
+                config, overrides=overrides, override_names=names, require_secrets=False
+            )
+        except ConfigError as exc:
+            return _fail(f"invalid configuration:\n{exc}", EXIT_CONFIG)
+        redactor = configure_logging(early.logging.level, early.logging.format)
+        sim = Sandbox(logger=get_logger("sandbox"))
         await sim.start()
         wiring = sandbox_overrides(sim)
+        if ("store", "url") not in names:
+            # Each sandbox run starts empty: links from an earlier run point at objects
+            # this run's simulators never had.
+            scratch = tempfile.TemporaryDirectory(prefix="bridge-sandbox-")
+            wiring["store"] = {"url": f"sqlite:///{scratch.name}/bridge.db"}
         overrides = deep_merge(overrides, wiring)
         names.update({(group, key): "--sandbox" for group in wiring for key in wiring[group]})
         env = {**sandbox_rule_env(sim), **env}
@@ -101,9 +118,12 @@ async def serve(
             settings: Settings = load_settings(config, overrides=overrides, override_names=names)
         except ConfigError as exc:
             return _fail(f"invalid configuration:\n{exc}", EXIT_CONFIG)
-        redactor = configure_logging(
-            settings.logging.level, settings.logging.format, settings.secret_values()
-        )
+        if redactor is None:
+            redactor = configure_logging(
+                settings.logging.level, settings.logging.format, settings.secret_values()
+            )
+        else:
+            redactor.add(settings.secret_values())
         log = get_logger("bridge")
 
         def reload_settings() -> Settings:
@@ -150,3 +170,5 @@ async def serve(
     finally:
         if sim is not None:
             await sim.stop()
+        if scratch is not None:
+            scratch.cleanup()

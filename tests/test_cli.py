@@ -377,3 +377,47 @@ def test_serve_with_placeholder_secret_refuses_to_start(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "rootly.api_token: is a placeholder" in result.stderr
     no_traceback(result)
+
+
+def test_a_sandbox_run_starts_empty_and_logs_only_json(tmp_path: Path) -> None:
+    """`bridge serve --sandbox` (as `make run` starts it) stores nothing where a second run
+    would find it (no ./data/bridge.db: each run's store is thrown away), and with JSON logs
+    every log line, the simulators' included, is JSON through the bridge's redacting
+    pipeline; the banner for a person is the only other output."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        {
+            "BRIDGE_CONFIG": str(ROOT / "config" / "bridge.yaml"),
+            "BRIDGE_RULES_FILE": str(ROOT / "config" / "rules.yaml"),
+            "BRIDGE_SERVER__PORT": str(port),
+            "BRIDGE_LOGGING__FORMAT": "json",
+        }
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve", "--sandbox"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_ready(port, process)
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            assert answer.status == 200
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert not (tmp_path / "data").exists()
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    banner = [line for line in lines if line.startswith(("bridge sandbox:", "  "))]
+    logged = [json.loads(line) for line in lines if line not in banner]
+    assert {e["event"] for e in logged} >= {"sandbox.ready", "bridge.started", "bridge.stopped"}
+    assert any(e["event"].startswith("sandbox.") and e["event"] != "sandbox.ready" for e in logged)

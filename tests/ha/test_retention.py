@@ -7,12 +7,14 @@ and then at the present (recent rows); the scheduler derives its cut-offs from
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from bridge.config import SchedulerSettings
 from bridge.events import ActionId, LinkChange
@@ -144,3 +146,29 @@ async def test_prune_removes_only_old_finished_rows(
     assert await store.find_echo(IIO_INC, "status=live", now)
     assert not await store.find_echo(IIO_INC, "status=expired", now - timedelta(hours=1))
     assert await scheduler.prune() == "inbox=0 outbox=0 echoes=0"
+
+
+async def test_periodic_jobs_are_counted_not_logged_at_info(store: SqlStore) -> None:
+    """Jobs that run every few seconds forever (gauges here) leave no `job.done` line in an
+    info log: each run is counted in bridge_scheduler_job_runs_total, and logged at debug."""
+    metrics = create_metrics(CollectorRegistry())
+    scheduler = Scheduler(
+        store=store,
+        settings=SchedulerSettings(gauges_seconds=0.05),
+        metrics=metrics,
+        logger=get_logger("test.ha.retention"),
+        wake=lambda: None,
+    )
+    runs = metrics.scheduler_job_runs.labels("gauges", "ok")
+    with capture_logs() as logs:
+        scheduler.start()
+        try:
+            for _ in range(200):
+                if runs._value.get() >= 2:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await scheduler.stop()
+    assert runs._value.get() >= 2
+    done = [e for e in logs if e["event"] == "job.done"]
+    assert done and {e["log_level"] for e in done} == {"debug"}

@@ -145,7 +145,9 @@ class Bridge:
             self.log.bind(component="rules"),
         )
         self.readiness = Readiness()
-        self.clients = build_clients(settings, self.metrics, RateLimiters(), self.log)
+        # Server answers name wall-clock times (a 429's reset): read on the bridge's clock.
+        limiters = RateLimiters(wall_clock=lambda: clock().timestamp())
+        self.clients = build_clients(settings, self.metrics, limiters, self.log)
         self.executor = Executor(
             store=self.store,
             clients=self.clients,

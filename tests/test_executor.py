@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from bridge.clock import utcnow
+from bridge.clock import ShiftedClock, utcnow
 from bridge.config import ExecutorSettings
 from bridge.events import (
     Action,
@@ -195,9 +195,20 @@ async def test_action_outliving_its_lease_is_not_sent_twice_by_its_own_process(
     """While an action waits longer than its lease, the executor claims it again (the lease
     expired); it must not start a second call: one call, then done once released."""
     client = SlowClient()
-    settings = ExecutorSettings(lease_seconds=1, poll_interval_seconds=0.05)
-    async with running_executor(tmp_path, client, settings) as store:
-        await asyncio.sleep(1.6)  # past the 1 s lease: the row was claimable again
+    clock = ShiftedClock()
+    settings = ExecutorSettings(lease_seconds=10, poll_interval_seconds=0.05)
+    async with running_executor(tmp_path, client, settings, clock=clock) as store:
+        for _ in range(200):
+            if client.calls:
+                break
+            await asyncio.sleep(0.01)
+        clock.advance(30)  # past the lease, before its renewal (every third of a lease)
+        for _ in range(200):  # until the executor's own poll has claimed it again
+            (row,) = await store.list_outbox(["claimed"], 10)
+            if row.last_error is not None and LEASE_LOST in row.last_error:
+                break
+            await asyncio.sleep(0.02)
+        assert row.last_error is not None and LEASE_LOST in row.last_error
         assert len(client.calls) == 1
         client.release.set()
         rows = await done_actions(store)

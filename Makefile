@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench fmt clean venv lock schema
+.PHONY: run test lint bench fmt clean venv lock schema docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ LOCK_ARGS ?=
 lock: $(STAMP)
 	$(PIP_COMPILE) $(LOCK_ARGS) -o requirements/image.lock pyproject.toml
 	$(PIP_COMPILE) $(LOCK_ARGS) -o requirements/build.lock requirements/build.in
+
+# docs/configuration.md, from the settings models.
+docs: $(STAMP)
+	$(BIN)/python -m bridge.configdoc docs/configuration.md
 
 # helm/bridge/values.schema.json's `config` subtree, from the settings models.
 schema: $(STAMP)

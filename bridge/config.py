@@ -96,9 +96,9 @@ class StoreSettings(_Group):
         ge=1,
         le=100,
         description=(
-            "Connection pool size. PostgreSQL: each replica opens up to 3 x pool_size + 2"
-            " connections (the main pool and its overflow, the pool for per-event reads, the"
-            " leader lock and LISTEN); size max_connections for that."
+            "PostgreSQL: connections each replica keeps in its pool; it opens two more of its"
+            " own (the leader lock and LISTEN), so size max_connections for pool_size + 2 per"
+            " replica. SQLite uses one connection on the event loop."
         ),
     )
 

@@ -39,6 +39,7 @@ Operation = Literal[
     "rootly.resolve_alert",
     "incident_io.create_escalation",
     "incident_io.cancel_escalation",
+    "incident_io.acknowledge_escalation",
     "incident_io.send_alert_event",
     "incident_io.edit_incident",
 ]

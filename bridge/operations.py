@@ -135,6 +135,9 @@ OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
         text=("title", "escalation_path_id", "description", "incident_id"),
     ),
     "incident_io.cancel_escalation": _spec("incident_io:escalation", terminal=True),
+    # Respond `ack`. Acknowledging and cancelling one escalation both set its status: the
+    # later cause wins (an ack caused after a cancel does not wait for, or undo, it).
+    "incident_io.acknowledge_escalation": _spec("incident_io:escalation"),
     # Firing and resolved events of one alert: the later cause wins.
     "incident_io.send_alert_event": _spec(
         None,

@@ -36,6 +36,7 @@ _ACTION_CHANGES: dict[Operation, tuple[str, ...]] = {
     "rootly.acknowledge_alert": ("status=acknowledged",),
     "rootly.resolve_alert": ("status=resolved",),
     "incident_io.cancel_escalation": ("status=cancelled",),
+    "incident_io.acknowledge_escalation": ("status=acked",),
     "incident_io.edit_incident": ("updated",),
     # Escalations the bridge creates are not echoes: their `escalation_created` webhook is
     # what completes the links to related alerts (default flow 9).

@@ -13,6 +13,10 @@ API routes:
        first
   POST /v2/escalations/{id}/actions/cancel (200, empty; cancelled: no-op; resolved/expired:
        422 `invalid_state`)
+  POST /v2/escalations/{id}/actions/respond (200, empty; `specs/incident-io/supplement.json`):
+       `ack` (paging or snoozed -> acked; acked: no-op; resolved/expired/cancelled: 422
+       `invalid_state`), `snooze` with `snooze_details {snooze_until (future), reason?}`
+       (paging -> snoozed; acked or terminal: 422), `nack`: 422 (not for an API key)
   POST /v2/alert_events/http/{alert_source_config_id} (202)
   GET  /v2/alerts (page_size required, after, deduplication_key[is], status|alert_source
        [one_of|not_in], alert_group_id[one_of], created_at[gte|lte|date_range],
@@ -27,7 +31,8 @@ same key while firing creates nothing. `resolved` resolves the alert
 (pending/triggered/delayed/pending_repeat/snoozed), actor = the alert.
 
 Escalation status changes send `public_escalation.escalation_status_updated_v1` with `actor`:
-`api_key` for API calls, `user` for control-API (human) calls, `alert` for alert resolution.
+`api_key` for API calls (cancel, respond), `user` for control-API (human) calls, `alert` for
+alert resolution.
 Incident changes send `public_incident.incident_updated_v2` (every change) and, when the
 status changes, `public_incident.incident_status_updated_v2` too. With
 `private_webhooks=True` the `private_*` twins (payload `{"id"}`) are sent instead; the spec has
@@ -198,6 +203,8 @@ class IncidentIoSimulator(SimulatorBase):
             for name, rank in _SEVERITIES
         ]
         self._escalations: dict[str, dict[str, Any]] = {}
+        # Snoozed escalations: until when, and why (not part of `EscalationV2`).
+        self.snoozes: dict[str, tuple[str, str | None]] = {}
         self._esc_alerts: dict[str, list[str]] = {}
         self._esc_incidents: dict[str, list[str]] = {}
         self._idempotency: dict[str, str] = {}
@@ -210,6 +217,7 @@ class IncidentIoSimulator(SimulatorBase):
         r.add_get("/v2/escalations", self._h_list_escalations)
         r.add_get("/v2/escalations/{id}", self._h_get_escalation)
         r.add_post("/v2/escalations/{id}/actions/cancel", self._h_cancel_escalation)
+        r.add_post("/v2/escalations/{id}/actions/respond", self._h_respond_escalation)
         r.add_post("/v2/alert_events/http/{config_id}", self._h_alert_event)
         r.add_get("/v2/alerts", self._h_list_alerts)
         r.add_get("/v2/alerts/{id}", self._h_get_alert)
@@ -358,6 +366,7 @@ class IncidentIoSimulator(SimulatorBase):
     def _reset_state(self) -> None:
         for store in (
             self._escalations,
+            self.snoozes,
             self._esc_alerts,
             self._esc_incidents,
             self._idempotency,
@@ -834,6 +843,74 @@ class IncidentIoSimulator(SimulatorBase):
                 escalation_id, "cancelled", {"api_key": {"id": self.api_key_id, "name": _KEY_NAME}}
             )
         return web.Response(status=200)
+
+    async def _h_respond_escalation(self, request: web.Request) -> web.Response:
+        escalation_id = request.match_info["id"]
+        esc = self._escalation(escalation_id)
+        body = require_object(request[BODY_KEY])
+        unknown = sorted(set(body) - {"response", "snooze_details"})
+        if unknown:
+            raise SimError(422, "invalid_value", f"unknown field(s): {', '.join(unknown)}")
+        response = body.get("response")
+        if response not in ("ack", "nack", "snooze"):
+            raise SimError(
+                422, "invalid_value", "response must be one of ack, nack, snooze", "response"
+            )
+        if response == "nack":
+            raise SimError(
+                422,
+                "invalid_value",
+                "an API key cannot decline (nack) an escalation in its own right",
+                "response",
+            )
+        details = body.get("snooze_details")
+        status = esc["status"]
+        api_key = {"api_key": {"id": self.api_key_id, "name": _KEY_NAME}}
+        if response == "ack":
+            if details is not None:
+                raise SimError(
+                    422, "invalid_value", "snooze_details go with snooze only", "snooze_details"
+                )
+            if status != "acked":
+                if status not in _PAGING:
+                    raise SimError(
+                        422, "invalid_state", f"Escalation is {status} and cannot be acknowledged"
+                    )
+                self._set_status(escalation_id, "acked", api_key)
+            return web.Response(status=200)
+        until, reason = self._snooze_details(details)
+        if status not in _PAGING:
+            raise SimError(422, "invalid_state", f"Escalation is {status} and cannot be snoozed")
+        self.snoozes[escalation_id] = (until, reason)
+        if status != "snoozed":
+            self._set_status(escalation_id, "snoozed", api_key)
+        return web.Response(status=200)
+
+    @staticmethod
+    def _snooze_details(details: Any) -> tuple[str, str | None]:
+        """`snooze_details` of a snooze: a future `snooze_until` and an optional reason."""
+        if not isinstance(details, dict):
+            raise SimError(
+                422, "is_required", "snooze needs snooze_details (object)", "snooze_details"
+            )
+        unknown = sorted(set(details) - {"snooze_until", "reason"})
+        if unknown:
+            raise SimError(
+                422, "invalid_value", f"unknown snooze_details field(s): {', '.join(unknown)}"
+            )
+        raw = opt_str(details, "snooze_until", required=True)
+        assert raw is not None
+        try:
+            until = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise SimError(
+                422, "invalid_value", "snooze_until is not an RFC 3339 time", "snooze_until"
+            ) from None
+        if until.tzinfo is None or until <= now_dt():
+            raise SimError(
+                422, "invalid_value", "snooze_until must be a future time with an offset"
+            )
+        return iso_us(until.astimezone(UTC)), opt_str(details, "reason")
 
     async def _h_alert_event(self, request: web.Request) -> web.Response:
         if request.match_info["config_id"] != self.alert_source_config_id:

@@ -65,7 +65,8 @@ CASES = [
         "rootly.cancel_incident, rootly.update_incident, rootly.restart_incident, "
         "rootly.resolve_incident, rootly.mitigate_incident, rootly.acknowledge_alert, "
         "rootly.resolve_alert, incident_io.create_escalation, incident_io.cancel_escalation, "
-        "incident_io.send_alert_event, incident_io.edit_incident)",
+        "incident_io.acknowledge_escalation, incident_io.send_alert_event, "
+        "incident_io.edit_incident)",
         id="unknown-operation",
     ),
     pytest.param(

@@ -17,6 +17,8 @@ from bridge.events import Action, ObjectRef
 _DONE_IN: Final[Mapping[str, frozenset[str]]] = {
     # Resolved and expired escalations cannot be cancelled: nothing is paging.
     "incident_io.cancel_escalation": frozenset({"cancelled", "resolved", "expired"}),
+    # Acknowledged already, or no longer paging at all.
+    "incident_io.acknowledge_escalation": frozenset({"acked", "resolved", "cancelled", "expired"}),
 }
 
 

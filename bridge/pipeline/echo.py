@@ -52,6 +52,9 @@ def changes_of_event(event: Event) -> tuple[str, ...]:
             return (_ROOTLY_STATUS_EVENTS[event.type],)
         if event.type == "incident.updated":
             return ("updated",)
+        if event.type == "alert.updated" and event.new_status:
+            # An alert's acknowledgement or resolution, reported with its current status.
+            return (f"status={event.new_status}",)
         return ()
     if event.type.endswith("escalation_status_updated_v1") and event.new_status:
         return (f"status={event.new_status}",)

@@ -43,7 +43,8 @@ no private twin of `incident_status_updated_v2`, so none is sent for it (the
 spec's own example (`Thu, 17 Apr 2025 11:17:18 UTC`; DESIGN says RFC 3339, the spec wins).
 
 Control routes (no auth): POST /_sandbox/escalations/{id}/ack|resolve|expire {user?};
-POST /_sandbox/incidents {name, severity?, summary?, status?}; POST
+POST /_sandbox/alerts/{id}/resolve (the alert's source reports it resolved); POST
+/_sandbox/incidents {name, severity?, summary?, status?}; POST
 /_sandbox/incidents/{id}/status {status (name or category), message?}; POST
 /_sandbox/incidents/{id}/edit {name?, summary?, severity?}; plus the shared ones.
 """
@@ -224,6 +225,7 @@ class IncidentIoSimulator(SimulatorBase):
         r.add_get("/v2/incidents/{id}", self._h_get_incident)
         r.add_post("/v2/incidents/{id}/actions/edit", self._h_edit_incident)
         r.add_post("/_sandbox/escalations/{id}/{action}", self._c_escalation_action)
+        r.add_post("/_sandbox/alerts/{id}/resolve", self._c_resolve_alert)
         r.add_post("/_sandbox/incidents", self._c_create_incident)
         r.add_post("/_sandbox/incidents/{id}/status", self._c_incident_status)
         r.add_post("/_sandbox/incidents/{id}/edit", self._c_incident_edit)
@@ -257,6 +259,14 @@ class IncidentIoSimulator(SimulatorBase):
                 )
             self._set_status(escalation_id, "resolved", _human(user))
         return self._escalation_view(escalation_id)
+
+    async def resolve_alert(self, alert_id: str) -> dict[str, Any]:
+        """The alert's source reports it resolved, as a monitoring tool would (resolved:
+        no-op): sends `alert_resolved_v1` and resolves its escalations still paging."""
+        alert = self._alert(alert_id)
+        if alert["status"] != "resolved":
+            self._resolve_alert(alert_id)
+        return dict(alert)
 
     async def expire_escalation(self, escalation_id: str) -> dict[str, Any]:
         """Let a paging escalation run out of levels (-> expired)."""
@@ -1040,6 +1050,9 @@ class IncidentIoSimulator(SimulatorBase):
         if action == "expire":
             return json_response(200, await self.expire_escalation(escalation_id))
         raise SimError(404, "not_found", f"unknown escalation action {action!r}")
+
+    async def _c_resolve_alert(self, request: web.Request) -> web.Response:
+        return json_response(200, await self.resolve_alert(request.match_info["id"]))
 
     async def _c_create_incident(self, request: web.Request) -> web.Response:
         body = require_object(request[BODY_KEY])

@@ -411,3 +411,27 @@ async def test_respond_acks_and_snoozes_as_the_api_key(
         ("snoozed", "acked"),
     ]
     assert all(c["actor"]["api_key"]["id"] == sandbox.incident_io_api_key_id for c in changes)
+
+
+async def test_an_alert_source_resolving_an_alert(
+    sandbox: Sandbox, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """`POST /_sandbox/alerts/{id}/resolve` is the alert's source reporting it resolved: the
+    alert is resolved (`alert_resolved_v1`) with the escalation it opened; again is a
+    no-op; an unknown alert is 404."""
+    source = f"/v2/alert_events/http/{sandbox.alert_source_config_id}"
+    event = {"title": "CPU", "status": "firing", "deduplication_key": "d1"}
+    await inc(http, sandbox, "POST", source, event, token=sandbox.alert_source_token)
+    (alert,) = sandbox.incident_io.state()["alerts"]
+    for _ in range(2):
+        answer = await call(
+            http, "POST", f"{sandbox.incident_io_url}/_sandbox/alerts/{alert['id']}/resolve"
+        )
+        assert (answer.status, answer.body["status"]) == (200, "resolved")
+    missing = await call(http, "POST", f"{sandbox.incident_io_url}/_sandbox/alerts/no/resolve")
+    assert missing.status == 404
+    (escalation,) = sandbox.incident_io.state()["escalations"]
+    assert escalation["status"] == "resolved"
+    await sandbox.wait_idle(5)
+    types = [b["event_type"] for b in verify_incident_io(sandbox, receiver)]
+    assert types.count("public_alert.alert_resolved_v1") == 1

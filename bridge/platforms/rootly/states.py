@@ -20,6 +20,12 @@ INCIDENT_STATE_EVENTS: Final = {
     "resolved": "incident.resolved",
     "mitigated": "incident.mitigated",
 }
+# Alert statuses that `alert.updated` announces (a new alert is `alert.created`, which the
+# link checker does not write: a linked alert has been mirrored already).
+ALERT_STATE_EVENTS: Final = {
+    "acknowledged": "alert.updated",
+    "resolved": "alert.updated",
+}
 # Where each operation leaves its target; an incident past it (resolved, for a mitigate)
 # needs nothing either: Rootly refuses those transitions as conflicts.
 _DONE_IN: Final[Mapping[str, frozenset[str]]] = {
@@ -36,9 +42,8 @@ def state_event(
 ) -> tuple[str, dict[str, Any]] | None:
     """(event type, webhook body) announcing `ref`'s current state; None if no webhook
     announces it."""
-    if ref.kind != "incident":
-        return None
-    event_type = INCIDENT_STATE_EVENTS.get(str(resource.get("status")))
+    events = INCIDENT_STATE_EVENTS if ref.kind == "incident" else ALERT_STATE_EVENTS
+    event_type = events.get(str(resource.get("status")))
     if event_type is None:
         return None
     event = {"id": delivery_id, "type": event_type, "issued_at": now.isoformat()}

@@ -111,6 +111,13 @@ class FieldTest:
             return ok, f"{self.field} matches {self.regex.pattern!r} (actual: {_short(value)})"
         assert self.expected is not None
         expected = self.expected.render(context)
+        if self.op == "changed":
+            changed = context.get("changed") or ()
+            ok = (self.path[-1] in changed) == bool(expected)
+            return ok, (
+                f"{self.field} changed {_short(expected)} (changed: {_short(list(changed))},"
+                f" actual: {_short(value)})"
+            )
         if self.op in ("in", "not_in"):
             if isinstance(expected, Omit) or expected is None:
                 expected = []

@@ -17,9 +17,10 @@ from typing import Any, Final, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from bridge.events import OPERATIONS, InvalidRef, ObjectRef, Operation, freeze
+from bridge.events import OPERATIONS, InvalidRef, ObjectRef, Operation, Platform, freeze
 from bridge.operations import OPERATIONS as OPERATION_SPECS
 from bridge.operations import unknown_params
+from bridge.platforms.states import tracked_fields
 from bridge.rules.compiled import (
     OPERATION_TARGETS,
     AnyTest,
@@ -50,6 +51,8 @@ from bridge.yamlsource import KeyPath as YamlPath
 from bridge.yamlsource import LineMap, YamlProblem, load_yaml
 
 ENV_PREFIX: Final = "BRIDGE_RULE_VAR_"
+# The names under which the event's object appears in the template context.
+OBJECT_ROOTS: Final = frozenset({"resource", "incident", "alert", "escalation"})
 _MAX_PROBLEMS: Final = 50
 _GLOB_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]!\-]+$")
 
@@ -196,7 +199,7 @@ class _Loader:
         conditions = tuple(
             t
             for i, c in enumerate(rule.when)
-            if (t := self._condition(compiler, (*base, "when", i), c)) is not None
+            if (t := self._condition(compiler, (*base, "when", i), c, rule.on.source)) is not None
         )
         actions = tuple(
             a
@@ -252,7 +255,7 @@ class _Loader:
         return Const(value)
 
     def _condition(
-        self, compiler: TemplateCompiler, path: YamlPath, cond: Condition
+        self, compiler: TemplateCompiler, path: YamlPath, cond: Condition, source: Platform
     ) -> Test | None:
         names = BASE_NAMES
         if cond.expr is not None:
@@ -260,7 +263,8 @@ class _Loader:
             return ExprTest(template) if template else None
         if cond.any is not None:
             tests = [
-                self._condition(compiler, (*path, "any", i), c) for i, c in enumerate(cond.any)
+                self._condition(compiler, (*path, "any", i), c, source)
+                for i, c in enumerate(cond.any)
             ]
             if not cond.any:
                 self.problem((*path, "any"), "'any' needs at least one condition")
@@ -282,9 +286,13 @@ class _Loader:
             return None
         op = next(
             k
-            for k in ("equals", "not_equals", "in_", "not_in", "exists", "matches")
+            for k in ("equals", "not_equals", "in_", "not_in", "exists", "matches", "changed")
             if k in cond.model_fields_set
         )
+        if (op == "changed" or steps[0] == "previous") and not self._recorded_field(
+            path, cond.field, steps, op, source
+        ):
+            return None
         if op == "matches":
             try:
                 regex = re.compile(str(cond.matches))
@@ -295,6 +303,36 @@ class _Loader:
         key = "in" if op == "in_" else op
         expected = self._value(compiler, (*path, key), getattr(cond, op), names)
         return FieldTest(cond.field, steps, key, expected, None)
+
+    def _recorded_field(
+        self, path: YamlPath, field: str, steps: tuple[str, ...], op: str, source: Platform
+    ) -> bool:
+        """`changed` and `previous.<field>` need a field the bridge records of `source`'s
+        objects (`bridge.platforms.states`); False (and a problem) otherwise."""
+        recorded = tracked_fields(source)
+        if not recorded:
+            self.problem(
+                (*path, "field"),
+                f"field {field!r}: the bridge records no state of {source} objects (their"
+                " webhooks say what changed: use previous_status and new_status)",
+            )
+            return False
+        if op == "changed" and (len(steps) != 2 or steps[0] not in OBJECT_ROOTS):
+            self.problem(
+                (*path, "field"),
+                f"'changed' goes with a field of the event's object, like"
+                f" 'incident.{sorted(recorded)[0]}', not {field!r}",
+            )
+            return False
+        if len(steps) > 1 and steps[1] not in recorded:
+            hint = did_you_mean(steps[1], recorded)
+            self.problem(
+                (*path, "field"),
+                f"field {field!r}: the bridge records only {', '.join(sorted(recorded))} of"
+                f" {source} objects" + (hint if "did you mean" in hint else ""),
+            )
+            return False
+        return True
 
     def _for_each(
         self, compiler: TemplateCompiler, path: YamlPath, spec: ForEach | None

@@ -35,6 +35,7 @@ from bridge.events import (
     thaw,
 )
 from bridge.platforms.catalog import parse_webhook, platform_named
+from bridge.platforms.states import compared, observed
 from bridge.platforms.webhooks import PayloadError
 from bridge.rules.compiled import RuleSet
 from bridge.rules.engine import Evaluation, evaluate
@@ -107,6 +108,11 @@ class RuleTest(_Model):
         default=None,
         description="The object's current state, as the bridge reads it before evaluating "
         "(hydration): replaces the payload's object.",
+    )
+    previous: dict[str, Any] | None = Field(
+        default=None,
+        description="The last state the bridge saw of the event's object (Rootly: the "
+        "fields it records), as the dispatcher compares the event with it; none: never seen.",
     )
     links: list[list[str]] = Field(default_factory=list)
     variables: dict[str, Any] = Field(default_factory=dict)
@@ -345,7 +351,14 @@ def _event(path: Path, index: int, test: RuleTest, lines: LineMap) -> Event:
         raise TestFileError(file, at, f"not a webhook body of {test.source}: {exc}") from None
     if test.resource is not None:
         event = _hydrated(event, test.resource)
-    return event
+    if test.previous is not None and observed(event) is None:
+        raise TestFileError(
+            file,
+            _line(lines, (*where, "previous")),
+            f"previous: the bridge records no state of {event.subject or 'this event'}"
+            " (incident.io's webhooks carry previous_status themselves)",
+        )
+    return compared(event, test.previous)
 
 
 def _hydrated(event: Event, fresh: Mapping[str, Any]) -> Event:

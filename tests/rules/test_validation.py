@@ -190,7 +190,7 @@ CASES = [
             "    when:\n      - {field: incident.title, equals: a, in: [b]}\n    actions:",
         ),
         "config/rules.yaml:8: rule 'first': when[0]: a 'field' condition needs exactly "
-        "one test: equals, not_equals, in, not_in, exists or matches",
+        "one test: equals, not_equals, in, not_in, exists, matches or changed",
         id="two-tests-in-condition",
     ),
     pytest.param(

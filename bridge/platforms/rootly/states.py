@@ -4,6 +4,10 @@
 object enters that state, so the rules can be evaluated on it as on a delivery
 (`bridge.pipeline.linkcheck`). `satisfied` says whether an action on a Rootly object would
 change nothing, given the object's current state.
+
+Rootly's webhooks carry an object's current state only, never what it was, so the bridge
+records the last state it saw of each (`observed`: the fields rules compare, in one shape
+whether they come from a webhook or the API) and compares the next event with it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from bridge.events import Action, ObjectRef
+from bridge.events import Action, ObjectKind, ObjectRef
+from bridge.platforms.rootly.models import severity_of
 
 # Incident statuses that a webhook of their own announces.
 INCIDENT_STATE_EVENTS: Final = {
@@ -35,6 +40,27 @@ _DONE_IN: Final[Mapping[str, frozenset[str]]] = {
     "rootly.acknowledge_alert": frozenset({"acknowledged", "resolved"}),
     "rootly.resolve_alert": frozenset({"resolved"}),
 }
+
+
+# The fields recorded of each object: what rules ask "did this change?" of.
+TRACKED: Final[Mapping[ObjectKind, tuple[str, ...]]] = {
+    "incident": ("status", "title", "summary", "severity", "acknowledged_at"),
+    "alert": ("status",),
+}
+
+
+def tracked(kind: ObjectKind) -> tuple[str, ...]:
+    """The fields recorded of a `kind` (none: its webhooks say what changed)."""
+    return TRACKED.get(kind, ())
+
+
+def observed(kind: ObjectKind, resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded fields of `resource`; the severity as its ID (webhooks send it flat,
+    the API as a JSON:API document)."""
+    state = {name: resource.get(name) for name in tracked(kind)}
+    if "severity" in state:
+        state["severity"] = severity_of(resource)[0]
+    return state
 
 
 def state_event(

@@ -46,7 +46,7 @@ class Finding:
     `code` is stable (scripts and log queries may use it): ``rule_never_fires``,
     ``unknown_event_type``, ``event_type_not_handled``, ``platform_disabled``,
     ``source_disabled``, ``missing_alert_source``, ``missing_api_key_id``,
-    ``unknown_field``, ``object_not_in_event``.
+    ``unknown_field``, ``object_not_in_event``, ``fields_owned_by_target``.
     """
 
     severity: Severity
@@ -216,6 +216,19 @@ class _Checker:
                     path=path,
                 )
                 continue
+            if action.owned and not action.params.items:
+                owned = ", ".join(sorted({synced for _, synced, _ in action.owned}))
+                self.add(
+                    "warning",
+                    "fields_owned_by_target",
+                    f"actions[{action.index}] ({action.operation}) sets only fields that"
+                    f" {platform} owns ({owned}): rules never write them there, so the"
+                    " action never runs",
+                    f"switch the rule off with 'enabled: false', or make the other side the"
+                    f" owner under 'fields:' in {self.rules.source_path}",
+                    rule_index=index,
+                    path=path,
+                )
             if action.operation != "incident_io.send_alert_event":
                 continue
             missing = []

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bridge.events import Action, Operation
+from bridge.events import Action, Operation, Platform
 
 # `update_incident.data.attributes` in Rootly's official spec (additionalProperties: false).
 ROOTLY_INCIDENT_ATTRIBUTES: Final = frozenset(
@@ -161,6 +161,30 @@ OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
         ),
     ),
 }
+
+
+# Fields rules keep in step between the two platforms' incidents, each under its name on
+# each side (the parameter of the update operation that writes it there). A rules file says
+# which side owns each (`fields:`, see bridge/rules/README.md): a field is never written to
+# the side that owns it, so two rules that copy it both ways cannot undo each other.
+SYNCED_FIELDS: Final[Mapping[str, Mapping[Platform, str]]] = {
+    "incident.title": {"rootly": "title", "incident_io": "name"},
+    "incident.summary": {"rootly": "summary", "incident_io": "summary"},
+    "incident.severity": {"rootly": "severity_id", "incident_io": "severity_id"},
+}
+
+
+def synced_field(operation: Operation, param: str) -> str | None:
+    """The synced field (`SYNCED_FIELDS`) that `param` of `operation` writes, if any: only
+    updates (operations without an aspect of their own) write fields."""
+    spec = OPERATIONS[operation]
+    if spec.aspect is not None or spec.target is None:
+        return None
+    platform, kind = spec.target.split(":")
+    for name, sides in SYNCED_FIELDS.items():
+        if name.split(".")[0] == kind and (platform, param) in sides.items():
+            return name
+    return None
 
 
 def unknown_params(operation: Operation, names: frozenset[str] | set[str]) -> list[str]:

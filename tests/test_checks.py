@@ -223,3 +223,24 @@ rules:
     ]
     for cond in alive:
         assert check_setup(settings(), load_rules_text(text.format(cond=cond), "r.yaml")) == ()
+
+
+def test_an_update_of_fields_its_target_owns_only_is_a_dead_flow() -> None:
+    """A rule that copies the title to Rootly while Rootly owns the title never acts: a
+    warning naming the owned field and the fix."""
+    text = (
+        "version: 1\nfields:\n  incident.title: {owner: rootly}\nrules:\n"
+        "  - name: r\n"
+        '    on: {source: incident_io, event: "*incident.incident_updated_v2"}\n'
+        "    actions:\n"
+        "      - do: rootly.update_incident\n"
+        '        for_each: {linked: "rootly:incident"}\n'
+        '        params: {title: "{{ incident.name }}"}\n'
+    )
+    (finding,) = check_setup(settings(), load_rules_text(text, "rules.yaml"))
+    assert (finding.severity, finding.code, finding.line) == (
+        "warning",
+        "fields_owned_by_target",
+        8,
+    )
+    assert "sets only fields that rootly owns (incident.title)" in finding.message

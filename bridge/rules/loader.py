@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from bridge.events import OPERATIONS, InvalidRef, ObjectRef, Operation, Platform, freeze
 from bridge.operations import OPERATIONS as OPERATION_SPECS
-from bridge.operations import unknown_params
+from bridge.operations import SYNCED_FIELDS, synced_field, unknown_params
 from bridge.platforms.states import tracked_fields
 from bridge.rules.compiled import (
     OPERATION_TARGETS,
@@ -39,7 +39,15 @@ from bridge.rules.compiled import (
     Tpl,
 )
 from bridge.rules.errors import RulesError, did_you_mean
-from bridge.rules.models import ActionSpec, Condition, ForEach, LinkSpec, Rule, RuleFile
+from bridge.rules.models import (
+    ActionSpec,
+    Condition,
+    FieldOwner,
+    ForEach,
+    LinkSpec,
+    Rule,
+    RuleFile,
+)
 from bridge.rules.templates import (
     BASE_NAMES,
     CompiledTemplate,
@@ -83,6 +91,7 @@ class _Loader:
         self.lines = LineMap({})
         self.data: Any = None
         self.variables: Mapping[str, Any] = {}
+        self.owners: dict[str, Platform] = {}
 
     # -- problems -------------------------------------------------------------------------
 
@@ -122,6 +131,7 @@ class _Loader:
             self._raise_if_problems()
             raise AssertionError("unreachable") from exc
         variables = self._variables(model.variables)
+        self.owners = self._owners(model.fields)
         self._raise_if_problems()
         self.variables = variables
         compiler = TemplateCompiler(variables)
@@ -138,7 +148,11 @@ class _Loader:
             if compiled is not None:
                 rules.append(compiled)
         self._raise_if_problems()
-        return RuleSet(tuple(rules), freeze(variables), self.file, self.lines)
+        self._both_ways(model.rules)
+        self._raise_if_problems()
+        return RuleSet(
+            tuple(rules), freeze(variables), self.file, self.lines, freeze(dict(self.owners))
+        )
 
     def _schema_problems(self, exc: ValidationError) -> None:
         seen: set[tuple[YamlPath, str]] = set()
@@ -163,6 +177,53 @@ class _Loader:
                 continue
             seen.add(key)
             self.problem(path, f"{where}: {message}" if where else message)
+
+    def _owners(self, fields: Mapping[str, FieldOwner]) -> dict[str, Platform]:
+        """The owner of each synced field named under `fields:` (unknown names: problems)."""
+        owners: dict[str, Platform] = {}
+        for name, spec in fields.items():
+            if name not in SYNCED_FIELDS:
+                self.problem(
+                    ("fields", name),
+                    f"fields: {name!r} is not a field rules keep in step"
+                    + did_you_mean(name, SYNCED_FIELDS, "fields"),
+                )
+                continue
+            owners[name] = spec.owner
+        return owners
+
+    def _both_ways(self, rules: list[Rule]) -> None:
+        """A synced field that enabled rules write to both platforms needs an owner: without
+        one, an edit on either side is copied to the other, and two edits close together
+        (or an echo the guard misses) undo each other back and forth."""
+        writers: dict[str, dict[str, tuple[int, int, str]]] = {}
+        for index, rule in enumerate(rules):
+            if not rule.enabled:
+                continue
+            for position, spec in enumerate(rule.actions):
+                if spec.do not in OPERATIONS:
+                    continue
+                operation: Operation = spec.do
+                for param in spec.params:
+                    synced = synced_field(operation, param)
+                    if synced is not None and synced not in self.owners:
+                        platform = operation.split(".", 1)[0]
+                        writers.setdefault(synced, {}).setdefault(
+                            platform, (index, position, param)
+                        )
+        for synced, sides in sorted(writers.items()):
+            if len(sides) < 2:
+                continue
+            (first, (i, _, _)), (second, (j, position, param)) = sorted(
+                sides.items(), key=lambda side: side[1]
+            )
+            self.problem(
+                ("rules", j, "actions", position, "params", param),
+                f"{synced} is written to both platforms (rule {rules[i].name!r} writes it to"
+                f" {first}, this rule to {second}) and no side owns it: the two would undo"
+                f" each other's edits; name its owner, e.g. 'fields: {{{synced}: {{owner:"
+                f" {first}}}}}', or switch one rule off",
+            )
 
     def _variables(self, declared: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(declared)
@@ -415,10 +476,28 @@ class _Loader:
         if spec.link_result is not None:
             to = self._template(compiler, (*path, "link_result", "to"), spec.link_result.to, names)
             link_result = (to, spec.link_result.kind) if to else None
-        params = self._value(compiler, (*path, "params"), spec.params, names)
+        # A field is never written to the side that owns it (`fields:`).
+        platform = operation.split(".", 1)[0]
+        owned = tuple(
+            (param, synced, platform)
+            for param in spec.params
+            if (synced := synced_field(operation, param)) is not None
+            and self.owners.get(synced) == platform
+        )
+        kept = {k: v for k, v in spec.params.items() if k not in {p for p, _, _ in owned}}
+        params = self._value(compiler, (*path, "params"), kept, names)
         assert isinstance(params, DictOf)
         return CompiledAction(
-            index, operation, target_type, params, target, for_each, when, key, link_result
+            index,
+            operation,
+            target_type,
+            params,
+            target,
+            for_each,
+            when,
+            key,
+            link_result,
+            owned,
         )
 
     def _check_params(

@@ -193,6 +193,15 @@ class Rule(_Model):
     links: list[LinkSpec] = Field(default_factory=list)
 
 
+class FieldOwner(_Model):
+    """Which platform owns a field that rules keep in step both ways."""
+
+    owner: Platform = Field(
+        description="The side whose value wins: rules never write the field to it, so an "
+        "edit made there is copied to the other side and never undone by one from there."
+    )
+
+
 class RuleFile(_Model):
     """A bridge mapping-rules file."""
 
@@ -211,5 +220,12 @@ class RuleFile(_Model):
         default_factory=dict,
         description="Values for templates (`vars.<name>`); each overridable by env "
         "BRIDGE_RULE_VAR_<NAME> (JSON for lists, maps, numbers and booleans).",
+    )
+    fields: dict[str, FieldOwner] = Field(
+        default_factory=dict,
+        description="Owners of the fields rules copy between the platforms' incidents "
+        "(incident.title, incident.summary, incident.severity), e.g. "
+        "{'incident.title': {'owner': 'rootly'}}. Rules that write one field in both "
+        "directions need its owner.",
     )
     rules: list[Rule] = Field(default_factory=list)

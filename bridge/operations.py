@@ -198,9 +198,15 @@ def object_key(action: Action) -> str:
         return str(action.target)
     spec = OPERATIONS[action.operation]
     key = action.params.get(spec.keyed_by) if spec.keyed_by else None
-    text = f"{action.operation}:{key if key is not None else action.idempotency_key}"
+    return keyed_object(action.operation, key if key is not None else action.idempotency_key)
+
+
+def keyed_object(operation: Operation, key: Any) -> str:
+    """The object key of what `operation` creates or changes under `key` (an alert event's
+    deduplication key): how the object is named before the platform gives it an ID."""
+    text = f"{operation}:{key}"
     if len(text) > 250:  # the column's bound; a long templated key is kept whole in a hash
-        text = f"{action.operation}:sha256:{hashlib.sha256(text.encode()).hexdigest()}"
+        text = f"{operation}:sha256:{hashlib.sha256(text.encode()).hexdigest()}"
     return text
 
 

@@ -398,6 +398,15 @@ class Dispatcher:
                         {**base, "ignored": f"{event.subject} no longer exists"},
                     )
                     return
+                if event.needs_hydration and not is_check:
+                    # A private event said nothing but its ID: what the bridge itself made
+                    # shows only now (its new status, an alert's deduplication key).
+                    late_echo = await self._echo.verdict(fresh, now)
+                    if late_echo is not None:
+                        self._metrics.echoes_suppressed.labels(event.source).inc()
+                        trace = {**base, "echo": late_echo}
+                        await self._complete(row, fresh, "echo", trace, seen=_seen(fresh))
+                        return
                 if (
                     is_status_event(event)
                     and event.new_status

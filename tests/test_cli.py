@@ -68,18 +68,18 @@ def test_check_config_ok_prints_summary() -> None:
 
 
 def test_check_config_finds_the_dead_flows_of_a_fresh_install() -> None:
-    """Secrets only: rule 1 can never fire (empty escalation path) and rules 2 and 4 have no
-    alert source: exit 2, each with file:line, rule and the variable or key to set."""
+    """Secrets only: rule 1 can never fire (empty escalation path) and rules 2, 4 and 14
+    have no alert source: exit 2, each with file:line, rule and the variable or key to set."""
     result = run("check-config", env=SECRET_ENV)
     assert result.returncode == 2, result.stdout + result.stderr
     out = result.stdout
     assert (
-        "error: config/rules.yaml:46: rule 'rootly-incident-opens-escalation': can never fire"
+        "error: config/rules.yaml:61: rule 'rootly-incident-opens-escalation': can never fire"
     ) in out
     assert "fix: set variable 'escalation_path_id' (env BRIDGE_RULE_VAR_ESCALATION_PATH_ID" in out
     assert "rule 'rootly-alert-fires-incident-io-alert': actions[0] sends incident.io alert" in out
     assert "warning: incident_io.api_key_id is not set" in out
-    assert result.stderr.strip().endswith("bridge: check-config: 3 errors, 1 warning")
+    assert result.stderr.strip().endswith("bridge: check-config: 4 errors, 1 warning")
     no_traceback(result)
 
 
@@ -123,14 +123,18 @@ def test_check_config_prints_the_subscriptions_the_rules_need() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "rootly (webhook endpoint: POST /webhooks/rootly):"
-    assert lines[1:6] == [
+    assert lines[1:10] == [
         "  alert.created",
+        "  alert.updated",
         "  incident.cancelled",
         "  incident.created",
+        "  incident.deleted",
+        "  incident.in_triage",
         "  incident.mitigated",
         "  incident.resolved",
+        "  incident.updated",
     ]
-    assert lines[6] == "incident_io (webhook endpoint: POST /webhooks/incident-io):"
+    assert lines[10] == "incident_io (webhook endpoint: POST /webhooks/incident-io):"
     assert "  public_escalation.escalation_status_updated_v1" in lines
     assert "error" not in result.stdout
 
@@ -358,6 +362,7 @@ def test_serve_stops_cleanly_on_sigterm_within_grace(tmp_path: Path, sandbox: bo
     else:
         # The same findings as `bridge check-config`, one event each.
         assert checks == [
+            "check.missing_alert_source",
             "check.missing_alert_source",
             "check.missing_alert_source",
             "check.missing_api_key_id",

@@ -11,7 +11,7 @@ import fnmatch
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Final, get_args
 
@@ -65,28 +65,53 @@ _MAX_PROBLEMS: Final = 50
 _GLOB_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]!\-]+$")
 
 
-def load_rules(path: Path, env: Mapping[str, str] | None = None) -> RuleSet:
+def load_rules(
+    path: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    enable: Collection[str] = (),
+    owners: Mapping[str, Platform] | None = None,
+) -> RuleSet:
     """Load and compile a rules file; raise `RulesError` naming file, line and rule.
 
     `env` supplies ``BRIDGE_RULE_VAR_<NAME>`` overrides of the file's variables; None means
-    the process environment.
+    the process environment. `enable` names rules to switch on as if the file said
+    ``enabled: true``, and `owners` field owners over the file's `fields:` (what
+    `bridge test-rules` needs to test rules that ship switched off).
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError(str(path), None, None, f"cannot read rules file: {exc}") from None
-    return load_rules_text(text, str(path), os.environ if env is None else env)
+    return load_rules_text(
+        text, str(path), os.environ if env is None else env, enable=enable, owners=owners
+    )
 
 
-def load_rules_text(text: str, file: str, env: Mapping[str, str] | None = None) -> RuleSet:
+def load_rules_text(
+    text: str,
+    file: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    enable: Collection[str] = (),
+    owners: Mapping[str, Platform] | None = None,
+) -> RuleSet:
     """`load_rules` for text already in memory (`file` is only used in messages)."""
-    return _Loader(file, env or {}).load(text)
+    return _Loader(file, env or {}, frozenset(enable), dict(owners or {})).load(text)
 
 
 class _Loader:
-    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        file: str,
+        env: Mapping[str, str],
+        enable: frozenset[str] = frozenset(),
+        owners: Mapping[str, Platform] | None = None,
+    ) -> None:
         self.file = file
         self.env = env
+        self.enable = enable
+        self.extra_owners = dict(owners or {})
         self.problems: list[RulesError] = []
         self.lines = LineMap({})
         self.data: Any = None
@@ -130,6 +155,23 @@ class _Loader:
             self._schema_problems(exc)
             self._raise_if_problems()
             raise AssertionError("unreachable") from exc
+        unknown = sorted(self.enable - {rule.name for rule in model.rules})
+        if unknown:
+            raise RulesError(
+                self.file, None, None, f"no rule to switch on called {', '.join(unknown)}"
+            )
+        model = model.model_copy(
+            update={
+                "rules": [
+                    r.model_copy(update={"enabled": True}) if r.name in self.enable else r
+                    for r in model.rules
+                ],
+                "fields": {
+                    **model.fields,
+                    **{k: FieldOwner(owner=v) for k, v in self.extra_owners.items()},
+                },
+            }
+        )
         variables = self._variables(model.variables)
         self.owners = self._owners(model.fields)
         self._raise_if_problems()

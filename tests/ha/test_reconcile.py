@@ -175,3 +175,33 @@ async def test_a_rootly_ack_that_came_before_its_links_is_healed_into_one_escala
     assert await check(stack) == 0
     await stack.settle()
     assert len(iio.calls("POST", respond)) == 1
+
+
+async def test_dropped_rootly_incident_ack_is_healed_into_one_escalation_ack(
+    stack: SandboxStack,
+) -> None:
+    """A Rootly incident acknowledged whose `incident.updated` was lost leaves its page
+    triggered; the checker announces the acknowledged incident and acknowledges the
+    escalation with exactly one call; more rounds do nothing."""
+    rootly, iio = stack.sandbox.rootly, stack.sandbox.incident_io
+    incident = await rootly.create_incident("Checkout is down")
+    await stack.settle()
+    assert await check(stack) == 0
+    (escalation,) = iio.state()["escalations"]
+    respond = f"/v2/escalations/{escalation['id']}/actions/respond"
+
+    drop_webhooks(rootly.faults, True)
+    await rootly.acknowledge_incident(incident["id"])
+    drop_webhooks(rootly.faults, False)
+    await stack.settle()
+    assert iio.calls("POST", respond) == []
+
+    stack.advance_checks()
+    assert await check(stack) == 1
+    await stack.settle()
+    assert len(iio.calls("POST", respond)) == 1
+    assert iio.get_escalation(escalation["id"])["status"] == "acked"
+    stack.advance_checks()
+    assert await check(stack) == 0
+    await stack.settle()
+    assert len(iio.calls("POST", respond)) == 1

@@ -19,11 +19,13 @@ from typing import Any, Final
 from bridge.events import Action, ObjectKind, ObjectRef
 from bridge.platforms.rootly.models import severity_of
 
-# Incident statuses that a webhook of their own announces.
+# Incident statuses that a webhook of their own announces, and `acknowledged`, which Rootly
+# reports as `incident.updated`.
 INCIDENT_STATE_EVENTS: Final = {
     "cancelled": "incident.cancelled",
     "resolved": "incident.resolved",
     "mitigated": "incident.mitigated",
+    "acknowledged": "incident.updated",
 }
 # Alert statuses that `alert.updated` announces (a new alert is `alert.created`, which the
 # link checker does not write: a linked alert has been mirrored already).

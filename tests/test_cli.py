@@ -83,6 +83,32 @@ def test_check_config_finds_the_dead_flows_of_a_fresh_install() -> None:
     no_traceback(result)
 
 
+def test_check_config_rejects_a_field_copied_both_ways_without_an_owner(tmp_path: Path) -> None:
+    """The shipped rules with rule 17 switched on beside rule 8 copy title, summary and
+    severity both ways: check-config exits 2 naming the rule, the line and the fix; with an
+    owner for each field it passes."""
+    text = (ROOT / "config" / "rules.yaml").read_text()
+    text = text.replace("    enabled: false\n", "")
+    both = tmp_path / "both.yaml"
+    both.write_text(text)
+    result = run("check-config", "--no-secrets", "--rules", str(both))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"bridge: invalid rules: {both}:" in result.stderr
+    assert "rule 'rootly-update-syncs-incident-io': incident.severity is written to both" in (
+        result.stderr
+    )
+    assert "name its owner, e.g. 'fields: {incident.severity: {owner: rootly}}'" in result.stderr
+    no_traceback(result)
+    owners = "".join(
+        f"  incident.{name}: {{owner: rootly}}\n" for name in ("title", "summary", "severity")
+    )
+    owned = tmp_path / "owned.yaml"
+    owned.write_text(text.replace("\nfields: {}\n", "\nfields:\n" + owners))
+    result = run("check-config", "--no-secrets", "--rules", str(owned))
+    assert "invalid rules" not in result.stderr, result.stderr
+    assert "rules ok:" in result.stdout
+
+
 def test_check_config_warnings_exit_0_unless_strict() -> None:
     """Only the echo-guard warning left: printed, exit 0; with --strict, exit 2."""
     env = {k: v for k, v in COMPLETE_ENV.items() if k != "BRIDGE_INCIDENT_IO__API_KEY_ID"}

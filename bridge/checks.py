@@ -25,6 +25,7 @@ from typing import Final, Literal
 from bridge.config import Settings, env_name
 from bridge.events import PLATFORMS, Platform
 from bridge.platforms.catalog import PlatformCatalog, catalog
+from bridge.platforms.states import records
 from bridge.rules import ENV_PREFIX, RuleSet
 from bridge.rules.compiled import CompiledRule
 from bridge.rules.inspect import (
@@ -46,7 +47,7 @@ class Finding:
     `code` is stable (scripts and log queries may use it): ``rule_never_fires``,
     ``unknown_event_type``, ``event_type_not_handled``, ``platform_disabled``,
     ``source_disabled``, ``missing_alert_source``, ``missing_api_key_id``,
-    ``unknown_field``, ``object_not_in_event``.
+    ``unknown_field``, ``object_not_in_event``, ``fields_owned_by_target``.
     """
 
     severity: Severity
@@ -216,6 +217,19 @@ class _Checker:
                     path=path,
                 )
                 continue
+            if action.owned and not action.params.items:
+                owned = ", ".join(sorted({synced for _, synced, _ in action.owned}))
+                self.add(
+                    "warning",
+                    "fields_owned_by_target",
+                    f"actions[{action.index}] ({action.operation}) sets only fields that"
+                    f" {platform} owns ({owned}): rules never write them there, so the"
+                    " action never runs",
+                    f"switch the rule off with 'enabled: false', or make the other side the"
+                    f" owner under 'fields:' in {self.rules.source_path}",
+                    rule_index=index,
+                    path=path,
+                )
             if action.operation != "incident_io.send_alert_event":
                 continue
             missing = []
@@ -314,7 +328,9 @@ def check_setup(
 
 
 def subscriptions(settings: Settings, rules: RuleSet) -> Mapping[Platform, tuple[str, ...]]:
-    """Per enabled platform, the webhook event types the enabled rules trigger on."""
+    """Per enabled platform, the webhook event types the enabled rules trigger on, and, for
+    a kind of object whose last state the bridge records (Rootly's) and some rule looks at,
+    every type that reports a state of it (`bridge.platforms.states`)."""
     out: dict[Platform, tuple[str, ...]] = {}
     for platform in PLATFORMS:
         group = settings.rootly if platform == "rootly" else settings.incident_io
@@ -325,5 +341,8 @@ def subscriptions(settings: Settings, rules: RuleSet) -> Mapping[Platform, tuple
         for rule in rules.rules:
             if rule.enabled and rule.source == platform:
                 types.update(matched_event_types(rule, handled))
+        kinds = catalog(platform).handled
+        looked_at = {kinds[t] for t in types if records(platform, kinds[t])}
+        types.update(t for t, kind in kinds.items() if kind in looked_at)
         out[platform] = tuple(sorted(types))
     return out

@@ -243,6 +243,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from bridge.events import DeliveryId, thaw
     from bridge.pipeline.dispatcher import PARSERS
+    from bridge.platforms.states import compared, observed
     from bridge.platforms.webhooks import PayloadError
     from bridge.rules import LinkGraph, RulesError, evaluate, load_rules, refs_to_resolve
 
@@ -269,13 +270,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if neighbours:
             pairs |= {(r.a, r.b) for r in await store.linked(sorted(neighbours))}
         graph_holder.append(LinkGraph(pairs))
+        if event.subject is not None and observed(event) is not None:
+            seen = await store.last_seen([event.subject])
+            last_holder.append(seen[0].state if seen else None)
         return 0
 
     graph_holder: list[Any] = []
+    last_holder: list[Any] = []
     if args.no_store:
         graph_holder.append(LinkGraph(()))
     else:
         asyncio.run(_with_store(args, links))
+    # As the dispatcher does: compared with the last state seen of its object (if recorded).
+    event = compared(event, last_holder[0] if last_holder else None)
     evaluation = evaluate(rules, event, graph_holder[0], datetime.now(UTC))
     _print_json(
         {
@@ -285,6 +292,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 "subject": str(event.subject) if event.subject else None,
                 "new_status": event.new_status,
                 "previous_status": event.previous_status,
+                "previous": thaw(event.previous) if event.previous is not None else None,
+                "changed": sorted(event.changed) if event.changed is not None else None,
                 "needs_hydration": event.needs_hydration,
             },
             "matched": list(evaluation.matched),

@@ -3,7 +3,8 @@
 A bridge with the default rules runs against both simulators on loopback (temporary SQLite
 store unless `--store` is given). Each scenario acts as a person would on one platform, waits
 for the bridge to settle, and prints the calls the other platform received and the links the
-bridge recorded. Exit code 0 means every scenario had its expected effect.
+bridge recorded: paging and cancelling, and an acknowledgement made on either side
+reaching the other. Exit code 0 means every scenario had its expected effect.
 """
 
 from __future__ import annotations
@@ -87,7 +88,32 @@ async def alert_and_ack(stack: SandboxStack) -> bool:
     return bool(status == "acknowledged")
 
 
-SCENARIOS: tuple[Scenario, ...] = (page_and_cancel, alert_and_ack)
+async def ack_in_rootly(stack: SandboxStack) -> bool:
+    rootly, iio = stack.sandbox.rootly, stack.sandbox.incident_io
+    _say("5. Another alert in Rootly pages through incident.io.")
+    alert = await rootly.create_alert("Disk 95% full on db-2")
+    await stack.settle()
+    key = f"rootly-alert-{alert['id']}"
+    paging = [
+        e
+        for e in iio.state()["escalations"]
+        if any(a["deduplication_key"] == key for a in e["related_alerts"])
+    ]
+    if len(paging) != 1:
+        return False
+    escalation_id = paging[0]["id"]
+    _say(f"    incident.io paged on escalation {escalation_id}.")
+    _say("6. This time the responder acknowledges the alert in Rootly.")
+    mark = _mark(stack)
+    await rootly.acknowledge_alert(alert["id"])
+    await stack.settle()
+    _calls(stack, mark)
+    status = iio.get_escalation(escalation_id)["status"]
+    _say(f"    incident.io escalation {escalation_id} is now {status!r}: the page stops.")
+    return bool(status == "acked")
+
+
+SCENARIOS: tuple[Scenario, ...] = (page_and_cancel, alert_and_ack, ack_in_rootly)
 
 
 async def run_demo(store_url: str | None = None) -> int:

@@ -38,6 +38,7 @@ Level = Literal["ok", "warn", "fail"]
 INCIDENT_IO_ROLES: dict[str, tuple[str, ...]] = {
     "incident_io.create_escalation": ("escalation_creator", "on_call_editor"),
     "incident_io.cancel_escalation": ("escalation_creator", "on_call_editor"),
+    "incident_io.acknowledge_escalation": ("escalation_creator", "on_call_editor"),
     "incident_io.edit_incident": ("incident_editor",),
 }
 # Reads the bridge makes whatever the rules: hydrating events and reconciling.

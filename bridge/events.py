@@ -39,6 +39,7 @@ Operation = Literal[
     "rootly.resolve_alert",
     "incident_io.create_escalation",
     "incident_io.cancel_escalation",
+    "incident_io.acknowledge_escalation",
     "incident_io.send_alert_event",
     "incident_io.edit_incident",
 ]
@@ -117,6 +118,12 @@ class Event:
     escalation's related alerts). `resource` is the object as the payload (or a later API
     fetch) shows it, deep-frozen, with platform field names; the rules read it.
     `needs_hydration` marks ``private_*`` events that carry only an ID.
+
+    For a platform whose webhooks carry the current state only (Rootly), the dispatcher
+    compares the event with the subject's last state seen (`bridge.platforms.states`):
+    `previous` is that state (None: never seen, or not compared), `previous_status` its
+    status, and `changed` the recorded fields whose value the event changes (None: the
+    platform's webhooks say what changed themselves).
     """
 
     source: Platform
@@ -131,6 +138,8 @@ class Event:
     related: tuple[ObjectRef, ...] = ()
     needs_hydration: bool = False
     known_type: bool = True
+    previous: Mapping[str, Any] | None = None
+    changed: frozenset[str] | None = None
 
     def template_context(self) -> dict[str, Any]:
         """The variables a rule's templates and conditions see for this event."""
@@ -143,6 +152,8 @@ class Event:
             "resource": thaw(self.resource),
             "previous_status": self.previous_status,
             "new_status": self.new_status,
+            "previous": thaw(self.previous) if self.previous is not None else None,
+            "changed": sorted(self.changed) if self.changed is not None else None,
             "actor": {"kind": self.actor.kind, "id": self.actor.id, "name": self.actor.name},
             "related": [str(r) for r in self.related],
             "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bridge.events import Action, Operation
+from bridge.events import Action, Operation, Platform
 
 # `update_incident.data.attributes` in Rootly's official spec (additionalProperties: false).
 ROOTLY_INCIDENT_ATTRIBUTES: Final = frozenset(
@@ -135,6 +135,9 @@ OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
         text=("title", "escalation_path_id", "description", "incident_id"),
     ),
     "incident_io.cancel_escalation": _spec("incident_io:escalation", terminal=True),
+    # Respond `ack`. Acknowledging and cancelling one escalation both set its status: the
+    # later cause wins (an ack caused after a cancel does not wait for, or undo, it).
+    "incident_io.acknowledge_escalation": _spec("incident_io:escalation"),
     # Firing and resolved events of one alert: the later cause wins.
     "incident_io.send_alert_event": _spec(
         None,
@@ -160,6 +163,30 @@ OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
 }
 
 
+# Fields rules keep in step between the two platforms' incidents, each under its name on
+# each side (the parameter of the update operation that writes it there). A rules file says
+# which side owns each (`fields:`, see bridge/rules/README.md): a field is never written to
+# the side that owns it, so two rules that copy it both ways cannot undo each other.
+SYNCED_FIELDS: Final[Mapping[str, Mapping[Platform, str]]] = {
+    "incident.title": {"rootly": "title", "incident_io": "name"},
+    "incident.summary": {"rootly": "summary", "incident_io": "summary"},
+    "incident.severity": {"rootly": "severity_id", "incident_io": "severity_id"},
+}
+
+
+def synced_field(operation: Operation, param: str) -> str | None:
+    """The synced field (`SYNCED_FIELDS`) that `param` of `operation` writes, if any: only
+    updates (operations without an aspect of their own) write fields."""
+    spec = OPERATIONS[operation]
+    if spec.aspect is not None or spec.target is None:
+        return None
+    platform, kind = spec.target.split(":")
+    for name, sides in SYNCED_FIELDS.items():
+        if name.split(".")[0] == kind and (platform, param) in sides.items():
+            return name
+    return None
+
+
 def unknown_params(operation: Operation, names: frozenset[str] | set[str]) -> list[str]:
     """Parameter names `operation` does not take (sorted)."""
     return sorted(set(names) - OPERATIONS[operation].allowed)
@@ -171,9 +198,15 @@ def object_key(action: Action) -> str:
         return str(action.target)
     spec = OPERATIONS[action.operation]
     key = action.params.get(spec.keyed_by) if spec.keyed_by else None
-    text = f"{action.operation}:{key if key is not None else action.idempotency_key}"
+    return keyed_object(action.operation, key if key is not None else action.idempotency_key)
+
+
+def keyed_object(operation: Operation, key: Any) -> str:
+    """The object key of what `operation` creates or changes under `key` (an alert event's
+    deduplication key): how the object is named before the platform gives it an ID."""
+    text = f"{operation}:{key}"
     if len(text) > 250:  # the column's bound; a long templated key is kept whole in a hash
-        text = f"{action.operation}:sha256:{hashlib.sha256(text.encode()).hexdigest()}"
+        text = f"{operation}:sha256:{hashlib.sha256(text.encode()).hexdigest()}"
     return text
 
 

@@ -159,4 +159,7 @@ class Scheduler:
             outbox_before=now - timedelta(hours=self._settings.keep_outbox_hours),
             now=now,
         )
-        return f"inbox={result.inbox} outbox={result.outbox} echoes={result.echoes}"
+        return (
+            f"inbox={result.inbox} outbox={result.outbox} echoes={result.echoes}"
+            f" states={result.states}"
+        )

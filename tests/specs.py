@@ -3,7 +3,9 @@
 Read from `BRIDGE_SPECS_DIR` (default `../shared/specs` beside the project); never copied
 into the project. Every helper skips the calling test with a clear reason when the specs are
 absent. Validation uses the OpenAPI 3.0 dialect (`nullable`, etc.) with `$ref`s resolved
-against the spec's own `components`.
+against the spec's own `components`. incident.io's `supplement.json` describes operations
+published after `openapi3.json` (responding to an escalation); its `paths` are merged into
+the main spec's, as the specs' README says.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from openapi_schema_validator import OAS30Validator
 
 ROOT = Path(__file__).resolve().parent.parent
 _FILES = {"rootly": "rootly/swagger.json", "incident_io": "incident-io/openapi3.json"}
+_SUPPLEMENTS = {"incident_io": "incident-io/supplement.json"}
 
 
 def specs_dir() -> Path:
@@ -29,17 +32,25 @@ def specs_dir() -> Path:
 
 
 @functools.cache
-def _load(path: str) -> dict[str, Any]:
+def _load(path: str, supplement: str | None) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    if supplement is not None:
+        extra = json.loads(Path(supplement).read_text(encoding="utf-8"))
+        for template, item in extra.get("paths", {}).items():
+            data["paths"].setdefault(template, {}).update(item)
     return data
 
 
 def load_spec(platform: str) -> dict[str, Any]:
-    """The parsed spec of `platform` ("rootly" or "incident_io"), or skip the test."""
+    """The parsed spec of `platform` ("rootly" or "incident_io") with its supplement's
+    paths merged in, or skip the test."""
     path = specs_dir() / _FILES[platform]
     if not path.is_file():
         pytest.skip(f"official {platform} spec not found at {path}; set BRIDGE_SPECS_DIR")
-    return _load(str(path))
+    supplement = specs_dir() / _SUPPLEMENTS[platform] if platform in _SUPPLEMENTS else None
+    if supplement is not None and not supplement.is_file():
+        pytest.skip(f"{platform} spec supplement not found at {supplement}")
+    return _load(str(path), str(supplement) if supplement is not None else None)
 
 
 class ContractError(AssertionError):

@@ -70,6 +70,7 @@ def test_default_rules_on_a_fresh_install_name_each_dead_flow_and_its_fix() -> N
         ("error", "rule_never_fires", "rootly-incident-opens-escalation"),
         ("error", "missing_alert_source", "rootly-alert-fires-incident-io-alert"),
         ("error", "missing_alert_source", "rootly-incident-resolved-stops-paging"),
+        ("error", "missing_alert_source", "rootly-alert-resolved-resolves-incident-io-alert"),
         ("warning", "missing_api_key_id", None),
     ]
     never = found[0]
@@ -79,7 +80,7 @@ def test_default_rules_on_a_fresh_install_name_each_dead_flow_and_its_fix() -> N
     assert "BRIDGE_RULE_VAR_ESCALATION_PATH_ID" in never.fix
     assert "BRIDGE_INCIDENT_IO__ALERT_SOURCE_CONFIG_ID" in found[1].fix
     assert "BRIDGE_INCIDENT_IO__ALERT_SOURCE_TOKEN" in found[1].fix
-    assert "BRIDGE_INCIDENT_IO__API_KEY_ID" in found[3].fix
+    assert "BRIDGE_INCIDENT_IO__API_KEY_ID" in found[4].fix
 
 
 def test_default_rules_with_what_they_need_have_no_dead_flow() -> None:
@@ -177,17 +178,25 @@ def test_disabled_rules_are_not_checked() -> None:
 
 
 def test_subscriptions_list_the_handled_types_of_the_enabled_rules() -> None:
-    """The shipped rules need five Rootly types and nine incident.io types (public and
-    private twins); a disabled platform gets no list."""
+    """The shipped rules need every Rootly type that reports an incident's or an alert's
+    state (the bridge records the last one seen of each, for rules that ask what changed),
+    and the incident.io types they trigger on (public and private twins); a disabled
+    platform gets no list."""
     ruleset = load_rules(DEFAULT_RULES, {})
     subs = subscriptions(settings(), ruleset)
     assert subs["rootly"] == (
         "alert.created",
+        "alert.updated",
         "incident.cancelled",
         "incident.created",
+        "incident.deleted",
+        "incident.in_triage",
         "incident.mitigated",
         "incident.resolved",
+        "incident.updated",
     )
+    assert "public_alert.alert_resolved_v1" in subs["incident_io"]
+    assert "private_alert.alert_resolved_v1" in subs["incident_io"]
     assert "public_escalation.escalation_status_updated_v1" in subs["incident_io"]
     assert "private_escalation.escalation_status_updated_v1" in subs["incident_io"]
     assert "public_incident.incident_created_v2" not in subs["incident_io"]
@@ -223,3 +232,24 @@ rules:
     ]
     for cond in alive:
         assert check_setup(settings(), load_rules_text(text.format(cond=cond), "r.yaml")) == ()
+
+
+def test_an_update_of_fields_its_target_owns_only_is_a_dead_flow() -> None:
+    """A rule that copies the title to Rootly while Rootly owns the title never acts: a
+    warning naming the owned field and the fix."""
+    text = (
+        "version: 1\nfields:\n  incident.title: {owner: rootly}\nrules:\n"
+        "  - name: r\n"
+        '    on: {source: incident_io, event: "*incident.incident_updated_v2"}\n'
+        "    actions:\n"
+        "      - do: rootly.update_incident\n"
+        '        for_each: {linked: "rootly:incident"}\n'
+        '        params: {title: "{{ incident.name }}"}\n'
+    )
+    (finding,) = check_setup(settings(), load_rules_text(text, "rules.yaml"))
+    assert (finding.severity, finding.code, finding.line) == (
+        "warning",
+        "fields_owned_by_target",
+        8,
+    )
+    assert "sets only fields that rootly owns (incident.title)" in finding.message

@@ -68,19 +68,45 @@ def test_check_config_ok_prints_summary() -> None:
 
 
 def test_check_config_finds_the_dead_flows_of_a_fresh_install() -> None:
-    """Secrets only: rule 1 can never fire (empty escalation path) and rules 2 and 4 have no
-    alert source: exit 2, each with file:line, rule and the variable or key to set."""
+    """Secrets only: rule 1 can never fire (empty escalation path) and rules 2, 4 and 14
+    have no alert source: exit 2, each with file:line, rule and the variable or key to set."""
     result = run("check-config", env=SECRET_ENV)
     assert result.returncode == 2, result.stdout + result.stderr
     out = result.stdout
     assert (
-        "error: config/rules.yaml:46: rule 'rootly-incident-opens-escalation': can never fire"
+        "error: config/rules.yaml:61: rule 'rootly-incident-opens-escalation': can never fire"
     ) in out
     assert "fix: set variable 'escalation_path_id' (env BRIDGE_RULE_VAR_ESCALATION_PATH_ID" in out
     assert "rule 'rootly-alert-fires-incident-io-alert': actions[0] sends incident.io alert" in out
     assert "warning: incident_io.api_key_id is not set" in out
-    assert result.stderr.strip().endswith("bridge: check-config: 3 errors, 1 warning")
+    assert result.stderr.strip().endswith("bridge: check-config: 4 errors, 1 warning")
     no_traceback(result)
+
+
+def test_check_config_rejects_a_field_copied_both_ways_without_an_owner(tmp_path: Path) -> None:
+    """The shipped rules with rule 17 switched on beside rule 8 copy title, summary and
+    severity both ways: check-config exits 2 naming the rule, the line and the fix; with an
+    owner for each field it passes."""
+    text = (ROOT / "config" / "rules.yaml").read_text()
+    text = text.replace("    enabled: false\n", "")
+    both = tmp_path / "both.yaml"
+    both.write_text(text)
+    result = run("check-config", "--no-secrets", "--rules", str(both))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"bridge: invalid rules: {both}:" in result.stderr
+    assert "rule 'rootly-update-syncs-incident-io': incident.severity is written to both" in (
+        result.stderr
+    )
+    assert "name its owner, e.g. 'fields: {incident.severity: {owner: rootly}}'" in result.stderr
+    no_traceback(result)
+    owners = "".join(
+        f"  incident.{name}: {{owner: rootly}}\n" for name in ("title", "summary", "severity")
+    )
+    owned = tmp_path / "owned.yaml"
+    owned.write_text(text.replace("\nfields: {}\n", "\nfields:\n" + owners))
+    result = run("check-config", "--no-secrets", "--rules", str(owned))
+    assert "invalid rules" not in result.stderr, result.stderr
+    assert "rules ok:" in result.stdout
 
 
 def test_check_config_warnings_exit_0_unless_strict() -> None:
@@ -123,14 +149,18 @@ def test_check_config_prints_the_subscriptions_the_rules_need() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "rootly (webhook endpoint: POST /webhooks/rootly):"
-    assert lines[1:6] == [
+    assert lines[1:10] == [
         "  alert.created",
+        "  alert.updated",
         "  incident.cancelled",
         "  incident.created",
+        "  incident.deleted",
+        "  incident.in_triage",
         "  incident.mitigated",
         "  incident.resolved",
+        "  incident.updated",
     ]
-    assert lines[6] == "incident_io (webhook endpoint: POST /webhooks/incident-io):"
+    assert lines[10] == "incident_io (webhook endpoint: POST /webhooks/incident-io):"
     assert "  public_escalation.escalation_status_updated_v1" in lines
     assert "error" not in result.stdout
 
@@ -358,6 +388,7 @@ def test_serve_stops_cleanly_on_sigterm_within_grace(tmp_path: Path, sandbox: bo
     else:
         # The same findings as `bridge check-config`, one event each.
         assert checks == [
+            "check.missing_alert_source",
             "check.missing_alert_source",
             "check.missing_alert_source",
             "check.missing_api_key_id",

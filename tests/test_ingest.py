@@ -348,7 +348,7 @@ async def test_events_no_rule_triggers_on_are_settled_at_ingest(tmp_path: Path) 
     await running.start()
     try:
         for event_type, delivery in [
-            ("incident.updated", "quiet"),
+            ("alert.updated", "quiet"),
             ("incident.widgeted", "unknown"),
             ("incident.created", "handled"),
         ]:

@@ -105,3 +105,55 @@ def test_rules_flag_tests_another_rules_file(tmp_path: Path) -> None:
     result = run("test-rules", "--rules", str(rules), str(tmp_path / "tests"))
     assert result.returncode == 1
     assert "a new Rootly incident pages the escalation path" in result.stdout
+
+
+SWITCHED_OFF = """\
+rules: {rules}
+tests:
+  - name: rule 17 on
+    source: rootly
+    enable: [{enable}]
+{fields}    event:
+      event: {{id: d1, type: incident.updated}}
+      data: {{id: inc-1, status: started, title: New}}
+    previous: {{status: started, title: Old}}
+    links: [[rootly:incident:inc-1, incident_io:incident:I1]]
+    expect:
+      actions:
+        - {{do: incident_io.edit_incident, target: "incident_io:incident:I1"}}
+"""
+
+
+def test_switched_off_rules_are_tested_with_enable_and_field_owners(tmp_path: Path) -> None:
+    """`enable:` switches a shipped-off rule on for a test, `fields:` sets owners over the
+    file's: rule 17 then edits the incident.io incident. Switched on beside rule 8 without
+    an owner the rules do not load (exit 2, naming the field); an unknown rule to enable and
+    a `previous` state for an incident.io event (whose webhooks carry their own) are exit 2
+    too."""
+    owners = (
+        "    fields: {incident.title: {owner: rootly}, incident.summary: {owner: rootly},"
+        " incident.severity: {owner: incident_io}}\n"
+    )
+    ok = SWITCHED_OFF.format(rules=RULES, enable="rootly-update-syncs-incident-io", fields=owners)
+    result = run("test-rules", str(write(tmp_path, ok)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    bad = {
+        SWITCHED_OFF.format(
+            rules=RULES, enable="rootly-update-syncs-incident-io", fields=""
+        ): "incident.severity is written to both platforms",
+        SWITCHED_OFF.format(rules=RULES, enable="no-such-rule", fields=""): (
+            "no rule to switch on called no-such-rule"
+        ),
+        ok.replace("source: rootly", "source: incident_io").replace(
+            "event:\n      event: {id: d1, type: incident.updated}\n"
+            "      data: {id: inc-1, status: started, title: New}",
+            "event:\n      event_type: public_incident.incident_updated_v2\n"
+            "      public_incident.incident_updated_v2: {id: I1, name: New}",
+        ): "previous: the bridge records no state of incident_io:incident:I1",
+    }
+    for text, words in bad.items():
+        path = write(tmp_path, text, "bad.yaml")
+        result = run("test-rules", str(path))
+        assert result.returncode == 2, (text, result.stdout, result.stderr)
+        assert words in result.stderr, result.stderr
+        no_traceback(result)

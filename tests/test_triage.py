@@ -52,16 +52,32 @@ def test_settle_decides_from_type_and_rules() -> None:
     the event and why, and no delivery ID (they are shared by every event of a type)."""
     ruleset = rules(("rootly", "incident.created", True))
     assert settle(ruleset, envelope("rootly", "incident.created")) is None
-    quiet = settle(ruleset, envelope("rootly", "incident.updated"))
+    quiet = settle(ruleset, envelope("rootly", "alert.updated"))
     assert quiet is not None
     assert quiet.result == "no_match"
-    assert quiet.trace.value["event"] == {"source": "rootly", "type": "incident.updated"}
+    assert quiet.trace.value["event"] == {"source": "rootly", "type": "alert.updated"}
     assert quiet.trace.value["skipped"] == NO_RULE_TRIGGERS
     assert "d-1" not in quiet.trace.text
     unknown = settle(ruleset, envelope("rootly", "widget.spun", known=False))
     assert unknown is not None
     assert unknown.result == "ignored"
     assert unknown.trace.value["ignored"] == UNMAPPED
+
+
+def test_events_whose_state_is_recorded_are_dispatched_for_rules_on_their_kind() -> None:
+    """A Rootly event no rule triggers on is still dispatched when a rule looks at other
+    events of the same kind of object (its state must reach the last state seen, or the
+    next event of that object would be compared with an older one); not when no rule looks
+    at that kind, and never for incident.io, whose webhooks carry their own transitions."""
+    ruleset = rules(
+        ("rootly", "incident.updated", True),
+        ("incident_io", "public_incident.incident_updated_v2", True),
+    )
+    assert settle(ruleset, envelope("rootly", "incident.in_triage")) is None
+    assert settle(ruleset, envelope("rootly", "alert.updated")) is not None
+    assert settle(ruleset, envelope("rootly", "pulse.created")) is not None
+    iio = settle(ruleset, envelope("incident_io", "public_incident.incident_status_updated_v2"))
+    assert iio is not None
 
 
 def test_unmapped_type_is_ignored_even_if_a_glob_matches_it() -> None:
@@ -76,11 +92,11 @@ def test_triage_forgets_on_rules_reload() -> None:
     that type is no longer settled (and one that loses its rule is)."""
     current = [rules(("rootly", "incident.created", True))]
     triage = Triage(lambda: current[0])
-    updated = envelope("rootly", "incident.updated")
+    updated = envelope("rootly", "alert.updated")
     created = envelope("rootly", "incident.created")
     assert triage.settle(updated) is not None
     assert triage.settle(created) is None
-    current[0] = rules(("rootly", "incident.updated", True))
+    current[0] = rules(("rootly", "alert.updated", True))
     assert triage.settle(updated) is None
     assert triage.settle(created) is not None
 

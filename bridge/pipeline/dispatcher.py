@@ -7,6 +7,19 @@ does not order webhooks: if the object's current status is no longer the one the
 reports, the event is stale and must not undo the newer state); evaluate the rules against
 the links around the event's objects; and write the resulting actions and link changes to
 the store together with "processed", in one transaction.
+
+Transitions: for a platform whose webhooks carry the current state only (Rootly), the event
+is compared with the last state of its subject the bridge saw (`bridge.platforms.states`),
+which gives it `previous_status`, `previous` and `changed`, and the state it reports is
+recorded as the new last seen in the transaction that records the decision, whatever the
+decision (an echo, no rule matching). A redelivered, unchanged state so changes nothing,
+and a rule that asks "did it become X?" fires once per change.
+
+The link checker's synthetic deliveries (``check:...``) do not read the last state seen:
+each announces a state just read from the platform, for which the checker found actions
+still needed, so it is evaluated as a first sighting (previous unknown) and "became X"
+rules fire on it, whatever earlier webhooks recorded; this is what lets it heal an effect
+that a webhook's decision lost. What it announces is recorded like any state seen.
 """
 
 from __future__ import annotations
@@ -22,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from bridge.clock import Clock, utcnow
-from bridge.events import Event, InboxId, ObjectKind, ObjectRef, Platform, freeze
+from bridge.events import Event, InboxId, ObjectKind, ObjectRef, Platform, freeze, thaw
 from bridge.logging import Logger
 from bridge.metrics import LabelledCounters, Metrics
 from bridge.pipeline.batching import GroupCommit
@@ -33,9 +46,17 @@ from bridge.platforms.base import PlatformClient
 from bridge.platforms.errors import RateLimited, Retryable, TargetMissing, UpstreamError
 from bridge.platforms.incident_io import webhook as incident_io_webhook
 from bridge.platforms.rootly import webhook as rootly_webhook
+from bridge.platforms.states import compared, observed, records
 from bridge.platforms.webhooks import EventParser, PayloadError
 from bridge.rules import LinkGraph, RuleSet, evaluate, refs_to_resolve
-from bridge.store.base import InboxCompletion, InboxRow, OutboxRow, Store, StoreError
+from bridge.store.base import (
+    InboxCompletion,
+    InboxRow,
+    OutboxRow,
+    SeenState,
+    Store,
+    StoreError,
+)
 from bridge.tasks import Supervisor
 
 
@@ -76,6 +97,14 @@ def check_note(body: bytes) -> Any:
         return json.loads(body).get("bridge_check")
     except (ValueError, AttributeError):
         return None
+
+
+def _seen(event: Event) -> tuple[SeenState, ...]:
+    """The state `event` reports, to record as its subject's last seen (if recorded)."""
+    state = observed(event)
+    if state is None or event.subject is None:
+        return ()
+    return (SeenState(event.subject, freeze(state)),)
 
 
 def is_status_event(event: Event) -> bool:
@@ -331,7 +360,8 @@ class Dispatcher:
             "event_type": event.type,
             "subject": str(event.subject) if event.subject else None,
         }
-        if row.delivery_id.startswith(CHECK_PREFIX):
+        is_check = row.delivery_id.startswith(CHECK_PREFIX)
+        if is_check:
             base["check"] = check_note(row.body)
         if not event.known_type or event.subject is None:
             await self._complete(row, event, "ignored", {**base, "ignored": UNMAPPED})
@@ -343,15 +373,18 @@ class Dispatcher:
             # since an echo nothing would act on is not a loop to suppress.
             evaluation = evaluate(rules, event, LinkGraph(set()), now)
             trace = {**base, **dict(evaluation.trace), "skipped": NO_RULE_TRIGGERS}
-            await self._complete(row, event, "no_match", trace)
+            await self._complete(row, event, "no_match", trace, seen=_seen(event))
             return
-        # The echo verdict and the links around the event are independent reads: together.
-        echo, links = await asyncio.gather(
-            self._echo.verdict(event, now), self._links_around(refs_to_resolve(event))
+        # The echo verdict, the links around the event and the last state seen of its
+        # subject are independent reads: together.
+        echo, links, last = await asyncio.gather(
+            self._echo.verdict(event, now),
+            self._links_around(refs_to_resolve(event)),
+            self._last_seen(event, is_check),
         )
         if echo is not None:
             self._metrics.echoes_suppressed.labels(event.source).inc()
-            await self._complete(row, event, "echo", {**base, "echo": echo})
+            await self._complete(row, event, "echo", {**base, "echo": echo}, seen=_seen(event))
             return
         related_before = event.related
         try:
@@ -365,6 +398,15 @@ class Dispatcher:
                         {**base, "ignored": f"{event.subject} no longer exists"},
                     )
                     return
+                if event.needs_hydration and not is_check:
+                    # A private event said nothing but its ID: what the bridge itself made
+                    # shows only now (its new status, an alert's deduplication key).
+                    late_echo = await self._echo.verdict(fresh, now)
+                    if late_echo is not None:
+                        self._metrics.echoes_suppressed.labels(event.source).inc()
+                        trace = {**base, "echo": late_echo}
+                        await self._complete(row, fresh, "echo", trace, seen=_seen(fresh))
+                        return
                 if (
                     is_status_event(event)
                     and event.new_status
@@ -388,6 +430,14 @@ class Dispatcher:
         if event.related != related_before:
             # Hydration named more related objects: look again around the fresh event.
             links = await self._links_around(refs_to_resolve(event))
+        event = compared(event, last)
+        if event.changed is not None:
+            base["last_seen"] = (
+                "not read: a link check evaluates the state it read as a first sighting"
+                if is_check
+                else thaw(last)
+            )
+            base["changed"] = sorted(event.changed)
         evaluation = evaluate(rules, event, links, now)
         trace = {**base, **dict(evaluation.trace)}
         if any(r.get("reason") == "no targets" for r in evaluation.trace["rules"].values()):
@@ -395,7 +445,15 @@ class Dispatcher:
             if waiting:
                 trace["waiting"] = waiting
         result = "actions" if evaluation.actions else "no_match"
-        await self._complete(row, event, result, trace, evaluation.actions, evaluation.link_changes)
+        await self._complete(
+            row,
+            event,
+            result,
+            trace,
+            evaluation.actions,
+            evaluation.link_changes,
+            seen=_seen(event),
+        )
 
     async def _waiting_for(self, refs: set[ObjectRef]) -> list[dict[str, Any]]:
         """Actions still in flight that will link objects to `refs` (a create not done yet):
@@ -422,6 +480,8 @@ class Dispatcher:
         trace: Mapping[str, Any],
         actions: tuple[Any, ...] = (),
         link_changes: tuple[Any, ...] = (),
+        *,
+        seen: tuple[SeenState, ...] = (),
     ) -> None:
         handoff = self._handoff
         platforms = {action.platform for action in actions}
@@ -441,6 +501,7 @@ class Dispatcher:
                 self._owner if fast and actions else None,
                 self._lease,
                 cause_at,
+                seen,
             )
         )
         mine = [r for r in rows if r.state == "claimed" and r.lease_owner == self._owner]
@@ -519,6 +580,15 @@ class Dispatcher:
             related=related,
             needs_hydration=False,
         )
+
+    async def _last_seen(self, event: Event, is_check: bool) -> Mapping[str, Any] | None:
+        """The subject's last state seen, when its platform's events are compared with it
+        (not for a link check's delivery: see the module docstring)."""
+        subject = event.subject
+        if is_check or subject is None or not records(event.source, subject.kind):
+            return None
+        rows = await self._store.last_seen([subject])
+        return rows[0].state if rows else None
 
     async def _links_around(self, refs: set[ObjectRef]) -> LinkGraph:
         """Links touching `refs` and their direct neighbours (two hops, for `via` rules)."""

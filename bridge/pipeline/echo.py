@@ -3,7 +3,10 @@
 Three signals, any of which marks an event as an echo:
 1. incident.io says who acted: `actor.api_key.id` equal to the bridge's own key ID.
 2. The bridge recorded its own write (object, change, expiry) when the executor succeeded;
-   an event reporting that same change on that object before expiry is its echo.
+   an event reporting that same change on that object before expiry is its echo. An alert
+   event names its incident.io alert by deduplication key, not ID: its write is recorded
+   under that key (`bridge.operations.keyed_object`), and an incident.io alert event is
+   looked up under its key as well as its ID.
 3. (In the executor) a target already in the desired state answers as a no-op / conflict,
    recorded as skipped, so even an unrecognised echo cannot ping-pong.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from bridge.events import Action, ActionResult, Event, ObjectRef, Operation
+from bridge.operations import keyed_object, object_key
 from bridge.store.base import EchoRecord, Store
 
 _ROOTLY_STATUS_EVENTS = {
@@ -36,6 +40,7 @@ _ACTION_CHANGES: dict[Operation, tuple[str, ...]] = {
     "rootly.acknowledge_alert": ("status=acknowledged",),
     "rootly.resolve_alert": ("status=resolved",),
     "incident_io.cancel_escalation": ("status=cancelled",),
+    "incident_io.acknowledge_escalation": ("status=acked",),
     "incident_io.edit_incident": ("updated",),
     # Escalations the bridge creates are not echoes: their `escalation_created` webhook is
     # what completes the links to related alerts (default flow 9).
@@ -51,6 +56,9 @@ def changes_of_event(event: Event) -> tuple[str, ...]:
             return (_ROOTLY_STATUS_EVENTS[event.type],)
         if event.type == "incident.updated":
             return ("updated",)
+        if event.type == "alert.updated" and event.new_status:
+            # An alert's acknowledgement or resolution, reported with its current status.
+            return (f"status={event.new_status}",)
         return ()
     if event.type.endswith("escalation_status_updated_v1") and event.new_status:
         return (f"status={event.new_status}",)
@@ -58,7 +66,21 @@ def changes_of_event(event: Event) -> tuple[str, ...]:
         return (f"status={event.new_status}",)
     if event.type.endswith("incident_updated_v2"):
         return ("updated",)
+    if event.type.endswith("alert_resolved_v1"):
+        return ("status=resolved",)
     return ()
+
+
+def echo_keys(event: Event) -> tuple[ObjectRef | str, ...]:
+    """The names under which the bridge's writes to `event`'s subject are recorded: the
+    subject, and for an incident.io alert its deduplication key (alert events name it so)."""
+    if event.subject is None:
+        return ()
+    keys: tuple[ObjectRef | str, ...] = (event.subject,)
+    dedup = event.resource.get("deduplication_key")
+    if event.source == "incident_io" and event.subject.kind == "alert" and dedup:
+        keys += (keyed_object("incident_io.send_alert_event", dedup),)
+    return keys
 
 
 def echo_records_for(
@@ -66,9 +88,17 @@ def echo_records_for(
 ) -> list[EchoRecord]:
     """The echo records to write after `action` succeeded."""
     target: ObjectRef | None = action.target
-    if target is None:
-        return []
     expires = now + timedelta(seconds=ttl_seconds)
+    if target is None:
+        # A resolved alert event resolves the incident.io alert of its deduplication key;
+        # a firing one creates it, whose webhook must not be taken for an echo (it is what
+        # links the new alert, default flow 10).
+        if (
+            action.operation == "incident_io.send_alert_event"
+            and action.params.get("status") == "resolved"
+        ):
+            return [EchoRecord(object_key(action), "status=resolved", expires)]
+        return []
     return [EchoRecord(target, change, expires) for change in _ACTION_CHANGES[action.operation]]
 
 
@@ -86,9 +116,8 @@ class EchoGuard:
             and event.actor.id == self._key_id
         ):
             return "actor is the bridge's own incident.io API key"
-        if event.subject is None:
-            return None
         for change in changes_of_event(event):
-            if await self._store.find_echo(event.subject, change, now):
-                return f"the bridge itself made '{change}' on {event.subject}"
+            for key in echo_keys(event):
+                if await self._store.find_echo(key, change, now):
+                    return f"the bridge itself made '{change}' on {key}"
         return None

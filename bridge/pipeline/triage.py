@@ -8,6 +8,11 @@ makes it durable: one store write per webhook instead of two, and no dispatcher 
 
 The decision uses the rules in force when the webhook is accepted; an event stored pending
 (a rule looked at its type) is evaluated against the rules in force when it is dispatched.
+
+One exception: an event of a type no rule looks at is still dispatched when the bridge
+records the state it reports (a Rootly object's) and some rule looks at other events of the
+same kind of object: otherwise a change it reports (an incident back in triage) would be
+missing from the last state seen, and the next event would be compared with an older one.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from bridge.platforms.catalog import catalog
+from bridge.platforms.states import records
 from bridge.platforms.webhooks import Envelope
 from bridge.rules import RuleSet
 from bridge.store.base import StoredTrace
@@ -53,6 +60,15 @@ def settle(rules: RuleSet, envelope: Envelope) -> Settled | None:
     if not envelope.known_type:
         return Settled("ignored", StoredTrace.of({**trace, "ignored": UNMAPPED}))
     if rules.triggered_on(envelope.source, envelope.event_type):
+        return None
+    handled = catalog(envelope.source).handled
+    kind = handled.get(envelope.event_type)
+    # Its state is recorded for the rules that look at other events of this kind.
+    if (
+        kind is not None
+        and records(envelope.source, kind)
+        and any(k == kind and rules.triggered_on(envelope.source, t) for t, k in handled.items())
+    ):
         return None
     return Settled("no_match", StoredTrace.of({**trace, "skipped": NO_RULE_TRIGGERS}))
 

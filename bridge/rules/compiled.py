@@ -111,6 +111,13 @@ class FieldTest:
             return ok, f"{self.field} matches {self.regex.pattern!r} (actual: {_short(value)})"
         assert self.expected is not None
         expected = self.expected.render(context)
+        if self.op == "changed":
+            changed = context.get("changed") or ()
+            ok = (self.path[-1] in changed) == bool(expected)
+            return ok, (
+                f"{self.field} changed {_short(expected)} (changed: {_short(list(changed))},"
+                f" actual: {_short(value)})"
+            )
         if self.op in ("in", "not_in"):
             if isinstance(expected, Omit) or expected is None:
                 expected = []
@@ -177,6 +184,8 @@ class CompiledAction:
     when: CompiledTemplate | None
     idempotency_key: CompiledTemplate | None
     link_result: tuple[CompiledTemplate, ObjectKind] | None
+    # Params left out because the side written to owns their field: (param, field, owner).
+    owned: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +232,8 @@ class RuleSet:
     source_path: str
     # Where each key and item of the file is (for messages about a rule's parts).
     lines: LineMap = field(default_factory=lambda: LineMap({}), compare=False)
+    # The owner of each synced field that has one (`fields:`).
+    owners: Mapping[str, str] = field(default_factory=dict)
 
     def triggered_by(self, event: Event) -> bool:
         """True if at least one enabled rule looks at `event` (source and event type)."""

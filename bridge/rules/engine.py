@@ -32,6 +32,7 @@ from bridge.events import (
     RuleName,
     freeze,
 )
+from bridge.operations import OPERATIONS
 from bridge.rules.compiled import (
     CompiledAction,
     CompiledForEach,
@@ -266,6 +267,9 @@ def _actions_for(
 ) -> list[Action]:
     where = f"actions[{spec.index}]"
     out: list[Action] = []
+    for param, synced, owner in spec.owned:
+        notes.append(f"{where}: leaves out {param}: {owner} owns {synced}")
+    updates = OPERATIONS[spec.operation].aspect is None
     for item in _iterations(where, spec.for_each, event, graph, context, notes):
         local = dict(context)
         target: ObjectRef | None = None
@@ -282,6 +286,10 @@ def _actions_for(
             notes.append(f"{where}: skipped {target or item}: 'when' is false")
             continue
         params = _guard(f"{where}.params", spec.params.render, local)
+        if updates and not params:
+            # An update that sets nothing (every field left out, or owned by its side).
+            notes.append(f"{where}: skipped {target or item}: nothing to set")
+            continue
         if spec.idempotency_key is not None:
             key = _render(f"{where}.idempotency_key", spec.idempotency_key, local)
             if not isinstance(key, str | int) or isinstance(key, bool) or str(key) == "":

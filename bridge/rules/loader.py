@@ -11,15 +11,16 @@ import fnmatch
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Final, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from bridge.events import OPERATIONS, InvalidRef, ObjectRef, Operation, freeze
+from bridge.events import OPERATIONS, InvalidRef, ObjectRef, Operation, Platform, freeze
 from bridge.operations import OPERATIONS as OPERATION_SPECS
-from bridge.operations import unknown_params
+from bridge.operations import SYNCED_FIELDS, synced_field, unknown_params
+from bridge.platforms.states import tracked_fields
 from bridge.rules.compiled import (
     OPERATION_TARGETS,
     AnyTest,
@@ -38,7 +39,15 @@ from bridge.rules.compiled import (
     Tpl,
 )
 from bridge.rules.errors import RulesError, did_you_mean
-from bridge.rules.models import ActionSpec, Condition, ForEach, LinkSpec, Rule, RuleFile
+from bridge.rules.models import (
+    ActionSpec,
+    Condition,
+    FieldOwner,
+    ForEach,
+    LinkSpec,
+    Rule,
+    RuleFile,
+)
 from bridge.rules.templates import (
     BASE_NAMES,
     CompiledTemplate,
@@ -50,36 +59,64 @@ from bridge.yamlsource import KeyPath as YamlPath
 from bridge.yamlsource import LineMap, YamlProblem, load_yaml
 
 ENV_PREFIX: Final = "BRIDGE_RULE_VAR_"
+# The names under which the event's object appears in the template context.
+OBJECT_ROOTS: Final = frozenset({"resource", "incident", "alert", "escalation"})
 _MAX_PROBLEMS: Final = 50
 _GLOB_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]!\-]+$")
 
 
-def load_rules(path: Path, env: Mapping[str, str] | None = None) -> RuleSet:
+def load_rules(
+    path: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    enable: Collection[str] = (),
+    owners: Mapping[str, Platform] | None = None,
+) -> RuleSet:
     """Load and compile a rules file; raise `RulesError` naming file, line and rule.
 
     `env` supplies ``BRIDGE_RULE_VAR_<NAME>`` overrides of the file's variables; None means
-    the process environment.
+    the process environment. `enable` names rules to switch on as if the file said
+    ``enabled: true``, and `owners` field owners over the file's `fields:` (what
+    `bridge test-rules` needs to test rules that ship switched off).
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError(str(path), None, None, f"cannot read rules file: {exc}") from None
-    return load_rules_text(text, str(path), os.environ if env is None else env)
+    return load_rules_text(
+        text, str(path), os.environ if env is None else env, enable=enable, owners=owners
+    )
 
 
-def load_rules_text(text: str, file: str, env: Mapping[str, str] | None = None) -> RuleSet:
+def load_rules_text(
+    text: str,
+    file: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    enable: Collection[str] = (),
+    owners: Mapping[str, Platform] | None = None,
+) -> RuleSet:
     """`load_rules` for text already in memory (`file` is only used in messages)."""
-    return _Loader(file, env or {}).load(text)
+    return _Loader(file, env or {}, frozenset(enable), dict(owners or {})).load(text)
 
 
 class _Loader:
-    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        file: str,
+        env: Mapping[str, str],
+        enable: frozenset[str] = frozenset(),
+        owners: Mapping[str, Platform] | None = None,
+    ) -> None:
         self.file = file
         self.env = env
+        self.enable = enable
+        self.extra_owners = dict(owners or {})
         self.problems: list[RulesError] = []
         self.lines = LineMap({})
         self.data: Any = None
         self.variables: Mapping[str, Any] = {}
+        self.owners: dict[str, Platform] = {}
 
     # -- problems -------------------------------------------------------------------------
 
@@ -118,7 +155,25 @@ class _Loader:
             self._schema_problems(exc)
             self._raise_if_problems()
             raise AssertionError("unreachable") from exc
+        unknown = sorted(self.enable - {rule.name for rule in model.rules})
+        if unknown:
+            raise RulesError(
+                self.file, None, None, f"no rule to switch on called {', '.join(unknown)}"
+            )
+        model = model.model_copy(
+            update={
+                "rules": [
+                    r.model_copy(update={"enabled": True}) if r.name in self.enable else r
+                    for r in model.rules
+                ],
+                "fields": {
+                    **model.fields,
+                    **{k: FieldOwner(owner=v) for k, v in self.extra_owners.items()},
+                },
+            }
+        )
         variables = self._variables(model.variables)
+        self.owners = self._owners(model.fields)
         self._raise_if_problems()
         self.variables = variables
         compiler = TemplateCompiler(variables)
@@ -135,7 +190,11 @@ class _Loader:
             if compiled is not None:
                 rules.append(compiled)
         self._raise_if_problems()
-        return RuleSet(tuple(rules), freeze(variables), self.file, self.lines)
+        self._both_ways(model.rules)
+        self._raise_if_problems()
+        return RuleSet(
+            tuple(rules), freeze(variables), self.file, self.lines, freeze(dict(self.owners))
+        )
 
     def _schema_problems(self, exc: ValidationError) -> None:
         seen: set[tuple[YamlPath, str]] = set()
@@ -160,6 +219,53 @@ class _Loader:
                 continue
             seen.add(key)
             self.problem(path, f"{where}: {message}" if where else message)
+
+    def _owners(self, fields: Mapping[str, FieldOwner]) -> dict[str, Platform]:
+        """The owner of each synced field named under `fields:` (unknown names: problems)."""
+        owners: dict[str, Platform] = {}
+        for name, spec in fields.items():
+            if name not in SYNCED_FIELDS:
+                self.problem(
+                    ("fields", name),
+                    f"fields: {name!r} is not a field rules keep in step"
+                    + did_you_mean(name, SYNCED_FIELDS, "fields"),
+                )
+                continue
+            owners[name] = spec.owner
+        return owners
+
+    def _both_ways(self, rules: list[Rule]) -> None:
+        """A synced field that enabled rules write to both platforms needs an owner: without
+        one, an edit on either side is copied to the other, and two edits close together
+        (or an echo the guard misses) undo each other back and forth."""
+        writers: dict[str, dict[str, tuple[int, int, str]]] = {}
+        for index, rule in enumerate(rules):
+            if not rule.enabled:
+                continue
+            for position, spec in enumerate(rule.actions):
+                if spec.do not in OPERATIONS:
+                    continue
+                operation: Operation = spec.do
+                for param in spec.params:
+                    synced = synced_field(operation, param)
+                    if synced is not None and synced not in self.owners:
+                        platform = operation.split(".", 1)[0]
+                        writers.setdefault(synced, {}).setdefault(
+                            platform, (index, position, param)
+                        )
+        for synced, sides in sorted(writers.items()):
+            if len(sides) < 2:
+                continue
+            (first, (i, _, _)), (second, (j, position, param)) = sorted(
+                sides.items(), key=lambda side: side[1]
+            )
+            self.problem(
+                ("rules", j, "actions", position, "params", param),
+                f"{synced} is written to both platforms (rule {rules[i].name!r} writes it to"
+                f" {first}, this rule to {second}) and no side owns it: the two would undo"
+                f" each other's edits; name its owner, e.g. 'fields: {{{synced}: {{owner:"
+                f" {first}}}}}', or switch one rule off",
+            )
 
     def _variables(self, declared: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(declared)
@@ -196,7 +302,7 @@ class _Loader:
         conditions = tuple(
             t
             for i, c in enumerate(rule.when)
-            if (t := self._condition(compiler, (*base, "when", i), c)) is not None
+            if (t := self._condition(compiler, (*base, "when", i), c, rule.on.source)) is not None
         )
         actions = tuple(
             a
@@ -252,7 +358,7 @@ class _Loader:
         return Const(value)
 
     def _condition(
-        self, compiler: TemplateCompiler, path: YamlPath, cond: Condition
+        self, compiler: TemplateCompiler, path: YamlPath, cond: Condition, source: Platform
     ) -> Test | None:
         names = BASE_NAMES
         if cond.expr is not None:
@@ -260,7 +366,8 @@ class _Loader:
             return ExprTest(template) if template else None
         if cond.any is not None:
             tests = [
-                self._condition(compiler, (*path, "any", i), c) for i, c in enumerate(cond.any)
+                self._condition(compiler, (*path, "any", i), c, source)
+                for i, c in enumerate(cond.any)
             ]
             if not cond.any:
                 self.problem((*path, "any"), "'any' needs at least one condition")
@@ -282,9 +389,13 @@ class _Loader:
             return None
         op = next(
             k
-            for k in ("equals", "not_equals", "in_", "not_in", "exists", "matches")
+            for k in ("equals", "not_equals", "in_", "not_in", "exists", "matches", "changed")
             if k in cond.model_fields_set
         )
+        if (op == "changed" or steps[0] == "previous") and not self._recorded_field(
+            path, cond.field, steps, op, source
+        ):
+            return None
         if op == "matches":
             try:
                 regex = re.compile(str(cond.matches))
@@ -295,6 +406,36 @@ class _Loader:
         key = "in" if op == "in_" else op
         expected = self._value(compiler, (*path, key), getattr(cond, op), names)
         return FieldTest(cond.field, steps, key, expected, None)
+
+    def _recorded_field(
+        self, path: YamlPath, field: str, steps: tuple[str, ...], op: str, source: Platform
+    ) -> bool:
+        """`changed` and `previous.<field>` need a field the bridge records of `source`'s
+        objects (`bridge.platforms.states`); False (and a problem) otherwise."""
+        recorded = tracked_fields(source)
+        if not recorded:
+            self.problem(
+                (*path, "field"),
+                f"field {field!r}: the bridge records no state of {source} objects (their"
+                " webhooks say what changed: use previous_status and new_status)",
+            )
+            return False
+        if op == "changed" and (len(steps) != 2 or steps[0] not in OBJECT_ROOTS):
+            self.problem(
+                (*path, "field"),
+                f"'changed' goes with a field of the event's object, like"
+                f" 'incident.{sorted(recorded)[0]}', not {field!r}",
+            )
+            return False
+        if len(steps) > 1 and steps[1] not in recorded:
+            hint = did_you_mean(steps[1], recorded)
+            self.problem(
+                (*path, "field"),
+                f"field {field!r}: the bridge records only {', '.join(sorted(recorded))} of"
+                f" {source} objects" + (hint if "did you mean" in hint else ""),
+            )
+            return False
+        return True
 
     def _for_each(
         self, compiler: TemplateCompiler, path: YamlPath, spec: ForEach | None
@@ -377,10 +518,28 @@ class _Loader:
         if spec.link_result is not None:
             to = self._template(compiler, (*path, "link_result", "to"), spec.link_result.to, names)
             link_result = (to, spec.link_result.kind) if to else None
-        params = self._value(compiler, (*path, "params"), spec.params, names)
+        # A field is never written to the side that owns it (`fields:`).
+        platform = operation.split(".", 1)[0]
+        owned = tuple(
+            (param, synced, platform)
+            for param in spec.params
+            if (synced := synced_field(operation, param)) is not None
+            and self.owners.get(synced) == platform
+        )
+        kept = {k: v for k, v in spec.params.items() if k not in {p for p, _, _ in owned}}
+        params = self._value(compiler, (*path, "params"), kept, names)
         assert isinstance(params, DictOf)
         return CompiledAction(
-            index, operation, target_type, params, target, for_each, when, key, link_result
+            index,
+            operation,
+            target_type,
+            params,
+            target,
+            for_each,
+            when,
+            key,
+            link_result,
+            owned,
         )
 
     def _check_params(

@@ -62,6 +62,12 @@ class Condition(_Model):
     not_in: list[Any] | str | None = None
     exists: bool | None = None
     matches: str | None = Field(default=None, description="Python regex, searched.")
+    changed: bool | None = Field(
+        default=None,
+        description="True: the event changes this field of its object (Rootly: from the last "
+        "state the bridge saw of it, or it has a value and none was seen), e.g. "
+        "{field: incident.title, changed: true}. False: it does not.",
+    )
     expr: Template | None = Field(default=None, description="Template whose value must be truthy.")
     any: list[Condition] | None = Field(
         default=None, description="At least one of these conditions must hold."
@@ -78,14 +84,14 @@ class Condition(_Model):
             if len(ops) != 1:
                 raise ValueError(
                     "a 'field' condition needs exactly one test: "
-                    "equals, not_equals, in, not_in, exists or matches"
+                    "equals, not_equals, in, not_in, exists, matches or changed"
                 )
         elif ops:
             raise ValueError(f"'{_alias(ops[0])}' only goes with 'field'")
         return self
 
 
-_FIELD_OPS = ("equals", "not_equals", "in_", "not_in", "exists", "matches")
+_FIELD_OPS = ("equals", "not_equals", "in_", "not_in", "exists", "matches", "changed")
 
 
 def _alias(name: str) -> str:
@@ -187,6 +193,15 @@ class Rule(_Model):
     links: list[LinkSpec] = Field(default_factory=list)
 
 
+class FieldOwner(_Model):
+    """Which platform owns a field that rules keep in step both ways."""
+
+    owner: Platform = Field(
+        description="The side whose value wins: rules never write the field to it, so an "
+        "edit made there is copied to the other side and never undone by one from there."
+    )
+
+
 class RuleFile(_Model):
     """A bridge mapping-rules file."""
 
@@ -205,5 +220,12 @@ class RuleFile(_Model):
         default_factory=dict,
         description="Values for templates (`vars.<name>`); each overridable by env "
         "BRIDGE_RULE_VAR_<NAME> (JSON for lists, maps, numbers and booleans).",
+    )
+    fields: dict[str, FieldOwner] = Field(
+        default_factory=dict,
+        description="Owners of the fields rules copy between the platforms' incidents "
+        "(incident.title, incident.summary, incident.severity), e.g. "
+        "{'incident.title': {'owner': 'rootly'}}. Rules that write one field in both "
+        "directions need its owner.",
     )
     rules: list[Rule] = Field(default_factory=list)

@@ -55,6 +55,8 @@ BASE_NAMES: Final = frozenset(
         "escalation",
         "previous_status",
         "new_status",
+        "previous",
+        "changed",
         "actor",
         "related",
         "occurred_at",

@@ -31,19 +31,24 @@ from bridge.events import (
     InvalidRef,
     ObjectKind,
     ObjectRef,
+    Platform,
     freeze,
     thaw,
 )
 from bridge.platforms.catalog import parse_webhook, platform_named
+from bridge.platforms.states import compared, observed
 from bridge.platforms.webhooks import PayloadError
 from bridge.rules.compiled import RuleSet
 from bridge.rules.engine import Evaluation, evaluate
 from bridge.rules.errors import RulesError, did_you_mean
 from bridge.rules.graph import LinkGraph
 from bridge.rules.loader import ENV_PREFIX, load_rules
+from bridge.rules.models import FieldOwner
 from bridge.yamlsource import KeyPath, LineMap, YamlProblem, load_yaml_file
 
 DEFAULT_NOW: Final = datetime(2026, 1, 1, tzinfo=UTC)
+# A rules file as loaded for a test: path, variables, rules switched on, field owners.
+_Key = tuple[Path, tuple[tuple[str, str], ...], tuple[str, ...], tuple[tuple[str, str], ...]]
 TEST_FILE_SUFFIXES: Final = (".yaml", ".yml")
 
 
@@ -108,8 +113,20 @@ class RuleTest(_Model):
         description="The object's current state, as the bridge reads it before evaluating "
         "(hydration): replaces the payload's object.",
     )
+    previous: dict[str, Any] | None = Field(
+        default=None,
+        description="The last state the bridge saw of the event's object (Rootly: the "
+        "fields it records), as the dispatcher compares the event with it; none: never seen.",
+    )
     links: list[list[str]] = Field(default_factory=list)
     variables: dict[str, Any] = Field(default_factory=dict)
+    enable: list[str] = Field(
+        default_factory=list,
+        description="Rules to switch on for this test (rules that ship switched off).",
+    )
+    fields: dict[str, FieldOwner] = Field(
+        default_factory=dict, description="Field owners over the rules file's `fields:`."
+    )
     now: datetime | None = None
     delivery_id: str | None = None
     expect: Expect = Field(default_factory=Expect)
@@ -128,6 +145,8 @@ class RuleTestFile(_Model):
         default=None, description="The rules file, relative to this file (default: --rules)."
     )
     variables: dict[str, Any] = Field(default_factory=dict)
+    enable: list[str] = Field(default_factory=list)
+    fields: dict[str, FieldOwner] = Field(default_factory=dict)
     tests: list[RuleTest] = Field(min_length=1)
 
 
@@ -190,7 +209,7 @@ class _Runner:
     def __init__(self, override: Path | None, fallback: Path | None) -> None:
         self.override = override
         self.fallback = fallback
-        self._cache: dict[tuple[Path, tuple[tuple[str, str], ...]], RuleSet] = {}
+        self._cache: dict[_Key, RuleSet] = {}
 
     def rules_for(
         self,
@@ -198,8 +217,11 @@ class _Runner:
         variables: Mapping[str, Any],
         file: str,
         line: Callable[[str], int | None],
+        enable: Sequence[str] = (),
+        owners: Mapping[str, Platform] | None = None,
     ) -> RuleSet:
-        """The rules of `path` with `variables` over the file's own (environment ignored)."""
+        """The rules of `path` with `variables` over the file's own (environment ignored),
+        `enable` switched on and `owners` over the file's field owners."""
         declared = self._load(path, {}).variables
         env: dict[str, str] = {}
         for name, value in variables.items():
@@ -213,19 +235,32 @@ class _Runner:
             # As the environment would give it: text for a text variable, JSON otherwise.
             as_text = isinstance(declared[name], str) and isinstance(value, str)
             env[ENV_PREFIX + name.upper()] = value if as_text else json.dumps(value)
-        return self._load(path, env)
+        return self._load(path, env, tuple(enable), owners or {})
 
     def loaded(self) -> list[RuleSet]:
-        """The rules files tested, each with its own variables (one per file)."""
-        by_file: dict[Path, RuleSet] = {}
-        for (path, _), rules in self._cache.items():
-            by_file.setdefault(path, rules)
-        return list(by_file.values())
+        """The rules files tested, each as the file has it (its own variables, the rules
+        it switches on): one per file."""
+        return [
+            rules
+            for (_, env, enable, owners), rules in self._cache.items()
+            if not env and not enable and not owners
+        ]
 
-    def _load(self, path: Path, env: Mapping[str, str]) -> RuleSet:
-        key = (path, tuple(sorted(env.items())))
+    def _load(
+        self,
+        path: Path,
+        env: Mapping[str, str],
+        enable: tuple[str, ...] = (),
+        owners: Mapping[str, Platform] | None = None,
+    ) -> RuleSet:
+        key = (
+            path,
+            tuple(sorted(env.items())),
+            tuple(sorted(enable)),
+            tuple(sorted((owners or {}).items())),
+        )
         if key not in self._cache:
-            self._cache[key] = load_rules(path, env)
+            self._cache[key] = load_rules(path, env, enable=enable, owners=owners)
         return self._cache[key]
 
 
@@ -301,8 +336,10 @@ def run_test_file(path: Path, runner: _Runner) -> list[TestResult]:
                 ("variables", name)
             )
 
+        enable = [*spec.enable, *test.enable]
+        owners = {name: o.owner for name, o in {**spec.fields, **test.fields}.items()}
         try:
-            rules = runner.rules_for(rules_path, variables, file, variable_line)
+            rules = runner.rules_for(rules_path, variables, file, variable_line, enable, owners)
         except RulesError as exc:
             raise TestFileError(file, line, f"rules {rules_path}: {exc}") from None
         event = _event(path, index, test, lines)
@@ -345,7 +382,14 @@ def _event(path: Path, index: int, test: RuleTest, lines: LineMap) -> Event:
         raise TestFileError(file, at, f"not a webhook body of {test.source}: {exc}") from None
     if test.resource is not None:
         event = _hydrated(event, test.resource)
-    return event
+    if test.previous is not None and observed(event) is None:
+        raise TestFileError(
+            file,
+            _line(lines, (*where, "previous")),
+            f"previous: the bridge records no state of {event.subject or 'this event'}"
+            " (incident.io's webhooks carry previous_status themselves)",
+        )
+    return compared(event, test.previous)
 
 
 def _hydrated(event: Event, fresh: Mapping[str, Any]) -> Event:

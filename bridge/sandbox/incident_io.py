@@ -13,6 +13,10 @@ API routes:
        first
   POST /v2/escalations/{id}/actions/cancel (200, empty; cancelled: no-op; resolved/expired:
        422 `invalid_state`)
+  POST /v2/escalations/{id}/actions/respond (200, empty; `specs/incident-io/supplement.json`):
+       `ack` (paging or snoozed -> acked; acked: no-op; resolved/expired/cancelled: 422
+       `invalid_state`), `snooze` with `snooze_details {snooze_until (future), reason?}`
+       (paging -> snoozed; acked or terminal: 422), `nack`: 422 (not for an API key)
   POST /v2/alert_events/http/{alert_source_config_id} (202)
   GET  /v2/alerts (page_size required, after, deduplication_key[is], status|alert_source
        [one_of|not_in], alert_group_id[one_of], created_at[gte|lte|date_range],
@@ -27,7 +31,8 @@ same key while firing creates nothing. `resolved` resolves the alert
 (pending/triggered/delayed/pending_repeat/snoozed), actor = the alert.
 
 Escalation status changes send `public_escalation.escalation_status_updated_v1` with `actor`:
-`api_key` for API calls, `user` for control-API (human) calls, `alert` for alert resolution.
+`api_key` for API calls (cancel, respond), `user` for control-API (human) calls, `alert` for
+alert resolution.
 Incident changes send `public_incident.incident_updated_v2` (every change) and, when the
 status changes, `public_incident.incident_status_updated_v2` too. With
 `private_webhooks=True` the `private_*` twins (payload `{"id"}`) are sent instead; the spec has
@@ -38,7 +43,8 @@ no private twin of `incident_status_updated_v2`, so none is sent for it (the
 spec's own example (`Thu, 17 Apr 2025 11:17:18 UTC`; DESIGN says RFC 3339, the spec wins).
 
 Control routes (no auth): POST /_sandbox/escalations/{id}/ack|resolve|expire {user?};
-POST /_sandbox/incidents {name, severity?, summary?, status?}; POST
+POST /_sandbox/alerts/{id}/resolve (the alert's source reports it resolved); POST
+/_sandbox/incidents {name, severity?, summary?, status?}; POST
 /_sandbox/incidents/{id}/status {status (name or category), message?}; POST
 /_sandbox/incidents/{id}/edit {name?, summary?, severity?}; plus the shared ones.
 `GET /v1/identity` answers with `api_key_roles` (every role the bridge's operations need).
@@ -204,6 +210,8 @@ class IncidentIoSimulator(SimulatorBase):
             for name, rank in _SEVERITIES
         ]
         self._escalations: dict[str, dict[str, Any]] = {}
+        # Snoozed escalations: until when, and why (not part of `EscalationV2`).
+        self.snoozes: dict[str, tuple[str, str | None]] = {}
         self._esc_alerts: dict[str, list[str]] = {}
         self._esc_incidents: dict[str, list[str]] = {}
         self._idempotency: dict[str, str] = {}
@@ -217,12 +225,14 @@ class IncidentIoSimulator(SimulatorBase):
         r.add_get("/v2/escalations", self._h_list_escalations)
         r.add_get("/v2/escalations/{id}", self._h_get_escalation)
         r.add_post("/v2/escalations/{id}/actions/cancel", self._h_cancel_escalation)
+        r.add_post("/v2/escalations/{id}/actions/respond", self._h_respond_escalation)
         r.add_post("/v2/alert_events/http/{config_id}", self._h_alert_event)
         r.add_get("/v2/alerts", self._h_list_alerts)
         r.add_get("/v2/alerts/{id}", self._h_get_alert)
         r.add_get("/v2/incidents/{id}", self._h_get_incident)
         r.add_post("/v2/incidents/{id}/actions/edit", self._h_edit_incident)
         r.add_post("/_sandbox/escalations/{id}/{action}", self._c_escalation_action)
+        r.add_post("/_sandbox/alerts/{id}/resolve", self._c_resolve_alert)
         r.add_post("/_sandbox/incidents", self._c_create_incident)
         r.add_post("/_sandbox/incidents/{id}/status", self._c_incident_status)
         r.add_post("/_sandbox/incidents/{id}/edit", self._c_incident_edit)
@@ -256,6 +266,14 @@ class IncidentIoSimulator(SimulatorBase):
                 )
             self._set_status(escalation_id, "resolved", _human(user))
         return self._escalation_view(escalation_id)
+
+    async def resolve_alert(self, alert_id: str) -> dict[str, Any]:
+        """The alert's source reports it resolved, as a monitoring tool would (resolved:
+        no-op): sends `alert_resolved_v1` and resolves its escalations still paging."""
+        alert = self._alert(alert_id)
+        if alert["status"] != "resolved":
+            self._resolve_alert(alert_id)
+        return dict(alert)
 
     async def expire_escalation(self, escalation_id: str) -> dict[str, Any]:
         """Let a paging escalation run out of levels (-> expired)."""
@@ -365,6 +383,7 @@ class IncidentIoSimulator(SimulatorBase):
     def _reset_state(self) -> None:
         for store in (
             self._escalations,
+            self.snoozes,
             self._esc_alerts,
             self._esc_incidents,
             self._idempotency,
@@ -857,6 +876,74 @@ class IncidentIoSimulator(SimulatorBase):
             )
         return web.Response(status=200)
 
+    async def _h_respond_escalation(self, request: web.Request) -> web.Response:
+        escalation_id = request.match_info["id"]
+        esc = self._escalation(escalation_id)
+        body = require_object(request[BODY_KEY])
+        unknown = sorted(set(body) - {"response", "snooze_details"})
+        if unknown:
+            raise SimError(422, "invalid_value", f"unknown field(s): {', '.join(unknown)}")
+        response = body.get("response")
+        if response not in ("ack", "nack", "snooze"):
+            raise SimError(
+                422, "invalid_value", "response must be one of ack, nack, snooze", "response"
+            )
+        if response == "nack":
+            raise SimError(
+                422,
+                "invalid_value",
+                "an API key cannot decline (nack) an escalation in its own right",
+                "response",
+            )
+        details = body.get("snooze_details")
+        status = esc["status"]
+        api_key = {"api_key": {"id": self.api_key_id, "name": _KEY_NAME}}
+        if response == "ack":
+            if details is not None:
+                raise SimError(
+                    422, "invalid_value", "snooze_details go with snooze only", "snooze_details"
+                )
+            if status != "acked":
+                if status not in _PAGING:
+                    raise SimError(
+                        422, "invalid_state", f"Escalation is {status} and cannot be acknowledged"
+                    )
+                self._set_status(escalation_id, "acked", api_key)
+            return web.Response(status=200)
+        until, reason = self._snooze_details(details)
+        if status not in _PAGING:
+            raise SimError(422, "invalid_state", f"Escalation is {status} and cannot be snoozed")
+        self.snoozes[escalation_id] = (until, reason)
+        if status != "snoozed":
+            self._set_status(escalation_id, "snoozed", api_key)
+        return web.Response(status=200)
+
+    @staticmethod
+    def _snooze_details(details: Any) -> tuple[str, str | None]:
+        """`snooze_details` of a snooze: a future `snooze_until` and an optional reason."""
+        if not isinstance(details, dict):
+            raise SimError(
+                422, "is_required", "snooze needs snooze_details (object)", "snooze_details"
+            )
+        unknown = sorted(set(details) - {"snooze_until", "reason"})
+        if unknown:
+            raise SimError(
+                422, "invalid_value", f"unknown snooze_details field(s): {', '.join(unknown)}"
+            )
+        raw = opt_str(details, "snooze_until", required=True)
+        assert raw is not None
+        try:
+            until = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise SimError(
+                422, "invalid_value", "snooze_until is not an RFC 3339 time", "snooze_until"
+            ) from None
+        if until.tzinfo is None or until <= now_dt():
+            raise SimError(
+                422, "invalid_value", "snooze_until must be a future time with an offset"
+            )
+        return iso_us(until.astimezone(UTC)), opt_str(details, "reason")
+
     async def _h_alert_event(self, request: web.Request) -> web.Response:
         if request.match_info["config_id"] != self.alert_source_config_id:
             raise SimError(404, "not_found", "alert source config not found")
@@ -985,6 +1072,9 @@ class IncidentIoSimulator(SimulatorBase):
         if action == "expire":
             return json_response(200, await self.expire_escalation(escalation_id))
         raise SimError(404, "not_found", f"unknown escalation action {action!r}")
+
+    async def _c_resolve_alert(self, request: web.Request) -> web.Response:
+        return json_response(200, await self.resolve_alert(request.match_info["id"]))
 
     async def _c_create_incident(self, request: web.Request) -> web.Response:
         body = require_object(request[BODY_KEY])

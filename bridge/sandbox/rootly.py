@@ -18,12 +18,16 @@ Incident status machine (422 `state_conflict` otherwise):
   cancel:   the above or scheduled -> cancelled ("already cancelled" / "cannot be cancelled")
   restart:  mitigated|resolved|cancelled|closed|completed -> started (timestamps cleared,
             `started_at` reset); it emits `incident.updated` (Rootly has no restart event).
+  acknowledge (a person, control API only): in_triage|started|detected|in_progress ->
+            acknowledged, `acknowledged_at` set; it emits `incident.updated`.
   PUT /v1/incidents/{id} may set any status (as Rootly allows); a status change emits the
   status event (`incident.mitigated|resolved|cancelled|in_triage`, else `incident.updated`),
   a change to other fields emits `incident.updated`; nothing changes, nothing is sent.
 Alerts: created `triggered` (or `open`); acknowledge an `open` alert -> 400 "cannot acknowledge
-open alert", an acknowledged one -> 200 unchanged; resolve is idempotent. Alert state changes
-send no webhook (Rootly has none); `alert.created` is sent on creation.
+open alert", an acknowledged one -> 200 unchanged; resolve is idempotent. `alert.created` is
+sent on creation, `alert.updated` (the flat alert, current state only) when an alert is
+acknowledged or resolved, by a person or through the API (DESIGN section 7); a call that
+changes nothing sends nothing.
 
 Webhooks: `{"event": {"id", "type", "issued_at"}, "data": <flat resource>}`, the resource being
 the API attributes plus `id`, with nested JSON:API objects (severity, users) flattened to
@@ -33,7 +37,8 @@ Changes made through the API send webhooks too, like real Rootly: the bridge see
 
 Control routes (no auth): POST /_sandbox/incidents {title, severity?, summary?};
 POST /_sandbox/alerts {summary, incident_id?, status?}; POST
-/_sandbox/incidents/{id}/cancel|resolve|mitigate|restart {message?}; POST
+/_sandbox/incidents/{id}/cancel|resolve|mitigate|restart|acknowledge {message?}; POST
+/_sandbox/incidents/{id}/edit {title?, summary?, severity?}; POST
 /_sandbox/alerts/{id}/acknowledge|resolve; plus the shared ones (see `common`).
 """
 
@@ -303,13 +308,42 @@ class RootlySimulator(SimulatorBase):
         """Restart as a human; sends `incident.updated`."""
         return self._act(incident_id, "restart", None, _HUMAN_USER)
 
+    async def acknowledge_incident(self, incident_id: str) -> dict[str, Any]:
+        """Acknowledge as a human (status `acknowledged`); sends `incident.updated`."""
+        return self._act(incident_id, "acknowledge", None, _HUMAN_USER)
+
+    async def edit_incident(
+        self,
+        incident_id: str,
+        *,
+        title: str | None = None,
+        summary: str | None = None,
+        severity: str | None = None,
+    ) -> dict[str, Any]:
+        """Edit title / summary / severity as a human; sends `incident.updated` if anything
+        changed."""
+        inc = self._incident(incident_id)
+        changes: dict[str, Any] = {}
+        if title is not None:
+            if not title.strip():
+                raise SimError(422, "invalid_value", "title must not be empty", "title")
+            changes["title"] = title
+        if summary is not None:
+            changes["summary"] = summary
+        if severity is not None:
+            changes["severity"] = {"data": self._severity(severity)}
+        if any(inc.get(k) != v for k, v in changes.items()):
+            inc.update(changes, updated_at=iso_ms(now_dt()))
+            self._emit("incident.updated", self._incident_flat(incident_id))
+        return self._incident_flat(incident_id)
+
     async def acknowledge_alert(self, alert_id: str) -> dict[str, Any]:
-        """Acknowledge as a human (no webhook, as in Rootly)."""
+        """Acknowledge as a human; sends `alert.updated`."""
         self._ack_alert(alert_id)
         return self._alert_flat(alert_id)
 
     async def resolve_alert(self, alert_id: str) -> dict[str, Any]:
-        """Resolve as a human (no webhook, as in Rootly)."""
+        """Resolve as a human; sends `alert.updated`."""
         self._resolve_alert(alert_id, None, resolve_incidents=False, user=_HUMAN_USER)
         return self._alert_flat(alert_id)
 
@@ -473,6 +507,14 @@ class RootlySimulator(SimulatorBase):
                 resolved_by=_user(user),
             )
             inc["mitigated_at"] = inc["mitigated_at"] or now
+        elif action == "acknowledge":
+            if status == "acknowledged":
+                raise SimError(422, "state_conflict", "Incident is already acknowledged")
+            if status not in _ACTIVE:
+                raise SimError(
+                    422, "state_conflict", f"Incident is {status} and cannot be acknowledged"
+                )
+            inc.update(status="acknowledged", acknowledged_at=inc["acknowledged_at"] or now)
         elif action == "cancel":
             if status == "cancelled":
                 raise SimError(422, "state_conflict", "Incident is already cancelled")
@@ -498,7 +540,7 @@ class RootlySimulator(SimulatorBase):
             for key in ("mitigation", "resolution", "cancellation"):
                 inc[f"{key}_message"] = None
         inc["updated_at"] = now
-        event = "incident.updated" if action == "restart" else _STATUS_EVENTS[inc["status"]]
+        event = _STATUS_EVENTS.get(inc["status"], "incident.updated")
         self._emit(event, self._incident_flat(incident_id))
         return self._incident_flat(incident_id)
 
@@ -509,6 +551,7 @@ class RootlySimulator(SimulatorBase):
         if alert["status"] != "triggered":
             raise SimError(400, "bad_request", f"cannot acknowledge {alert['status']} alert")
         alert.update(status="acknowledged", updated_at=iso_ms(now_dt()))
+        self._emit("alert.updated", self._alert_flat(alert_id))
 
     def _resolve_alert(
         self,
@@ -522,6 +565,7 @@ class RootlySimulator(SimulatorBase):
         if alert["status"] != "resolved":
             now = iso_ms(now_dt())
             alert.update(status="resolved", ended_at=now, updated_at=now)
+            self._emit("alert.updated", self._alert_flat(alert_id))
         if resolve_incidents:
             for incident_id in self._alert_incidents[alert_id]:
                 if self._incidents[incident_id]["status"] in _ACTIVE | {"mitigated"}:
@@ -885,7 +929,9 @@ class RootlySimulator(SimulatorBase):
 
     async def _c_incident_action(self, request: web.Request) -> web.Response:
         action = request.match_info["action"]
-        if action not in ("cancel", "resolve", "mitigate", "restart"):
+        if action == "edit":
+            return await self._c_incident_edit(request)
+        if action not in ("cancel", "resolve", "mitigate", "restart", "acknowledge"):
             raise SimError(404, "not_found", f"unknown incident action {action!r}")
         body = request[BODY_KEY]
         message = opt_str(require_object(body), "message") if body is not None else None
@@ -893,6 +939,19 @@ class RootlySimulator(SimulatorBase):
         if action == "restart":
             return json_response(200, await self.restart_incident(incident_id))
         return json_response(200, self._act(incident_id, action, message, _HUMAN_USER))
+
+    async def _c_incident_edit(self, request: web.Request) -> web.Response:
+        body = require_object(request[BODY_KEY])
+        unknown = set(body) - {"title", "summary", "severity"}
+        if unknown:
+            raise SimError(400, "invalid_body", f"unknown fields: {', '.join(sorted(unknown))}")
+        incident = await self.edit_incident(
+            request.match_info["id"],
+            title=opt_str(body, "title"),
+            summary=opt_str(body, "summary"),
+            severity=opt_str(body, "severity"),
+        )
+        return json_response(200, incident)
 
     async def _c_alert_action(self, request: web.Request) -> web.Response:
         action = request.match_info["action"]

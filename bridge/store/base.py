@@ -125,11 +125,26 @@ class LinkRow:
 
 @dataclass(frozen=True, slots=True)
 class EchoRecord:
-    """A write the bridge made: `ref` was changed to `change` (e.g. ``status=cancelled``)."""
+    """A write the bridge made: `ref` was changed to `change` (e.g. ``status=cancelled``).
 
-    ref: ObjectRef
+    `ref` is the object changed, or, for a write that names its object by a key instead
+    (an alert event's deduplication key), that object's key (`bridge.operations.object_key`).
+    """
+
+    ref: ObjectRef | str
     change: str
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SeenState:
+    """An object's state as a webhook reported it: the fields its platform's state model
+    records (`bridge.platforms.states`). `seen_at` is when the bridge recorded it (the
+    store's now; None on one not stored yet)."""
+
+    ref: ObjectRef
+    state: Mapping[str, Any]
+    seen_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +174,8 @@ class InboxCompletion:
     lease_seconds: float = 60.0
     cause_at: datetime | None = None
     """When the event happened (its platform timestamp); the store's now when None."""
+    seen: Sequence[SeenState] = ()
+    """Object states the event reported, recorded as the last seen of each."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +201,7 @@ class PruneResult:
     outbox: int
     echoes: int
     links: int
+    states: int = 0
 
 
 class Store(Protocol):
@@ -230,7 +248,8 @@ class Store(Protocol):
         Per completion: insert its actions into the outbox (an idempotency key already
         present is skipped, not an error), apply its link changes in order (adding an
         existing link or removing a missing one is a no-op), store the trace and mark the
-        event processed. With an `owner`, each new action that may run now (see
+        event processed, and record its `seen` states as the last seen of their objects
+        (replacing earlier ones). With an `owner`, each new action that may run now (see
         `bridge.ordering`) is inserted claimed by it and returned in full, so the
         dispatching process runs it without a claim round; the others are returned too,
         pending. Each completion is all-or-nothing on its own: one that fails (processed
@@ -339,8 +358,13 @@ class Store(Protocol):
         """Not before `until` (a check that could not read both sides)."""
 
     # -- echo guard ---------------------------------------------------------------------
-    async def find_echo(self, ref: ObjectRef, change: str, now: datetime) -> bool:
-        """True if an unexpired echo record for (ref, change) exists."""
+    async def find_echo(self, ref: ObjectRef | str, change: str, now: datetime) -> bool:
+        """True if an unexpired echo record for (ref, change) exists (`ref`: an object or
+        an object key, see `EchoRecord`)."""
+
+    # -- last state seen ------------------------------------------------------------------
+    async def last_seen(self, refs: Sequence[ObjectRef]) -> list[SeenState]:
+        """The state last recorded (`InboxCompletion.seen`) of each of `refs` that has one."""
 
     # -- housekeeping -------------------------------------------------------------------
     async def counts(self) -> StoreCounts: ...
@@ -352,7 +376,8 @@ class Store(Protocol):
         now: datetime,
     ) -> PruneResult:
         """Delete processed inbox rows and finished (done/skipped) outbox rows older than the
-        cut-offs, and expired echo records. Dead letters and links are kept."""
+        cut-offs, expired echo records, and the last seen states of objects no longer
+        linked that were recorded before `inbox_before`. Dead letters and links are kept."""
 
     # -- coordination between replicas --------------------------------------------------
     async def try_acquire_leadership(self) -> bool:

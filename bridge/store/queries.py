@@ -201,6 +201,26 @@ _PAIRS: Final = (
 MARK_CHECKED: Final = Sql("UPDATE links SET checked_at = :now, check_after = NULL WHERE " + _PAIRS)
 DEFER_CHECK: Final = Sql("UPDATE links SET check_after = :until WHERE " + _PAIRS)
 
+# -- the last state seen of objects -------------------------------------------------------
+# Written with the decision on the event that reported it (the same transaction).
+UPSERT_STATE: Final = Sql(
+    "INSERT INTO object_states (platform, kind, object_id, state, seen_at)"
+    " VALUES (:platform, :kind, :object_id, :state, :now)"
+    " ON CONFLICT (platform, kind, object_id)"
+    " DO UPDATE SET state = excluded.state, seen_at = excluded.seen_at"
+)
+LAST_SEEN: Final = Sql(
+    f"SELECT * FROM object_states WHERE (platform, kind, object_id) IN ({_REFS})"
+)
+# An object nothing links any more is not bridged: its state goes once it is as old as
+# the processed webhooks kept (a new object's links may follow its first events).
+PRUNE_STATES: Final = Sql(
+    "DELETE FROM object_states WHERE seen_at < :before AND NOT EXISTS (SELECT 1 FROM links"
+    " WHERE (a_platform = object_states.platform AND a_kind = object_states.kind"
+    " AND a_id = object_states.object_id) OR (b_platform = object_states.platform"
+    " AND b_kind = object_states.kind AND b_id = object_states.object_id))"
+)
+
 # -- echo records and housekeeping -----------------------------------------------------------
 ADD_ECHO: Final = Sql(
     "INSERT INTO echo_records (ref, change, expires_at) VALUES (:ref, :change, :expires)"

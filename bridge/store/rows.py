@@ -22,7 +22,7 @@ from bridge.events import (
     thaw,
 )
 from bridge.operations import aspect, object_key
-from bridge.store.base import InboxRow, LinkRow, OutboxRow, StoreError
+from bridge.store.base import InboxRow, LinkRow, OutboxRow, SeenState, StoreError
 
 
 class Columns(Protocol):
@@ -163,4 +163,12 @@ def link_row(row: Columns) -> LinkRow:
         created_at=row["created_at"],
         created_by=row["created_by"],
         checked_at=row["checked_at"],
+    )
+
+
+def seen_state(row: Columns) -> SeenState:
+    return SeenState(
+        ref=ObjectRef(row["platform"], row["kind"], row["object_id"]),
+        state=_json(row["state"]),
+        seen_at=row["seen_at"],
     )

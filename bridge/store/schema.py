@@ -95,6 +95,22 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX ix_links_created_at ON links (created_at)",
         ),
     ),
+    Migration(
+        3,
+        "the last state seen of each object whose webhooks carry its current state only",
+        (
+            # One row per object (Rootly's webhooks say what an object is, never what it
+            # was): the dispatcher compares the next event about it with this to tell a
+            # change from a redelivered state (`previous_status`). Rows of objects that
+            # are no longer linked go with the processed webhooks (`PRUNE_STATES`).
+            """CREATE TABLE object_states (
+                platform VARCHAR(32) NOT NULL, kind VARCHAR(32) NOT NULL,
+                object_id VARCHAR(128) NOT NULL, state {json} NOT NULL,
+                seen_at {ts} NOT NULL,
+                CONSTRAINT pk_object_states PRIMARY KEY (platform, kind, object_id))""",
+            "CREATE INDEX ix_object_states_seen_at ON object_states (seen_at)",
+        ),
+    ),
 )
 HEAD: Final = MIGRATIONS[-1].version
 

@@ -29,6 +29,7 @@ from bridge.store.base import (
     OutboxRow,
     OutboxState,
     PruneResult,
+    SeenState,
     StoreCounts,
     StoreError,
     StoreUnavailable,
@@ -44,6 +45,7 @@ from bridge.store.rows import (
     outbox_row,
     pair_values,
     pairs_json,
+    seen_state,
 )
 from bridge.store.schema import migrate
 from bridge.store.sqlite import SqliteDriver
@@ -246,6 +248,18 @@ class SqlStore:
             for row in await tx.fetch(q.CLAIM_NEW, claim):
                 created[row["id"]] = outbox_row(row)
         await self._apply_links(tx, completion.link_changes, now)
+        for seen in completion.seen:
+            ref = seen.ref
+            await tx.execute(
+                q.UPSERT_STATE,
+                {
+                    "platform": ref.platform,
+                    "kind": ref.kind,
+                    "object_id": ref.id,
+                    "state": encode_json(seen.state),
+                    "now": now,
+                },
+            )
         params = {"id": completion.inbox_id, "now": now, "trace": encode_json(completion.trace)}
         if await tx.execute(q.PROCESS_INBOX, params) != 1:
             # Another dispatcher completed it first (our lease ran out under us): this
@@ -486,8 +500,14 @@ class SqlStore:
             await self.driver.transact("recording link checks", lambda tx: tx.execute(sql, params))
 
     # -- echo guard -----------------------------------------------------------------------
-    async def find_echo(self, ref: ObjectRef, change: str, now: datetime) -> bool:
+    async def find_echo(self, ref: ObjectRef | str, change: str, now: datetime) -> bool:
         return bool(await self._rows(q.FIND_ECHO, ref=str(ref), change=change, now=now))
+
+    # -- last state seen ------------------------------------------------------------------
+    async def last_seen(self, refs: Sequence[ObjectRef]) -> list[SeenState]:
+        if not refs:
+            return []
+        return [seen_state(r) for r in await self._rows(q.LAST_SEEN, refs=_ref_rows(refs))]
 
     # -- housekeeping ---------------------------------------------------------------------
     async def counts(self) -> StoreCounts:
@@ -515,7 +535,8 @@ class SqlStore:
             outbox = await tx.execute(q.PRUNE_OUTBOX, {"before": outbox_before})
             inbox = await tx.execute(q.PRUNE_INBOX, {"before": inbox_before})
             echoes = await tx.execute(q.PRUNE_ECHOES, {"now": now})
-            return PruneResult(inbox=inbox, outbox=outbox, echoes=echoes, links=0)
+            states = await tx.execute(q.PRUNE_STATES, {"before": inbox_before})
+            return PruneResult(inbox=inbox, outbox=outbox, echoes=echoes, links=0, states=states)
 
         return await self.driver.transact("pruning old rows", work)
 

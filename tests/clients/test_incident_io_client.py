@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -62,6 +63,78 @@ async def test_cancel_escalation_matches_the_spec(
     assert request.body == b""
     assert request.headers["Authorization"] == f"Bearer {INCIDENT_IO_TOKEN}"
     assert request.headers["Accept"] == "application/json"
+
+
+async def test_respond_to_an_escalation_matches_the_spec_supplement(
+    server: RecordingServer, incident_io: IncidentIoClient
+) -> None:
+    """Ack and snooze are JSON POSTs to `/v2/escalations/{id}/actions/respond` with the API
+    key, valid against the operation that `supplement.json` adds to the spec; the 200 has
+    no body. An ack with snooze details, a snooze without a time, a naive time or `nack`
+    are refused before anything is sent."""
+    server.reply(200)
+    await incident_io.respond_escalation(ESC_ID, "ack")
+    assert check_last(server) == "/v2/escalations/{id}/actions/respond"
+    request = server.requests[-1]
+    assert request.json() == {"response": "ack"}
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["Authorization"] == f"Bearer {INCIDENT_IO_TOKEN}"
+
+    until = datetime(2031, 5, 4, 3, 2, 1, tzinfo=UTC)
+    server.reply(200)
+    await incident_io.respond_escalation(ESC_ID, "snooze", snooze_until=until, reason="deploy")
+    check_last(server)
+    assert server.requests[-1].json() == {
+        "response": "snooze",
+        "snooze_details": {"snooze_until": "2031-05-04T03:02:01+00:00", "reason": "deploy"},
+    }
+
+    sent = len(server.requests)
+    bad: list[tuple[Any, dict[str, Any], str]] = [
+        ("ack", {"snooze_until": until}, "snooze only"),
+        ("snooze", {}, "aware snooze_until"),
+        ("snooze", {"snooze_until": until.replace(tzinfo=None)}, "aware snooze_until"),
+        ("nack", {}, "'ack' or 'snooze'"),
+    ]
+    for response, kwargs, words in bad:
+        with pytest.raises(InvalidAction, match=words):
+            await incident_io.respond_escalation(ESC_ID, response, **kwargs)
+    assert len(server.requests) == sent
+
+
+async def test_acknowledge_escalation_responds_ack_and_a_closed_one_is_a_conflict(
+    server: RecordingServer, incident_io: IncidentIoClient
+) -> None:
+    """The `incident_io.acknowledge_escalation` action responds `ack` to its target and
+    reports it acked; the 422 for an escalation that can no longer be acknowledged is a
+    StateConflict (recorded as skipped, never retried)."""
+    esc_ref = ObjectRef("incident_io", "escalation", ESC_ID)
+    server.reply(200)
+    result = await incident_io.perform(action("incident_io.acknowledge_escalation", esc_ref))
+    assert (result.object_id, result.status) == (ESC_ID, "acked")
+    assert check_last(server) == "/v2/escalations/{id}/actions/respond"
+    assert server.requests[-1].path == f"/v2/escalations/{ESC_ID}/actions/respond"
+    assert server.requests[-1].json() == {"response": "ack"}
+    server.reply(
+        422,
+        {
+            "type": "validation_error",
+            "status": 422,
+            "request_id": "r-2",
+            "errors": [
+                {
+                    "code": "invalid_state",
+                    "message": "Escalation is resolved and cannot be acknowledged",
+                }
+            ],
+        },
+    )
+    with pytest.raises(StateConflict):
+        await incident_io.perform(action("incident_io.acknowledge_escalation", esc_ref))
+    with pytest.raises(InvalidAction, match="unknown parameter"):
+        await incident_io.perform(
+            action("incident_io.acknowledge_escalation", esc_ref, response="snooze")
+        )
 
 
 async def test_create_escalation_matches_the_spec(

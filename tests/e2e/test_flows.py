@@ -181,3 +181,86 @@ async def test_flow8_incident_io_edit_updates_rootly_incident(stack: SandboxStac
     assert updates[-1].body["data"]["attributes"]["title"] == "Checkout degraded"
     assert rootly.get_incident(incident_id)["title"] == "Checkout degraded"
     assert rootly.get_incident(incident_id)["summary"] == "Card payments fail"
+
+
+def writes(stack: SandboxStack, since: tuple[int, int] = (0, 0)) -> list[str]:
+    """The API writes (every method but GET) each simulator received since `since`."""
+    rootly, iio = stack.sandbox.rootly, stack.sandbox.incident_io
+    return [
+        f"{name} {r.method} {r.path}"
+        for name, sim, start in (("rootly", rootly, since[0]), ("incident_io", iio, since[1]))
+        for r in sim.received[start:]
+        if r.method != "GET"
+    ]
+
+
+def mark(stack: SandboxStack) -> tuple[int, int]:
+    return len(stack.sandbox.rootly.received), len(stack.sandbox.incident_io.received)
+
+
+async def test_flow12_ack_of_a_rootly_alert_acknowledges_its_escalation_once(
+    stack: SandboxStack,
+) -> None:
+    """A person acknowledges the Rootly alert: Rootly sends `alert.updated`, and the bridge
+    answers the page of its incident.io alert with one respond `ack`; the escalation ends
+    acked and the acknowledgement coming back from incident.io writes nothing to Rootly."""
+    alert_id, _, escalation_id = await fire_rootly_alert(stack)
+    since = mark(stack)
+    await stack.sandbox.rootly.acknowledge_alert(alert_id)
+    await stack.settle()
+    assert writes(stack, since) == [
+        f"incident_io POST /v2/escalations/{escalation_id}/actions/respond"
+    ]
+    (call,) = stack.sandbox.incident_io.calls("POST", "/v2/escalations/*/actions/respond")
+    assert call.body == {"response": "ack"}
+    assert stack.sandbox.incident_io.get_escalation(escalation_id)["status"] == "acked"
+
+
+async def test_flow13_ack_of_the_rootly_incident_acknowledges_its_escalation_once(
+    stack: SandboxStack,
+) -> None:
+    """A person acknowledges the Rootly incident (status acknowledged, acknowledged_at set,
+    reported as `incident.updated`): one respond `ack` to its escalation, nothing back."""
+    incident_id, escalation_id = await open_incident_with_escalation(stack)
+    since = mark(stack)
+    await stack.sandbox.rootly.acknowledge_incident(incident_id)
+    await stack.settle()
+    assert writes(stack, since) == [
+        f"incident_io POST /v2/escalations/{escalation_id}/actions/respond"
+    ]
+    assert stack.sandbox.incident_io.get_escalation(escalation_id)["status"] == "acked"
+
+
+async def test_flow14_rootly_alert_resolved_resolves_the_incident_io_alert_once(
+    stack: SandboxStack,
+) -> None:
+    """A person resolves the Rootly alert: one alert event `resolved` for its deduplication
+    key resolves the incident.io alert and stops its page; the resolution incident.io
+    reports back is an echo and resolves nothing more in Rootly."""
+    alert_id, iio_alert_id, escalation_id = await fire_rootly_alert(stack)
+    since = mark(stack)
+    await stack.sandbox.rootly.resolve_alert(alert_id)
+    await stack.settle()
+    source = f"/v2/alert_events/http/{stack.sandbox.alert_source_config_id}"
+    assert writes(stack, since) == [f"incident_io POST {source}"]
+    (event,) = stack.sandbox.incident_io.calls("POST", source)[1:]
+    assert (event.body["status"], event.body["deduplication_key"]) == (
+        "resolved",
+        f"rootly-alert-{alert_id}",
+    )
+    iio = stack.sandbox.incident_io
+    assert iio.get_alert(iio_alert_id)["status"] == "resolved"
+    assert iio.get_escalation(escalation_id)["status"] == "resolved"
+
+
+async def test_flow15_incident_io_alert_resolved_resolves_the_rootly_alert_once(
+    stack: SandboxStack,
+) -> None:
+    """The incident.io alert's source resolves it: one resolve of the Rootly alert it
+    mirrors; Rootly's `alert.updated` coming back is an echo and sends no alert event."""
+    alert_id, iio_alert_id, _ = await fire_rootly_alert(stack)
+    since = mark(stack)
+    await stack.sandbox.incident_io.resolve_alert(iio_alert_id)
+    await stack.settle()
+    assert writes(stack, since) == [f"rootly POST /v1/alerts/{alert_id}/resolve"]
+    assert stack.sandbox.rootly.get_alert(alert_id)["status"] == "resolved"

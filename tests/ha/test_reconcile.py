@@ -137,3 +137,71 @@ async def test_new_links_are_checked_before_many_older_ones(stack: SandboxStack)
     assert await check(stack) == 1
     await stack.settle()
     assert len(iio.calls("POST", f"/v2/escalations/{escalation['id']}/actions/cancel")) == 1
+
+
+async def test_a_rootly_ack_that_came_before_its_links_is_healed_into_one_escalation_ack(
+    stack: SandboxStack,
+) -> None:
+    """incident.io's webhooks about the alert and escalation mirrored from a Rootly alert
+    are lost, so when a person acknowledges the Rootly alert the bridge finds no escalation
+    to acknowledge (and records the alert as acknowledged). Once an operator links them,
+    the check of the new link announces the alert's acknowledged state as a first sighting,
+    not compared with the state recorded, so the rule fires and the page is acknowledged
+    with exactly one call; more rounds do nothing."""
+    rootly, iio = stack.sandbox.rootly, stack.sandbox.incident_io
+    drop_webhooks(iio.faults, True)
+    alert = await rootly.create_alert("Error rate above 5%")
+    await stack.settle()
+    drop_webhooks(iio.faults, False)
+    ((iio_alert,), (escalation,)) = (iio.state()["alerts"], iio.state()["escalations"])
+    await rootly.acknowledge_alert(alert["id"])
+    await stack.settle()
+    respond = f"/v2/escalations/{escalation['id']}/actions/respond"
+    assert iio.calls("POST", respond) == []
+    assert stack.bridge is not None
+    (seen,) = await stack.bridge.store.last_seen([ObjectRef("rootly", "alert", alert["id"])])
+    assert seen.state["status"] == "acknowledged"
+
+    # As `bridge links add` records them.
+    iio_ref = ObjectRef("incident_io", "alert", iio_alert["id"])
+    store = stack.bridge.store
+    await store.add_link(ObjectRef("rootly", "alert", alert["id"]), iio_ref, "cli")
+    await store.add_link(iio_ref, ObjectRef("incident_io", "escalation", escalation["id"]), "cli")
+    assert await check(stack) == 1
+    await stack.settle()
+    assert len(iio.calls("POST", respond)) == 1
+    assert iio.get_escalation(escalation["id"])["status"] == "acked"
+    stack.advance_checks()
+    assert await check(stack) == 0
+    await stack.settle()
+    assert len(iio.calls("POST", respond)) == 1
+
+
+async def test_dropped_rootly_incident_ack_is_healed_into_one_escalation_ack(
+    stack: SandboxStack,
+) -> None:
+    """A Rootly incident acknowledged whose `incident.updated` was lost leaves its page
+    triggered; the checker announces the acknowledged incident and acknowledges the
+    escalation with exactly one call; more rounds do nothing."""
+    rootly, iio = stack.sandbox.rootly, stack.sandbox.incident_io
+    incident = await rootly.create_incident("Checkout is down")
+    await stack.settle()
+    assert await check(stack) == 0
+    (escalation,) = iio.state()["escalations"]
+    respond = f"/v2/escalations/{escalation['id']}/actions/respond"
+
+    drop_webhooks(rootly.faults, True)
+    await rootly.acknowledge_incident(incident["id"])
+    drop_webhooks(rootly.faults, False)
+    await stack.settle()
+    assert iio.calls("POST", respond) == []
+
+    stack.advance_checks()
+    assert await check(stack) == 1
+    await stack.settle()
+    assert len(iio.calls("POST", respond)) == 1
+    assert iio.get_escalation(escalation["id"])["status"] == "acked"
+    stack.advance_checks()
+    assert await check(stack) == 0
+    await stack.settle()
+    assert len(iio.calls("POST", respond)) == 1

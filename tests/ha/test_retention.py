@@ -121,7 +121,7 @@ async def test_prune_removes_only_old_finished_rows(
 
     report = await scheduler.prune()
     # Inbox: "old", "linker", "echoes", "mid" (36 h > 24 h). Outbox: old done/skipped, echoes.
-    assert report == "inbox=4 outbox=3 echoes=1"
+    assert report == "inbox=4 outbox=3 echoes=1 states=0"
 
     for gone in ("old", "linker", "echoes", "mid"):
         assert await store.find_inbox("rootly", delivery(gone, now).delivery_id) is None
@@ -145,7 +145,7 @@ async def test_prune_removes_only_old_finished_rows(
     assert await store.count_links() == 1
     assert await store.find_echo(IIO_INC, "status=live", now)
     assert not await store.find_echo(IIO_INC, "status=expired", now - timedelta(hours=1))
-    assert await scheduler.prune() == "inbox=0 outbox=0 echoes=0"
+    assert await scheduler.prune() == "inbox=0 outbox=0 echoes=0 states=0"
 
 
 async def test_periodic_jobs_are_counted_not_logged_at_info(store: SqlStore) -> None:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.events import LinkChange, ResultLink, thaw
-from bridge.rules import default_idempotency_key, evaluate
+import pytest
+
+from bridge.events import LinkChange, Platform, ResultLink, thaw
+from bridge.platforms.states import compared
+from bridge.rules import RulesError, default_idempotency_key, evaluate, load_rules
 from tests.rules.builders import (
     NOW,
+    RULES_FILE,
     default_rules,
     graph,
     io_event,
@@ -465,8 +469,14 @@ def test_incident_io_alert_from_rootly_is_linked() -> None:
 
 def test_echoes_of_the_bridges_own_writes_cause_no_further_writes() -> None:
     """The webhooks the default rules' own writes cause (Rootly incident.updated after
-    update_incident / acknowledge, an escalation going to cancelled, an incident.io alert
-    resolved, the escalation the bridge created) produce no actions: the rules settle."""
+    update_incident / acknowledge, an escalation going to cancelled, the escalation the
+    bridge created) produce no actions: the rules settle. Two echoes settle only with what
+    the pipeline knows besides the rules: `acknowledged_at` stamped by rule 5 reads as an
+    acknowledgement of the Rootly incident (rule 13), which acknowledges the escalation
+    whose acknowledgement caused it (already acked: the echo guard drops the event first,
+    and incident.io would change nothing); an incident.io alert resolved by the bridge's
+    alert event would resolve the Rootly alert it came from, which the echo guard
+    recognises by its deduplication key."""
     rules = default_rules(escalation_path_id="p", severity_map='{"minor": "s"}')
     links = graph((ESC, R_INC), (IO_ALERT, "rootly:alert:al-1"), (IO_INCIDENT, R_INC))
 
@@ -475,13 +485,54 @@ def test_echoes_of_the_bridges_own_writes_cause_no_further_writes() -> None:
         payload["new_status"] = "cancelled"
 
     echoes = [
-        rootly_event("incident.updated", rootly_incident(acknowledged_at="2024-05-01T12:00:00Z")),
         rootly_event("incident.in_triage", rootly_incident(status="in_triage")),
         io_event("public_escalation.escalation_status_updated_v1", cancelled),
-        io_event("public_alert.alert_resolved_v1"),
         io_event("public_escalation.escalation_created_v1"),
     ]
     for event in echoes:
         result = evaluate(rules, event, links, NOW)
         assert result.actions == (), (event.type, ops(result.actions))
         assert result.errors == ()
+    stamped = rootly_event(
+        "incident.updated", rootly_incident(acknowledged_at="2024-05-01T12:00:00Z")
+    )
+    seen = {"status": "started", "acknowledged_at": None}
+    result = evaluate(rules, compared(stamped, seen), links, NOW)
+    assert ops(result.actions) == [("incident_io.acknowledge_escalation", ESC)]
+
+    def resolution(payload: dict[str, Any]) -> None:
+        payload["status"] = "resolved"
+
+    resolved_alert = io_event("public_alert.alert_resolved_v1", resolution)
+    resolved = evaluate(rules, resolved_alert, links, NOW)
+    assert ops(resolved.actions) == [("rootly.resolve_alert", "rootly:alert:al-1")]
+
+
+# -- 16, 17. Rules that ship switched off ---------------------------------------------------
+
+
+def test_switching_rule_17_on_beside_rule_8_needs_field_owners() -> None:
+    """Rules 8 and 17 copy title, summary and severity in opposite directions: switched on
+    together without owners the shipped rules do not load (each field named); with owners,
+    as the file's comment shows, they do, and each rule leaves out what the other side owns."""
+    with pytest.raises(RulesError) as caught:
+        load_rules(RULES_FILE, {}, enable=["rootly-update-syncs-incident-io"])
+    messages = [problem.message for problem in caught.value.problems]
+    assert [m.split(" ", 1)[0] for m in messages] == [
+        "incident.severity",
+        "incident.summary",
+        "incident.title",
+    ]
+    assert all("is written to both platforms" in m for m in messages)
+    owners: dict[str, Platform] = {
+        "incident.title": "rootly",
+        "incident.summary": "rootly",
+        "incident.severity": "incident_io",
+    }
+    rules = load_rules(RULES_FILE, {}, enable=["rootly-update-syncs-incident-io"], owners=owners)
+    to_rootly = rules.rule("incident-io-update-syncs-rootly").actions[0]
+    to_incident_io = rules.rule("rootly-update-syncs-incident-io").actions[0]
+    assert [name for name, _ in to_rootly.params.items] == ["severity_id"]
+    assert [name for name, _ in to_incident_io.params.items] == ["name", "summary"]
+    assert not default_rules().rule("rootly-update-syncs-incident-io").enabled
+    assert not default_rules().rule("incident-io-close-resolves-rootly").enabled

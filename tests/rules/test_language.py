@@ -4,6 +4,7 @@ keys, traces, variables from env, the sandbox, and the pure link graph."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from bridge.events import Action, DeliveryId, Event, ObjectRef, freeze, thaw
+from bridge.platforms.states import compared
 from bridge.rules import (
     Evaluation,
     LinkGraph,
@@ -621,3 +623,90 @@ def test_field_conditions_compare_list_and_table_variables_as_written() -> None:
         """
     )
     assert run(rules).matched == ("empty", "table")
+
+
+def test_changed_and_previous_compare_with_the_last_state_seen() -> None:
+    """`{field: incident.title, changed: true}` holds when the event changes that recorded
+    field (`compared` with the subject's last state seen: every field with a value on a
+    first sighting); `previous.<field>` and `previous_status` read that state, null when
+    nothing was seen; the trace shows what `changed` held."""
+    rules = load(
+        """\
+        - name: renamed
+          on: {source: rootly, event: incident.updated}
+          when:
+            - {field: incident.title, changed: true}
+            - {field: incident.summary, changed: false}
+          actions:
+            - do: incident_io.create_escalation
+              params: {title: "{{ previous.title }} -> {{ incident.title }}"}
+        - name: acknowledged
+          on: {source: rootly, event: incident.updated}
+          when:
+            - {field: incident.acknowledged_at, exists: true}
+            - {field: previous.acknowledged_at, exists: false}
+            - {field: previous_status, not_equals: acknowledged}
+          actions:
+            - do: incident_io.create_escalation
+              params: {title: acked}
+        """
+    )
+    data = rootly_incident(summary="s", acknowledged_at="2024-05-01T12:00:00Z")
+    event = rootly_event("incident.updated", data)
+    seen = {"status": "started", "title": "Old", "summary": "s", "severity": "sev-id-1"}
+    fired = run(rules, compared(event, seen))
+    assert [thaw(a.params)["title"] for a in fired.actions] == [
+        "Old -> Checkout API returns 500s",
+        "acked",
+    ]
+    same = {**seen, "title": data["title"], "acknowledged_at": "2024-05-01T12:00:00Z"}
+    quiet = run(rules, compared(event, same))
+    assert quiet.actions == ()
+    assert quiet.trace["rules"]["renamed"]["condition"]["detail"].startswith(
+        "incident.title changed True (changed: [], actual:"
+    )
+    # A first sighting: every recorded field with a value counts as changed.
+    first = run(rules, compared(event, None))
+    assert [thaw(a.params)["title"] for a in first.actions] == ["acked"]
+    assert first.trace["rules"]["renamed"]["condition"]["index"] == 1
+    # Not compared at all (a platform that records nothing): no field reads as changed.
+    assert run(rules, event).trace["rules"]["renamed"]["reason"] == "condition false"
+
+
+@pytest.mark.parametrize(
+    ("condition", "source", "message"),
+    [
+        (
+            "{field: incident.name, changed: true}",
+            "incident_io",
+            "the bridge records no state of incident_io objects",
+        ),
+        (
+            "{field: previous.labels, exists: true}",
+            "rootly",
+            "the bridge records only acknowledged_at, severity, status, summary, title of"
+            " rootly objects",
+        ),
+        ("{field: incident.titel, changed: true}", "rootly", "(did you mean 'title'?)"),
+        ("{field: vars.path_id, changed: true}", "rootly", "'changed' goes with a field of"),
+    ],
+)
+def test_changed_and_previous_need_a_recorded_field(
+    condition: str, source: str, message: str
+) -> None:
+    """`changed` and `previous.<field>` are checked at load: the source's objects must have
+    their state recorded (Rootly's), the field must be one the bridge records, and `changed`
+    goes with a field of the event's object."""
+    event = "incident.updated" if source == "rootly" else "public_incident.incident_updated_v2"
+    with pytest.raises(RulesError, match=re.escape(message)):
+        load(
+            f"""\
+            - name: r
+              on: {{source: {source}, event: {event}}}
+              when:
+                - {condition}
+              actions:
+                - do: incident_io.create_escalation
+                  params: {{title: x}}
+            """
+        )

@@ -36,10 +36,15 @@ def test_default_rules_validate_against_the_shipped_schema() -> None:
 
 
 def test_default_rules_cover_the_nine_design_flows_and_each_can_be_disabled() -> None:
-    """The shipped file loads, every rule is enabled by default and names itself (the nine
-    flows of the design, rule 9's links in two rules, and the Rootly alert-incident links
-    the link checker groups objects by)."""
+    """The shipped file loads and every rule names itself (the nine flows of the design,
+    rule 9's links in two rules, the Rootly alert-incident links the link checker groups
+    objects by, and the two-way lifecycle); all are enabled but the two that ship switched
+    off (closing in incident.io resolving Rootly, Rootly edits reaching incident.io)."""
     rules = default_rules()
-    assert len(rules.rules) == 11
-    assert all(r.enabled and r.description for r in rules.rules)
+    assert len(rules.rules) == 17
+    assert all(r.description for r in rules.rules)
+    assert [r.name for r in rules.rules if not r.enabled] == [
+        "incident-io-close-resolves-rootly",
+        "rootly-update-syncs-incident-io",
+    ]
     assert len(set(rules.names)) == len(rules.names)

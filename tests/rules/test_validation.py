@@ -65,7 +65,8 @@ CASES = [
         "rootly.cancel_incident, rootly.update_incident, rootly.restart_incident, "
         "rootly.resolve_incident, rootly.mitigate_incident, rootly.acknowledge_alert, "
         "rootly.resolve_alert, incident_io.create_escalation, incident_io.cancel_escalation, "
-        "incident_io.send_alert_event, incident_io.edit_incident)",
+        "incident_io.acknowledge_escalation, incident_io.send_alert_event, "
+        "incident_io.edit_incident)",
         id="unknown-operation",
     ),
     pytest.param(
@@ -189,7 +190,7 @@ CASES = [
             "    when:\n      - {field: incident.title, equals: a, in: [b]}\n    actions:",
         ),
         "config/rules.yaml:8: rule 'first': when[0]: a 'field' condition needs exactly "
-        "one test: equals, not_equals, in, not_in, exists or matches",
+        "one test: equals, not_equals, in, not_in, exists, matches or changed",
         id="two-tests-in-condition",
     ),
     pytest.param(

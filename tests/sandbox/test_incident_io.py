@@ -363,3 +363,89 @@ async def test_identity_reports_the_keys_roles(
     answer = await inc(http, sandbox, "GET", "/v1/identity")
     assert answer.body["identity"]["roles"] == ["viewer"]
     assert (await inc(http, sandbox, "GET", "/v1/identity", token="wrong")).status == 401
+
+
+async def test_respond_acks_and_snoozes_as_the_api_key(
+    sandbox: Sandbox, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """`POST /v2/escalations/{id}/actions/respond` (the spec supplement's operation): `ack`
+    moves a paging escalation to acked, attributed to the API key in the webhook, and is a
+    no-op when acked already; `snooze` needs a future `snooze_until`; `nack` and an
+    escalation that can no longer be acknowledged are 422; every webhook matches the spec."""
+    sim = sandbox.incident_io
+    made = await inc(http, sandbox, "POST", "/v2/escalations", escalation_body("r1"))
+    eid = made.body["escalation"]["id"]
+    path = f"/v2/escalations/{eid}/actions/respond"
+    snooze = {"response": "snooze", "snooze_details": {"snooze_until": "2999-01-01T00:00:00Z"}}
+    assert (await inc(http, sandbox, "POST", path, snooze)).status == 200
+    assert sim.get_escalation(eid)["status"] == "snoozed"
+    assert sim.snoozes[eid][0].startswith("2999-01-01T00:00:00")
+    for _ in range(2):
+        acked = await inc(http, sandbox, "POST", path, {"response": "ack"})
+        assert (acked.status, acked.body) == (200, None)
+    assert sim.get_escalation(eid)["status"] == "acked"
+    refused = [
+        {"response": "nack"},
+        {"response": "maybe"},
+        {"response": "ack", "snooze_details": snooze["snooze_details"]},
+        {"response": "snooze"},
+        {"response": "snooze", "snooze_details": {"snooze_until": "2001-01-01T00:00:00Z"}},
+        {"response": "ack", "extra": 1},
+    ]
+    for body in refused:
+        answer = await inc(http, sandbox, "POST", path, body)
+        assert answer.status == 422, body
+    assert (await inc(http, sandbox, "POST", path, snooze)).body["errors"][0][
+        "code"
+    ] == "invalid_state"
+    other = (await inc(http, sandbox, "POST", "/v2/escalations", escalation_body("r2"))).body
+    await sim.resolve_escalation(other["escalation"]["id"])
+    closed = await inc(
+        http,
+        sandbox,
+        "POST",
+        f"/v2/escalations/{other['escalation']['id']}/actions/respond",
+        {"response": "ack"},
+    )
+    assert closed.status == 422
+    assert closed.body["errors"][0]["code"] == "invalid_state"
+    assert "cannot be acknowledged" in closed.body["errors"][0]["message"]
+    assert (
+        await inc(http, sandbox, "POST", "/v2/escalations/nope/actions/respond", snooze)
+    ).status == 404
+    await sandbox.wait_idle(5)
+    changes = [
+        b["public_escalation.escalation_status_updated_v1"]
+        for b in verify_incident_io(sandbox, receiver)
+        if b["event_type"] == "public_escalation.escalation_status_updated_v1"
+        and b["public_escalation.escalation_status_updated_v1"]["escalation"]["id"] == eid
+    ]
+    assert [(c["previous_status"], c["new_status"]) for c in changes] == [
+        ("triggered", "snoozed"),
+        ("snoozed", "acked"),
+    ]
+    assert all(c["actor"]["api_key"]["id"] == sandbox.incident_io_api_key_id for c in changes)
+
+
+async def test_an_alert_source_resolving_an_alert(
+    sandbox: Sandbox, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """`POST /_sandbox/alerts/{id}/resolve` is the alert's source reporting it resolved: the
+    alert is resolved (`alert_resolved_v1`) with the escalation it opened; again is a
+    no-op; an unknown alert is 404."""
+    source = f"/v2/alert_events/http/{sandbox.alert_source_config_id}"
+    event = {"title": "CPU", "status": "firing", "deduplication_key": "d1"}
+    await inc(http, sandbox, "POST", source, event, token=sandbox.alert_source_token)
+    (alert,) = sandbox.incident_io.state()["alerts"]
+    for _ in range(2):
+        answer = await call(
+            http, "POST", f"{sandbox.incident_io_url}/_sandbox/alerts/{alert['id']}/resolve"
+        )
+        assert (answer.status, answer.body["status"]) == (200, "resolved")
+    missing = await call(http, "POST", f"{sandbox.incident_io_url}/_sandbox/alerts/no/resolve")
+    assert missing.status == 404
+    (escalation,) = sandbox.incident_io.state()["escalations"]
+    assert escalation["status"] == "resolved"
+    await sandbox.wait_idle(5)
+    types = [b["event_type"] for b in verify_incident_io(sandbox, receiver)]
+    assert types.count("public_alert.alert_resolved_v1") == 1

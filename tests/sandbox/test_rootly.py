@@ -207,6 +207,63 @@ async def test_alerts(sandbox: Sandbox, http: aiohttp.ClientSession, receiver: R
     alert_events = [b for b in bodies if b["event"]["type"] == "alert.created"]
     assert len(alert_events) == 2
     assert alert_events[0]["data"]["status"] == "triggered"
+    # One `alert.updated` per change of state (the repeated ack and resolve change nothing),
+    # the flat alert with its current status, like `alert.created`.
+    updates = [b["data"] for b in bodies if b["event"]["type"] == "alert.updated"]
+    assert [(u["id"], u["status"]) for u in updates] == [
+        (aid, "acknowledged"),
+        (aid, "resolved"),
+    ]
+    assert updates[1]["incident_ids"] == [inc["id"]]
+    assert set(updates[1]) == set(alert_events[0]["data"])
+
+
+async def test_people_acknowledge_and_resolve_alerts_and_incidents(
+    sandbox: Sandbox, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """The control API acts as a person: acknowledging or resolving an alert sends
+    `alert.updated`; acknowledging an incident (status acknowledged, `acknowledged_at`
+    set) and editing its title, summary or severity send `incident.updated`, once per
+    change; an incident acknowledged already or closed cannot be acknowledged (422)."""
+    sim = sandbox.rootly
+    incident = await sim.create_incident("Checkout down", severity="sev2")
+    alert = await sim.create_alert("5xx", incident_id=incident["id"])
+    base = f"{sandbox.rootly_url}/_sandbox"
+    acked = await call(http, "POST", f"{base}/alerts/{alert['id']}/acknowledge")
+    assert acked.body["status"] == "acknowledged"
+    await call(http, "POST", f"{base}/alerts/{alert['id']}/resolve")
+    answer = await call(http, "POST", f"{base}/incidents/{incident['id']}/acknowledge")
+    assert answer.status == 200
+    assert answer.body["status"] == "acknowledged"
+    assert answer.body["acknowledged_at"]
+    again = await call(http, "POST", f"{base}/incidents/{incident['id']}/acknowledge")
+    assert again.status == 422
+    edit = {"title": "Checkout degraded", "summary": "cards fail", "severity": "sev1"}
+    edited = await call(http, "POST", f"{base}/incidents/{incident['id']}/edit", body=edit)
+    assert edited.status == 200
+    assert (edited.body["title"], edited.body["summary"]) == ("Checkout degraded", "cards fail")
+    assert edited.body["severity"]["slug"] == "sev1"
+    await sim.edit_incident(incident["id"], title="Checkout degraded")  # no change
+    bad = await call(http, "POST", f"{base}/incidents/{incident['id']}/edit", body={"x": 1})
+    assert bad.status == 400
+    await sim.resolve_incident(incident["id"])
+    refused = await call(http, "POST", f"{base}/incidents/{incident['id']}/acknowledge")
+    assert refused.status == 422
+    await sandbox.wait_idle(5)
+    bodies = verify_rootly(sandbox, receiver)
+    assert [b["event"]["type"] for b in bodies] == [
+        "incident.created",
+        "alert.created",
+        "alert.updated",
+        "alert.updated",
+        "incident.updated",
+        "incident.updated",
+        "incident.resolved",
+    ]
+    assert [b["data"]["status"] for b in bodies[2:4]] == ["acknowledged", "resolved"]
+    assert bodies[4]["data"]["status"] == "acknowledged"
+    assert bodies[4]["data"]["acknowledged_at"]
+    assert bodies[5]["data"]["title"] == "Checkout degraded"
 
 
 async def test_content_type_and_bad_json(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
@@ -41,6 +42,10 @@ JSON: Final = "application/json"
 
 AlertEventStatus = Literal["firing", "resolved"]
 ALERT_EVENT_STATUSES: Final = ("firing", "resolved")
+# What an API key may answer a page with (`nack`, "I personally can't take this", is for
+# people only; `specs/incident-io/supplement.json`).
+EscalationResponse = Literal["ack", "snooze"]
+ESCALATION_RESPONSES: Final = ("ack", "snooze")
 
 # `IncidentEditPayloadV2` in the official spec. incident.io ignores fields it does not know,
 # so a misspelt field would silently do nothing: refuse it here instead.
@@ -159,6 +164,40 @@ class IncidentIoClient:
         """``POST /v2/escalations/{id}/actions/cancel`` (200, no body; a no-op if cancelled)."""
         await self._http.request(
             "POST", _path("/v2/escalations/{id}/actions/cancel", escalation_id)
+        )
+
+    async def respond_escalation(
+        self,
+        escalation_id: str,
+        response: EscalationResponse,
+        *,
+        snooze_until: datetime | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """``POST /v2/escalations/{id}/actions/respond`` (200, no body): acknowledge or
+        snooze a page, attributed to the API key. An escalation that can no longer be
+        acknowledged (resolved, expired, cancelled) answers 422, a `StateConflict`.
+
+        `snooze_until` (aware) and `reason` go with ``snooze`` only, which needs the first.
+        """
+        if response not in ESCALATION_RESPONSES:
+            raise InvalidAction(
+                f"respond_escalation: response must be 'ack' or 'snooze', got {response!r}"
+            )
+        body: dict[str, Any] = {"response": response}
+        if response == "snooze":
+            if snooze_until is None or snooze_until.tzinfo is None:
+                raise InvalidAction("respond_escalation: snooze needs an aware snooze_until")
+            details: dict[str, Any] = {"snooze_until": snooze_until.isoformat()}
+            if reason is not None:
+                details["reason"] = reason
+            body["snooze_details"] = details
+        elif snooze_until is not None or reason is not None:
+            raise InvalidAction("respond_escalation: snooze_until and reason go with snooze only")
+        await self._http.request(
+            "POST",
+            _path("/v2/escalations/{id}/actions/respond", escalation_id),
+            json_body=body,
         )
 
     async def create_escalation(
@@ -371,6 +410,13 @@ class IncidentIoClient:
             await self.cancel_escalation(target)
             # 200 means the escalation is cancelled now (or already was: a documented no-op).
             return ActionResult(object_id=target, status="cancelled")
+        if operation == "incident_io.acknowledge_escalation":
+            target = action_target(action, "escalation")
+            action_params(action)
+            await self.respond_escalation(target, "ack")
+            # 200: acknowledged now, or already (acknowledging an acked escalation changes
+            # nothing).
+            return ActionResult(object_id=target, status="acked")
         if operation == "incident_io.create_escalation":
             params = action_params(action)
             escalation = await self.create_escalation(str(action.idempotency_key), **params)

@@ -3,7 +3,8 @@
 `state_event` writes an object's current state as the webhook incident.io sends when the
 object enters it (`bridge.pipeline.linkcheck`); the previous state is unknown, so rules that
 need a transition (a re-opened incident) do not fire on it. `satisfied` says whether an
-action on incident.io would change nothing, given the current states.
+action on incident.io would change nothing, given the current states. incident.io's
+webhooks report transitions themselves (`previous_status`), so no state is recorded.
 """
 
 from __future__ import annotations
@@ -12,12 +13,26 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from bridge.events import Action, ObjectRef
+from bridge.events import Action, ObjectKind, ObjectRef
 
 _DONE_IN: Final[Mapping[str, frozenset[str]]] = {
     # Resolved and expired escalations cannot be cancelled: nothing is paging.
     "incident_io.cancel_escalation": frozenset({"cancelled", "resolved", "expired"}),
+    # Acknowledged already, or no longer paging at all.
+    "incident_io.acknowledge_escalation": frozenset({"acked", "resolved", "cancelled", "expired"}),
 }
+
+
+def tracked(kind: ObjectKind) -> tuple[str, ...]:
+    """No field is recorded: the webhooks carry `previous_status`."""
+    del kind
+    return ()
+
+
+def observed(kind: ObjectKind, resource: Mapping[str, Any]) -> dict[str, Any]:
+    """Nothing is recorded (see `tracked`)."""
+    del kind, resource
+    return {}
 
 
 def state_event(

@@ -78,7 +78,7 @@ def related_ids(document: Any, name: str, resource_type: str) -> tuple[str, ...]
     return tuple(dict.fromkeys(found))
 
 
-def _severity(attributes: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+def severity_of(attributes: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
     """(id, slug, name) of the incident's severity, nested JSON:API or flat."""
     severity = attributes.get("severity")
     severity_id = _text(attributes.get("severity_id"))
@@ -114,7 +114,7 @@ class RootlyIncident:
     def from_document(cls, document: Any) -> RootlyIncident:
         """Parse an ``incident_response`` document (``{"data": ..., "included": ...}``)."""
         flat = flatten_document(document)
-        severity_id, severity_slug, severity_name = _severity(flat)
+        severity_id, severity_slug, severity_name = severity_of(flat)
         return cls(
             id=flat["id"],
             status=_text(flat.get("status")) or UNKNOWN_STATUS,

@@ -4,6 +4,10 @@
 object enters that state, so the rules can be evaluated on it as on a delivery
 (`bridge.pipeline.linkcheck`). `satisfied` says whether an action on a Rootly object would
 change nothing, given the object's current state.
+
+Rootly's webhooks carry an object's current state only, never what it was, so the bridge
+records the last state it saw of each (`observed`: the fields rules compare, in one shape
+whether they come from a webhook or the API) and compares the next event with it.
 """
 
 from __future__ import annotations
@@ -12,13 +16,22 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from bridge.events import Action, ObjectRef
+from bridge.events import Action, ObjectKind, ObjectRef
+from bridge.platforms.rootly.models import severity_of
 
-# Incident statuses that a webhook of their own announces.
+# Incident statuses that a webhook of their own announces, and `acknowledged`, which Rootly
+# reports as `incident.updated`.
 INCIDENT_STATE_EVENTS: Final = {
     "cancelled": "incident.cancelled",
     "resolved": "incident.resolved",
     "mitigated": "incident.mitigated",
+    "acknowledged": "incident.updated",
+}
+# Alert statuses that `alert.updated` announces (a new alert is `alert.created`, which the
+# link checker does not write: a linked alert has been mirrored already).
+ALERT_STATE_EVENTS: Final = {
+    "acknowledged": "alert.updated",
+    "resolved": "alert.updated",
 }
 # Where each operation leaves its target; an incident past it (resolved, for a mitigate)
 # needs nothing either: Rootly refuses those transitions as conflicts.
@@ -31,14 +44,34 @@ _DONE_IN: Final[Mapping[str, frozenset[str]]] = {
 }
 
 
+# The fields recorded of each object: what rules ask "did this change?" of.
+TRACKED: Final[Mapping[ObjectKind, tuple[str, ...]]] = {
+    "incident": ("status", "title", "summary", "severity", "acknowledged_at"),
+    "alert": ("status",),
+}
+
+
+def tracked(kind: ObjectKind) -> tuple[str, ...]:
+    """The fields recorded of a `kind` (none: its webhooks say what changed)."""
+    return TRACKED.get(kind, ())
+
+
+def observed(kind: ObjectKind, resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded fields of `resource`; the severity as its ID (webhooks send it flat,
+    the API as a JSON:API document)."""
+    state = {name: resource.get(name) for name in tracked(kind)}
+    if "severity" in state:
+        state["severity"] = severity_of(resource)[0]
+    return state
+
+
 def state_event(
     ref: ObjectRef, resource: Mapping[str, Any], delivery_id: str, now: datetime
 ) -> tuple[str, dict[str, Any]] | None:
     """(event type, webhook body) announcing `ref`'s current state; None if no webhook
     announces it."""
-    if ref.kind != "incident":
-        return None
-    event_type = INCIDENT_STATE_EVENTS.get(str(resource.get("status")))
+    events = INCIDENT_STATE_EVENTS if ref.kind == "incident" else ALERT_STATE_EVENTS
+    event_type = events.get(str(resource.get("status")))
     if event_type is None:
         return None
     event = {"id": delivery_id, "type": event_type, "issued_at": now.isoformat()}

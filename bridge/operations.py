@@ -165,7 +165,7 @@ OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
 
 # Fields rules keep in step between the two platforms' incidents, each under its name on
 # each side (the parameter of the update operation that writes it there). A rules file says
-# which side owns each (`fields:`, see bridge/rules/README.md): a field is never written to
+# which side owns each (`fields:`, see docs/rules.md): a field is never written to
 # the side that owns it, so two rules that copy it both ways cannot undo each other.
 SYNCED_FIELDS: Final[Mapping[str, Mapping[Platform, str]]] = {
     "incident.title": {"rootly": "title", "incident_io": "name"},

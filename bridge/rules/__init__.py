@@ -6,7 +6,7 @@ Public API (used by the dispatcher and the CLI)::
     graph = LinkGraph(pairs_loaded_for(refs_to_resolve(event)))
     result = evaluate(rules, event, graph, now)             # Evaluation
 
-The language is documented in ``bridge/rules/README.md``.
+The language is documented in ``docs/rules.md``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Like `promtool test rules` for Prometheus alerting rules: each test gives an eve
 webhook body, inline or from a file), the links already recorded and the variables, and
 lists the actions and link changes the rules must produce. Evaluation is the real engine
 (`bridge.rules.evaluate` over a `LinkGraph`), pure: no store, no network, no clock but the
-test's `now`. The file format is documented in `bridge/rules/README.md`.
+test's `now`. The file format is documented in `docs/rules.md`.
 
 `run_test_files` returns a `TestReport`; a file that is not a valid test file raises
 `TestFileError` naming file, line and what is wrong (the CLI exits 2 for it).

@@ -22,7 +22,7 @@ from bridge.events import (
     thaw,
 )
 from bridge.operations import aspect, object_key
-from bridge.store.base import InboxRow, LinkRow, OutboxRow, StoreError
+from bridge.store.base import EventObject, InboxRow, LinkRow, OutboxRow, StoreError
 
 
 class Columns(Protocol):
@@ -137,6 +137,7 @@ def outbox_row(row: Columns) -> OutboxRow:
         object_key=row["object_key"],
         aspect=row["aspect"],
         cause_at=row["cause_at"],
+        attempts_before_replay=row["attempts_before_replay"],
     )
 
 
@@ -154,6 +155,15 @@ def inbox_row(row: Columns) -> InboxRow:
         trace=_json(row["trace"]),
         error=row["error"],
     )
+
+
+def objects_json(objects: Sequence[EventObject]) -> str:
+    """Event objects as a JSON array of [platform, kind, id, role] rows."""
+    return json.dumps([[o.ref.platform, o.ref.kind, o.ref.id, o.role] for o in objects])
+
+
+def event_object(row: Columns) -> EventObject:
+    return EventObject(ObjectRef(row["platform"], row["kind"], row["object_id"]), row["role"])
 
 
 def link_row(row: Columns) -> LinkRow:

@@ -157,6 +157,18 @@ class Event:
         return context
 
 
+# Who made a link (`created_by`): `rule:<name>` (a rule, directly or through an action's
+# result), an operator (CLI, admin API, console), the link checker, or `bridge adopt`.
+BY_OPERATOR: Final = "operator"
+BY_RECONCILE: Final = "reconcile"
+BY_ADOPT: Final = "adopt"
+
+
+def rule_origin(rule: str) -> str:
+    """`created_by` of a link a rule made: ``rule:<name>``."""
+    return f"rule:{rule}"
+
+
 @dataclass(frozen=True, slots=True)
 class LinkChange:
     """Add or remove the link between two objects on different platforms."""
@@ -165,6 +177,7 @@ class LinkChange:
     a: ObjectRef
     b: ObjectRef
     created_by: str
+    """`rule_origin(name)`, `BY_OPERATOR`, `BY_RECONCILE` or `BY_ADOPT`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from bridge.metrics import LabelledCounters, Metrics
 from bridge.pipeline.batching import GroupCommit
 from bridge.pipeline.echo import EchoGuard
 from bridge.pipeline.leases import LeaseKeeper
+from bridge.pipeline.rulestats import RuleStats
 from bridge.pipeline.triage import NO_RULE_TRIGGERS, UNMAPPED
 from bridge.platforms.base import PlatformClient
 from bridge.platforms.errors import RateLimited, Retryable, TargetMissing, UpstreamError
@@ -35,7 +36,14 @@ from bridge.platforms.incident_io import webhook as incident_io_webhook
 from bridge.platforms.rootly import webhook as rootly_webhook
 from bridge.platforms.webhooks import EventParser, PayloadError
 from bridge.rules import LinkGraph, RuleSet, evaluate, refs_to_resolve
-from bridge.store.base import InboxCompletion, InboxRow, OutboxRow, Store, StoreError
+from bridge.store.base import (
+    EventObject,
+    InboxCompletion,
+    InboxRow,
+    OutboxRow,
+    Store,
+    StoreError,
+)
 from bridge.tasks import Supervisor
 
 
@@ -78,6 +86,16 @@ def check_note(body: bytes) -> Any:
         return None
 
 
+def objects_named(event: Event) -> tuple[EventObject, ...]:
+    """The objects `event` names, its subject first, each once (recorded with it)."""
+    named: dict[ObjectRef, EventObject] = {}
+    if event.subject is not None:
+        named[event.subject] = EventObject(event.subject, "subject")
+    for ref in event.related:
+        named.setdefault(ref, EventObject(ref, "related"))
+    return tuple(named.values())
+
+
 def is_status_event(event: Event) -> bool:
     return event.source == "incident_io" and "status_updated" in event.type
 
@@ -102,8 +120,10 @@ class Dispatcher:
         supervisor: Supervisor,
         concurrency: int = 8,
         clock: Clock = utcnow,
+        rule_stats: RuleStats | None = None,
     ) -> None:
         self._store = store
+        self._rule_stats = rule_stats
         self._clock = clock
         # Concurrent dispatches finish close together: one transaction records them all.
         self._completions: GroupCommit[InboxCompletion, list[OutboxRow] | StoreError] = GroupCommit(
@@ -378,10 +398,12 @@ class Dispatcher:
                     return
                 event = fresh
         except (Retryable, RateLimited) as exc:
-            await self._retry_later(row, f"hydration failed: {exc}", exc)
+            await self._retry_later(row, f"hydration failed: {exc}", exc, objects_named(event))
             return
         except UpstreamError as exc:
-            await self._store.fail_inbox(row.id, f"hydration failed: {exc}", None)
+            await self._store.fail_inbox(
+                row.id, f"hydration failed: {exc}", None, objects_named(event)
+            )
             self._count(row.source, "error")
             self._log.error("event.hydration_failed", inbox_id=row.id, error=str(exc))
             return
@@ -389,6 +411,8 @@ class Dispatcher:
             # Hydration named more related objects: look again around the fresh event.
             links = await self._links_around(refs_to_resolve(event))
         evaluation = evaluate(rules, event, links, now)
+        if self._rule_stats is not None:
+            self._rule_stats.record(evaluation.matched, evaluation.errors, now)
         trace = {**base, **dict(evaluation.trace)}
         result = "actions" if evaluation.actions else "no_match"
         await self._complete(row, event, result, trace, evaluation.actions, evaluation.link_changes)
@@ -416,10 +440,12 @@ class Dispatcher:
                 row.id,
                 actions,
                 link_changes,
-                trace,
+                # The outcome is the result counted below (searchable, see `EVENT_OUTCOMES`).
+                {**trace, "outcome": result},
                 self._owner if fast and actions else None,
                 self._lease,
                 cause_at,
+                objects_named(event),
             )
         )
         mine = [r for r in rows if r.state == "claimed" and r.lease_owner == self._owner]
@@ -451,18 +477,21 @@ class Dispatcher:
             raise result
         return result
 
-    async def _retry_later(self, row: InboxRow, error: str, exc: Exception) -> None:
-        if row.attempts + 1 >= MAX_DISPATCH_ATTEMPTS:
-            await self._store.fail_inbox(row.id, error, None)
+    async def _retry_later(
+        self, row: InboxRow, error: str, exc: Exception, objects: Sequence[EventObject] = ()
+    ) -> None:
+        # `attempts` already counts this one (a claim or a hand-over counts it).
+        if row.attempts >= MAX_DISPATCH_ATTEMPTS:
+            await self._store.fail_inbox(row.id, error, None, objects)
             self._count(row.source, "error")
-            self._log.error("event.failed", inbox_id=row.id, error=error, attempts=row.attempts + 1)
+            self._log.error("event.failed", inbox_id=row.id, error=error, attempts=row.attempts)
             return
         if isinstance(exc, RateLimited):
             retry_at = datetime.fromtimestamp(exc.retry_at, UTC)
         else:
             delay = self._rng.uniform(0, min(60.0, 0.5 * 2**row.attempts))
             retry_at = self._clock() + timedelta(seconds=delay)
-        await self._store.fail_inbox(row.id, error, retry_at)
+        await self._store.fail_inbox(row.id, error, retry_at, objects)
         self._log.warning(
             "event.retry_later", inbox_id=row.id, error=error, retry_at=retry_at.isoformat()
         )

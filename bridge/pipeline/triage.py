@@ -50,11 +50,16 @@ def settle(rules: RuleSet, envelope: Envelope) -> Settled | None:
         "event": {"source": envelope.source, "type": envelope.event_type},
         "settled": SETTLED_AT_INGEST,
     }
+    # `outcome`: the result label, as the dispatcher stores it (`EVENT_OUTCOMES`).
     if not envelope.known_type:
-        return Settled("ignored", StoredTrace.of({**trace, "ignored": UNMAPPED}))
+        return Settled(
+            "ignored", StoredTrace.of({**trace, "ignored": UNMAPPED, "outcome": "ignored"})
+        )
     if rules.triggered_on(envelope.source, envelope.event_type):
         return None
-    return Settled("no_match", StoredTrace.of({**trace, "skipped": NO_RULE_TRIGGERS}))
+    return Settled(
+        "no_match", StoredTrace.of({**trace, "skipped": NO_RULE_TRIGGERS, "outcome": "no_match"})
+    )
 
 
 class Triage:

@@ -36,6 +36,7 @@ from bridge.pipeline.executor import Executor
 from bridge.pipeline.ingest import InboxWriter, Ingest, SourceConfig
 from bridge.pipeline.linkcheck import LinkChecker
 from bridge.pipeline.rulebook import Rulebook
+from bridge.pipeline.rulestats import RuleStats
 from bridge.platforms.base import PlatformClient
 from bridge.platforms.incident_io.client import IncidentIoClient
 from bridge.platforms.ratelimit import RateLimiters
@@ -151,6 +152,8 @@ class Bridge:
             supervisor=self.supervisor,
             clock=clock,
         )
+        # How often each rule fired lately (the console's rules page).
+        self.rule_stats = RuleStats()
         self.dispatcher = Dispatcher(
             store=self.store,
             rules=self.rulebook.current,
@@ -165,6 +168,7 @@ class Bridge:
             handoff=self.executor,
             supervisor=self.supervisor,
             clock=clock,
+            rule_stats=self.rule_stats,
         )
         self.writer = InboxWriter(
             self.store,

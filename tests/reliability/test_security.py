@@ -39,6 +39,9 @@ ADMIN_ROUTES = [
     ("POST", "/api/v1/dead-letters/1/replay"),
     ("POST", "/api/v1/dead-letters/1/drop"),
     ("GET", "/api/v1/events/1"),
+    ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/objects/rootly/incident/inc-1"),
+    ("GET", "/api/v1/openapi.json"),
 ]
 
 
@@ -348,9 +351,9 @@ async def test_no_secret_reaches_a_log_line_or_an_answer(
 
 async def test_sandbox_and_admin_api_are_off_unless_enabled(bridge_factory: BridgeFactory) -> None:
     """Proves that a plain `bridge serve` (no --sandbox, no admin token) listens on its one
-    port only, has no `/_sandbox/*` routes and answers 404 on `/api/v1/*` whatever token is
-    offered; and that `--sandbox` is what starts the simulators (on their own ports, still
-    nothing of them on the bridge's port)."""
+    port only, has no `/_sandbox/*` routes and answers 404 on `/api/v1/*` and `/console/*`
+    whatever token is offered; and that `--sandbox` is what starts the simulators (on their
+    own ports, still nothing of them on the bridge's port)."""
     upstream = Upstream.unreachable()
     plain = bridge_factory(upstream, name="plain")
     plain.start()
@@ -363,6 +366,9 @@ async def test_sandbox_and_admin_api_are_off_unless_enabled(bridge_factory: Brid
         ("POST", "/_sandbox/reset"),
         ("POST", "/_sandbox/incidents"),
         *ADMIN_ROUTES,
+        # The console exists only with the admin token, like the admin API.
+        ("GET", "/console/events"),
+        ("POST", "/console/login"),
     ]
     async with aiohttp.ClientSession() as session:
         for method, path in probes:

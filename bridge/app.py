@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from bridge import __version__
 from bridge.clock import Clock, utcnow
 from bridge.config import Settings
+from bridge.console import Console, HealthProbe
 from bridge.events import Platform
 from bridge.logging import Logger, get_logger
 from bridge.metrics import Metrics, create_metrics
@@ -222,6 +223,7 @@ class Bridge:
             clock=clock,
         )
         admin = None
+        console = None
         if settings.admin.token is not None:
             admin = AdminApi(
                 self.store,
@@ -229,6 +231,7 @@ class Bridge:
                 self.log.bind(component="admin"),
                 self._wake_executor,
             )
+            console = self._console(settings.admin.token.get_secret_value())
         self.app = build_app(
             ingest=self.ingest,
             store=self.store,
@@ -236,12 +239,34 @@ class Bridge:
             readiness=self.readiness,
             logger=self.log,
             admin=admin,
+            console=console,
         )
         self._runner: BridgeRunner | None = None
         self._dispatcher_task: asyncio.Task[Any] | None = None
         self.endpoint: Endpoint | None = None
         self._stopped = asyncio.Event()
         self._started = False
+
+    def _console(self, token: str) -> Console:
+        """The operator console (served with the admin API, behind the same token)."""
+        return Console(
+            store=self.store,
+            admin_token=token,
+            rules=self.rulebook.current,
+            rule_stats=self.rule_stats,
+            metrics=self.metrics,
+            health=HealthProbe(
+                instance=self.instance_id,
+                is_leader=lambda: self.scheduler.is_leader,
+                accepting=lambda: self.readiness.accepting,
+                rules_loaded=lambda: self.readiness.rules_loaded,
+                schema_version=lambda: getattr(self.store, "version", None),
+            ),
+            logger=self.log.bind(component="console"),
+            wake_executor=self._wake_executor,
+            clock=self.clock,
+            session_minutes=self.settings.admin.session_minutes,
+        )
 
     # -- wiring -----------------------------------------------------------------------
     def _on_inbox_write(self) -> None:

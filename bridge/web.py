@@ -26,6 +26,7 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import history, openapi
+from bridge.console import Console
 from bridge.events import BY_OPERATOR, PLATFORMS, ActionId, InboxId, InvalidRef, ObjectRef, thaw
 from bridge.logging import Logger
 from bridge.metrics import Metrics
@@ -485,10 +486,12 @@ def build_app(
     readiness: Readiness,
     logger: Logger,
     admin: AdminApi | None,
+    console: Console | None = None,
 ) -> web.Application:
     """The bridge's aiohttp application, wired to the parts the composition root built.
     Every route's handler is wrapped by `_answering_json` (and by the admin token check
-    where it applies) when it is registered; the application has no middleware."""
+    where it applies) when it is registered; the application has no middleware. The
+    console's routes answer HTML, their errors included (`bridge.console`)."""
     # client_max_size is a backstop; ingest itself stops reading at the configured limit.
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[LOGGER_KEY] = logger
@@ -544,5 +547,21 @@ def build_app(
         app.router.add_route(
             "*", path, guarded(path, _method_not_allowed(methods)), expect_handler=_expect
         )
+    if console is not None:
+        _add_console(app, console)
     app.router.add_route("*", CATCH_ALL, guarded(CATCH_ALL, _not_found), expect_handler=_expect)
     return app
+
+
+def _add_console(app: web.Application, console: Console) -> None:
+    """The console's routes, each path with an HTML 405 for other methods, and an HTML
+    404 for every other path under /console/ (registered before the JSON catch-all)."""
+    routes = console.routes()
+    methods: dict[str, list[str]] = {}
+    for route in routes:
+        methods.setdefault(route.path, []).append(route.method)
+        app.router.add_route(route.method, route.path, route.handler, expect_handler=_expect)
+    for path, allowed in methods.items():
+        app.router.add_route("*", path, console.method_not_allowed(allowed), expect_handler=_expect)
+    app.router.add_route("*", "/console", console.redirect_root, expect_handler=_expect)
+    app.router.add_route("*", r"/console/{tail:[\s\S]*}", console.not_found, expect_handler=_expect)

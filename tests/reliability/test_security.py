@@ -268,7 +268,8 @@ async def test_no_secret_reaches_a_log_line_or_an_answer(
     (including other real credentials offered as the admin token) and receives malformed
     requests carrying a real token, no secret value (API tokens and keys, webhook secrets
     and their key material, the alert source token, the admin token) appears in anything
-    the process wrote to stdout/stderr or in any HTTP answer."""
+    the process wrote to stdout/stderr or in any HTTP answer, the console's sign-in and
+    pages included."""
     upstream = Upstream.from_sandbox(sandbox)
     token = new_admin_token()
     bridge = bridge_factory(
@@ -320,6 +321,21 @@ async def test_no_secret_reaches_a_log_line_or_an_answer(
                 answers.append(await response.text())
         for path in ("/api/v1/outbox", "/api/v1/events/1", "/api/v1/dead-letters"):
             async with session.get(bridge.url + path, headers=headers) as response:
+                answers.append(await response.text())
+    # The console: sign-ins with each secret (wrong), then with the token, and its pages.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        for offered in [*(f"{secret}x" for secret in secrets), token]:
+            async with browser.get(bridge.url + "/console/login") as response:
+                form = await response.text()
+            login_csrf = form.split('name="login_csrf" value="', 1)[1].split('"', 1)[0]
+            async with browser.post(
+                bridge.url + "/console/login",
+                data={"token": offered, "login_csrf": login_csrf},
+            ) as response:
+                answers.append(await response.text())
+        for path in ("/console/events", "/console/dead-letters", "/console/health"):
+            async with browser.get(bridge.url + path) as response:
+                assert response.status == 200
                 answers.append(await response.text())
 
     def malformed() -> None:

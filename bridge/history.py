@@ -193,9 +193,9 @@ def parse_time(name: str, raw: str) -> datetime:
     """ISO 8601 (``Z`` or an offset; none means UTC), or `BadQuery`."""
     try:
         value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (ValueError, OverflowError):  # not a time, or one UTC cannot hold (year 1, +01:00)
         raise BadQuery(f"{name} must be an ISO 8601 time, e.g. 2030-01-01T12:00:00Z") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def parse_object(raw: str) -> tuple[Platform | None, str | None, str]:

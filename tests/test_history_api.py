@@ -250,6 +250,7 @@ async def test_openapi_document_describes_exactly_the_admin_routes(stack: Sandbo
         ("source=jira", "source must be one of"),
         ("outcome=maybe", "outcome must be one of"),
         ("since=yesterday", "since must be an ISO 8601 time"),
+        ("since=0001-01-01T00:00:00%2B01:00", "since must be an ISO 8601 time"),
         ("since=2030-01-02T00:00:00Z&until=2030-01-01T00:00:00Z", "since must be before until"),
         ("limit=0", "limit must be between 1 and 500"),
         ("limit=abc", "limit must be an integer"),

@@ -75,7 +75,7 @@ class Sessions:
         if not cookie or len(cookie) > 200:
             return None
         parts = cookie.split(".")
-        if len(parts) != 3 or not parts[0].isdigit():
+        if len(parts) != 3 or not parts[0].isdigit() or len(parts[0]) > 11:
             return None
         expires_text, nonce, mac = parts
         try:

@@ -157,11 +157,6 @@ def inbox_row(row: Columns) -> InboxRow:
     )
 
 
-def objects_json(objects: Sequence[EventObject]) -> str:
-    """Event objects as a JSON array of [platform, kind, id, role] rows."""
-    return json.dumps([[o.ref.platform, o.ref.kind, o.ref.id, o.role] for o in objects])
-
-
 def event_object(row: Columns) -> EventObject:
     return EventObject(ObjectRef(row["platform"], row["kind"], row["object_id"]), row["role"])
 

@@ -108,7 +108,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
                 role VARCHAR(16) NOT NULL,
                 CONSTRAINT pk_event_objects PRIMARY KEY (inbox_id, platform, kind, object_id),
                 CONSTRAINT fk_event_objects_inbox_id_inbox FOREIGN KEY (inbox_id)
-                    REFERENCES inbox (id) ON DELETE CASCADE)""",
+                    REFERENCES inbox (id) ON DELETE CASCADE){without_rowid}""",
             # A bare ID from either platform, or a full ref (the same index, all columns).
             "CREATE INDEX ix_event_objects_object ON event_objects"
             " (object_id, platform, kind, inbox_id)",

@@ -54,7 +54,6 @@ from bridge.store.rows import (
     inbox_row,
     link_kind,
     link_row,
-    objects_json,
     outbox_row,
     pair_values,
     pairs_json,
@@ -284,9 +283,17 @@ class SqlStore:
                 await tx.execute(q.REMOVE_LINK, values)
 
     async def _add_objects(self, tx: Tx, inbox_id: InboxId, objects: Sequence[EventObject]) -> None:
-        if objects:
-            params = {"inbox_id": inbox_id, "objects": objects_json(objects)}
-            await tx.execute(q.ADD_EVENT_OBJECTS, params)
+        for start in range(0, len(objects), q.OBJECTS_CHUNK):
+            chunk = objects[start : start + q.OBJECTS_CHUNK]
+            params: dict[str, Any] = {"inbox_id": inbox_id}
+            for n, named in enumerate(chunk):
+                params |= {
+                    f"platform_{n}": named.ref.platform,
+                    f"kind_{n}": named.ref.kind,
+                    f"object_id_{n}": named.ref.id,
+                    f"role_{n}": named.role,
+                }
+            await tx.execute(q.insert_event_objects(len(chunk)), params)
 
     async def fail_inbox(
         self,

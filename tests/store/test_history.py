@@ -256,3 +256,25 @@ async def test_link_changes_and_objects_are_one_decision(store: SqlStore, clock:
     assert isinstance(result, StoreError)
     assert await store.linked([ROOTLY_INC]) == []
     assert await store.find_objects(ROOTLY_INC.id) == []
+
+
+async def test_every_object_is_recorded_once_however_many(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """An event naming more objects than one statement takes records them all; recording
+    them again (a dispatch retried after a failure) adds nothing."""
+    alerts = [EventObject(ObjectRef("rootly", "alert", f"a-{n}"), "related") for n in range(19)]
+    (inbox_id,) = await store.add_inbox([delivery("d-1", clock())])
+    assert inbox_id is not None
+    objects = [subject(ROOTLY_INC), *alerts]
+    await store.fail_inbox(inbox_id, "hydration failed: 503", clock(), objects)
+    (result,) = await store.complete_inboxes(
+        [InboxCompletion(inbox_id, [], [], {"outcome": "no_match"}, objects=objects)]
+    )
+    assert not isinstance(result, StoreError)
+    named = (await store.event_objects([inbox_id]))[inbox_id]
+    assert len(named) == 20
+    assert named[0] == subject(ROOTLY_INC)
+    assert sorted(o.ref.id for o in named[1:]) == sorted(f"a-{n}" for n in range(19))
+    found = await store.search_events(EventFilter(object_id="a-18"))
+    assert [r.id for r in found] == [inbox_id]

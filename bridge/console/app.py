@@ -384,7 +384,8 @@ class Console:
         if content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
             raise ConsoleError(415, "forms are sent as application/x-www-form-urlencoded")
         try:
-            return await request.post()
+            # A body without a length is read up to the same bound (413 past it).
+            return await request.clone(client_max_size=MAX_FORM_BYTES).post()
         except (ValueError, UnicodeDecodeError):
             raise ConsoleError(400, "the form could not be read") from None
 
@@ -393,9 +394,11 @@ class Console:
         session cookie is SameSite=Strict and every form carries a CSRF token)."""
         site = request.headers.get("Sec-Fetch-Site")
         origin = request.headers.get("Origin")
-        foreign = site == "cross-site" or (
-            origin is not None and (origin == "null" or urlsplit(origin).netloc != request.host)
-        )
+        try:
+            elsewhere = origin is not None and urlsplit(origin).netloc != request.host
+        except ValueError:  # not a URL at all (an unclosed IPv6 bracket, say)
+            elsewhere = True
+        foreign = site == "cross-site" or elsewhere
         if foreign:
             self._log.warning("console.cross_site_refused", path=request.path)
             raise ConsoleError(403, "refused: this request came from another site")

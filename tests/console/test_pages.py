@@ -3,7 +3,9 @@ answered with a 4xx HTML page, never a 5xx."""
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 from yarl import URL
@@ -136,7 +138,12 @@ async def test_every_post_needs_the_session_and_its_csrf_token(
     csrf = await operator.csrf()
     assert (await operator.post("/console/links/add", link))[0] == 403
     assert (await operator.post("/console/links/add", {**link, "csrf": "x" * 64}))[0] == 403
-    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://[::1"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ):
         status, html, _ = await operator.post(
             "/console/links/add", {**link, "csrf": csrf}, headers=headers
         )
@@ -219,7 +226,7 @@ async def test_bad_forms_are_a_4xx_html_page(
 
 async def test_wrong_methods_and_bodies_are_4xx_html(operator: Operator) -> None:
     """A method a page does not take is a 405 page with Allow; a POST that is not a form a
-    415 page."""
+    415 page; a form larger than 2 MiB, announced or streamed without a length, a 413."""
     await operator.sign_in()
     async with operator.http.put(operator.base + "/console/events") as response:
         assert response.status == 405
@@ -230,6 +237,19 @@ async def test_wrong_methods_and_bodies_are_4xx_html(operator: Operator) -> None
     ) as response:
         assert response.status == 415
         assert response.content_type == "text/html"
+    huge = b"body=" + b"x" * (3 * 1024 * 1024)
+
+    async def streamed() -> AsyncIterator[bytes]:
+        for start in range(0, len(huge), 65536):
+            yield huge[start : start + 65536]
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for body in (io.BytesIO(huge), streamed()):
+        async with operator.http.post(
+            operator.base + "/console/rules/dry-run", data=body, headers=form
+        ) as response:
+            assert response.status == 413
+            assert response.content_type == "text/html"
 
 
 async def test_dry_run_shows_what_explain_would(stack: SandboxStack, operator: Operator) -> None:

@@ -352,7 +352,7 @@ header_names = mostly(
         [
             "Content-Type", "Content-Encoding", "X-Rootly-Signature", "webhook-id",
             "webhook-timestamp", "webhook-signature", "Authorization", "Expect",
-            "Accept-Encoding", "X-Custom", "Cookie",
+            "Accept-Encoding", "X-Custom", "Cookie", "Origin", "Sec-Fetch-Site",
         ]
     ),
     st.one_of(

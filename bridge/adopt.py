@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, TextIO
 
-from bridge.events import InvalidRef, ObjectRef
+from bridge.events import BY_ADOPT, InvalidRef, ObjectRef
 from bridge.platforms.incident_io.client import IncidentIoClient
 from bridge.platforms.incident_io.models import Escalation
 from bridge.platforms.rootly.client import RootlyClient
@@ -39,7 +39,7 @@ from bridge.store.base import Store
 
 INCIDENT_KEY_PREFIX: Final = "rootly-incident-"
 ALERT_KEY_PREFIX: Final = "rootly-alert-"
-CREATED_BY: Final = "adopt"
+CREATED_BY: Final = BY_ADOPT
 _ALERTS_PER_QUERY: Final = 20
 
 

@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from bridge import __version__
 from bridge.clock import Clock, utcnow
 from bridge.config import Settings
+from bridge.console import Console, HealthProbe
 from bridge.events import Platform
 from bridge.logging import Logger, Redactor, get_logger
 from bridge.metrics import Metrics, create_metrics
@@ -38,6 +39,7 @@ from bridge.pipeline.executor import Executor
 from bridge.pipeline.ingest import InboxWriter, Ingest, SourceConfig
 from bridge.pipeline.linkcheck import LinkChecker
 from bridge.pipeline.rulebook import Rulebook
+from bridge.pipeline.rulestats import RuleStats
 from bridge.platforms.base import PlatformClient
 from bridge.platforms.incident_io.client import IncidentIoClient
 from bridge.platforms.ratelimit import RateLimiters
@@ -162,6 +164,8 @@ class Bridge:
             supervisor=self.supervisor,
             clock=clock,
         )
+        # How often each rule fired lately (the console's rules page).
+        self.rule_stats = RuleStats()
         self.dispatcher = Dispatcher(
             store=self.store,
             rules=self.rulebook.current,
@@ -176,6 +180,7 @@ class Bridge:
             handoff=self.executor,
             supervisor=self.supervisor,
             clock=clock,
+            rule_stats=self.rule_stats,
         )
         self.writer = InboxWriter(
             self.store,
@@ -240,6 +245,7 @@ class Bridge:
                 logger=self.log.bind(component="secrets"),
             )
         admin = None
+        console = None
         if settings.admin.token is not None:
             admin = AdminApi(
                 self.store,
@@ -247,6 +253,7 @@ class Bridge:
                 self.log.bind(component="admin"),
                 self._wake_executor,
             )
+            console = self._console(settings.admin.token.get_secret_value())
         self.admin = admin
         self.app = build_app(
             ingest=self.ingest,
@@ -255,12 +262,34 @@ class Bridge:
             readiness=self.readiness,
             logger=self.log,
             admin=admin,
+            console=console,
         )
         self._runner: BridgeRunner | None = None
         self._dispatcher_task: asyncio.Task[Any] | None = None
         self.endpoint: Endpoint | None = None
         self._stopped = asyncio.Event()
         self._started = False
+
+    def _console(self, token: str) -> Console:
+        """The operator console (served with the admin API, behind the same token)."""
+        return Console(
+            store=self.store,
+            admin_token=token,
+            rules=self.rulebook.current,
+            rule_stats=self.rule_stats,
+            metrics=self.metrics,
+            health=HealthProbe(
+                instance=self.instance_id,
+                is_leader=lambda: self.scheduler.is_leader,
+                accepting=lambda: self.readiness.accepting,
+                rules_loaded=lambda: self.readiness.rules_loaded,
+                schema_version=lambda: getattr(self.store, "version", None),
+            ),
+            logger=self.log.bind(component="console"),
+            wake_executor=self._wake_executor,
+            clock=self.clock,
+            session_minutes=self.settings.admin.session_minutes,
+        )
 
     # -- wiring -----------------------------------------------------------------------
     def _on_inbox_write(self) -> None:

@@ -241,35 +241,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from bridge.events import DeliveryId, thaw
-    from bridge.pipeline.dispatcher import PARSERS
+    from bridge.events import Platform
+    from bridge.explain import explanation, links_around, parse_event
     from bridge.platforms.states import compared, observed
     from bridge.platforms.webhooks import PayloadError
-    from bridge.rules import LinkGraph, RulesError, evaluate, load_rules, refs_to_resolve
+    from bridge.rules import LinkGraph, RulesError, load_rules
 
     settings = _load(args, require_secrets=False)
-    source = "incident_io" if args.source == "incident-io" else "rootly"
+    source: Platform = "incident_io" if args.source == "incident-io" else "rootly"
     try:
         body = args.event_file.read_bytes()
     except OSError as exc:
         raise CliError(f"{args.event_file}: cannot read ({exc.strerror})") from None
     try:
-        event = PARSERS[source](body, DeliveryId(f"explain:{args.event_file.name}"))  # type: ignore[index]
+        event = parse_event(source, body, args.event_file.name)
     except PayloadError as exc:
-        raise CliError(f"{args.event_file}: {exc}{_other_source_hint(source, body)}") from None
+        raise CliError(f"{args.event_file}: {exc}") from None
     try:
         rules = load_rules(args.rules or settings.rules.file, dict(os.environ))
     except RulesError as exc:
         raise CliError(f"invalid rules: {exc}") from None
 
     async def links(store: Any) -> int:
-        refs = refs_to_resolve(event)
-        rows = await store.linked(sorted(refs))
-        pairs = {(r.a, r.b) for r in rows}
-        neighbours = {x for p in pairs for x in p} - refs
-        if neighbours:
-            pairs |= {(r.a, r.b) for r in await store.linked(sorted(neighbours))}
-        graph_holder.append(LinkGraph(pairs))
+        graph_holder.append(await links_around(store, event))
         if event.subject is not None and observed(event) is not None:
             seen = await store.last_seen([event.subject])
             last_holder.append(seen[0].state if seen else None)
@@ -283,42 +277,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         asyncio.run(_with_store(args, links))
     # As the dispatcher does: compared with the last state seen of its object (if recorded).
     event = compared(event, last_holder[0] if last_holder else None)
-    evaluation = evaluate(rules, event, graph_holder[0], datetime.now(UTC))
-    _print_json(
-        {
-            "event": {
-                "source": event.source,
-                "type": event.type,
-                "subject": str(event.subject) if event.subject else None,
-                "new_status": event.new_status,
-                "previous_status": event.previous_status,
-                "previous": thaw(event.previous) if event.previous is not None else None,
-                "changed": sorted(event.changed) if event.changed is not None else None,
-                "needs_hydration": event.needs_hydration,
-            },
-            "matched": list(evaluation.matched),
-            "actions": [
-                {
-                    "operation": a.operation,
-                    "target": str(a.target) if a.target else None,
-                    "params": thaw(a.params),
-                    "rule": a.rule,
-                    "idempotency_key": a.idempotency_key,
-                    "link_result": [{"to": str(r.to), "kind": r.kind} for r in a.result_links],
-                }
-                for a in evaluation.actions
-            ],
-            "link_changes": [
-                {"op": c.op, "a": str(c.a), "b": str(c.b), "by": c.created_by}
-                for c in evaluation.link_changes
-            ],
-            "trace": thaw(evaluation.trace),
-        }
-    )
+    _print_json(explanation(rules, event, graph_holder[0], datetime.now(UTC)))
     return EXIT_OK
 
 
 def cmd_links(args: argparse.Namespace) -> int:
+    from bridge.events import BY_OPERATOR
     from bridge.store.base import LinkFilter
     from bridge.web import link_json
 
@@ -345,7 +309,7 @@ def cmd_links(args: argparse.Namespace) -> int:
 
     async def change(store: Any) -> int:
         if args.links_command == "add":
-            created = await store.add_link(a, b, "cli")
+            created = await store.add_link(a, b, BY_OPERATOR)
             _print_json({"a": str(a), "b": str(b), "created": created})
             return EXIT_OK
         removed = await store.remove_link(a, b)
@@ -371,6 +335,13 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             row = await store.get_action(action_id)
             if row is None:
                 raise CliError(f"no action {args.id}", EXIT_RUNTIME)
+            if row.state != "dead":
+                # Not a dead letter (any more): say what it is instead of showing it as one.
+                raise CliError(
+                    f"action {args.id} is not a dead letter (state {row.state}; see"
+                    f" GET /api/v1/outbox/{args.id})",
+                    EXIT_RUNTIME,
+                )
             _print_json(action_json(row))
             return EXIT_OK
         done = await (
@@ -475,17 +446,6 @@ def _print_subscriptions(settings: Any, rules: Any) -> int:
         if not types:
             print("  (none: no enabled rule triggers on its events)")
     return EXIT_OK
-
-
-def _other_source_hint(source: str, body: bytes) -> str:
-    from bridge.platforms.catalog import catalog, sniff_source
-
-    sniffed = sniff_source(body)
-    if sniffed is None or sniffed == source:
-        return ""
-    other = catalog(sniffed)
-    article = "an" if other.label[0].lower() in "aeiou" else "a"
-    return f"; this looks like {article} {other.label} event: try --source {other.cli_name}"
 
 
 def _add_test_rules(sub: Any) -> None:

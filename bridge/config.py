@@ -271,7 +271,14 @@ class LoggingSettings(_Group):
 class AdminSettings(_Group):
     token: SecretStr | None = Field(
         None,
-        description="Bearer token for /api/v1/* (env BRIDGE_ADMIN_TOKEN); unset = admin API off.",
+        description="Bearer token for /api/v1/* and the console's sign-in (env"
+        " BRIDGE_ADMIN_TOKEN); unset = admin API and console off.",
+    )
+    session_minutes: int = Field(
+        480,
+        ge=1,
+        le=7 * 24 * 60,
+        description="How long a console session lasts after signing in.",
     )
 
 

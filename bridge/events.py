@@ -164,6 +164,18 @@ class Event:
         return context
 
 
+# Who made a link (`created_by`): `rule:<name>` (a rule, directly, through an action's
+# result, or through the link checker's synthetic deliveries), an operator (CLI, admin
+# API, console), or `bridge adopt`.
+BY_OPERATOR: Final = "operator"
+BY_ADOPT: Final = "adopt"
+
+
+def rule_origin(rule: str) -> str:
+    """`created_by` of a link a rule made: ``rule:<name>``."""
+    return f"rule:{rule}"
+
+
 @dataclass(frozen=True, slots=True)
 class LinkChange:
     """Add or remove the link between two objects on different platforms."""
@@ -172,6 +184,7 @@ class LinkChange:
     a: ObjectRef
     b: ObjectRef
     created_by: str
+    """`rule_origin(name)`, `BY_OPERATOR` or `BY_ADOPT`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,12 +25,14 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bridge.events import PLATFORMS, ActionId, InboxId, InvalidRef, ObjectRef, thaw
+from bridge import history, openapi
+from bridge.console import Console
+from bridge.events import BY_OPERATOR, PLATFORMS, ActionId, InboxId, InvalidRef, ObjectRef, thaw
 from bridge.logging import Logger
 from bridge.metrics import Metrics
 from bridge.pipeline.ingest import CLOSE_AFTER_ANSWER, CONTENT_ENCODINGS, Ingest, body_problem
 from bridge.platforms.webhooks import PayloadError, decode_json_object
-from bridge.store.base import InboxRow, LinkFilter, LinkRow, OutboxRow, Store, StoreError
+from bridge.store.base import LinkFilter, LinkRow, OutboxRow, Store, StoreError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Every path, a decoded newline included (`.` would not match one, and such a request
@@ -80,27 +82,13 @@ def action_json(row: OutboxRow) -> dict[str, Any]:
         "idempotency_key": action.idempotency_key,
         "state": row.state,
         "attempts": row.attempts,
+        "attempts_before_replay": row.attempts_before_replay,
         "next_attempt_at": row.next_attempt_at.isoformat(),
         "last_error": row.last_error,
         "inbox_id": row.inbox_id,
         "created_at": row.created_at.isoformat(),
         "finished_at": row.finished_at.isoformat() if row.finished_at else None,
         "result": thaw(row.result) if row.result is not None else None,
-    }
-
-
-def inbox_json(row: InboxRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "source": row.source,
-        "delivery_id": row.delivery_id,
-        "event_type": row.event_type,
-        "received_at": row.received_at.isoformat(),
-        "state": row.state,
-        "processed_at": row.processed_at.isoformat() if row.processed_at else None,
-        "attempts": row.attempts,
-        "error": row.error,
-        "trace": thaw(row.trace) if row.trace is not None else None,
     }
 
 
@@ -192,6 +180,7 @@ class AdminApi:
         self._token = token.encode()
         self._log = logger
         self._wake = wake_executor
+        self._openapi = openapi.document()
 
     def set_token(self, token: str) -> None:
         """Accept a rotated admin token (only) from the next request on."""
@@ -244,7 +233,10 @@ class AdminApi:
             web.get("/api/v1/dead-letters", self.list_dead),
             web.post("/api/v1/dead-letters/{id}/replay", self.replay),
             web.post("/api/v1/dead-letters/{id}/drop", self.drop),
+            web.get("/api/v1/events", self.list_events),
             web.get("/api/v1/events/{id}", self.event_trace),
+            web.get("/api/v1/objects/{platform}/{kind}/{id}", self.object_timeline),
+            web.get("/api/v1/openapi.json", self.openapi),
         ]
 
     async def list_links(self, request: web.Request) -> web.Response:
@@ -290,7 +282,7 @@ class AdminApi:
 
     async def add_link(self, request: web.Request) -> web.Response:
         a, b = await self._link_body(request)
-        created = await self._store.add_link(a, b, "admin-api")
+        created = await self._store.add_link(a, b, BY_OPERATOR)
         self._log.info("link.added", a=str(a), b=str(b), created=created, by="admin-api")
         return web.json_response(
             {"a": str(a), "b": str(b), "created": created}, status=201 if created else 200
@@ -362,9 +354,34 @@ class AdminApi:
         if row is None:
             return _error(404, "no such event")
         actions = await self._store.actions_for_inbox(row.id)
+        objects = (await self._store.event_objects([row.id])).get(row.id, [])
         return web.json_response(
-            {"event": inbox_json(row), "actions": [action_json(a) for a in actions]}
+            {
+                "event": history.event_json(row, objects, with_trace=True),
+                "actions": [action_json(a) for a in actions],
+            }
         )
+
+    async def list_events(self, request: web.Request) -> web.Response:
+        try:
+            flt = history.event_filter(request.query)
+        except history.BadQuery as exc:
+            raise _bad_request(str(exc)) from None
+        return web.json_response(history.page_json(await history.search(self._store, flt)))
+
+    async def object_timeline(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        try:
+            ref = ObjectRef.parse(f"{info['platform']}:{info['kind']}:{info['id']}")
+        except InvalidRef as exc:
+            raise _bad_request(str(exc)) from None
+        timeline = await history.timeline(self._store, ref)
+        if timeline.empty:
+            return _error(404, f"nothing is known about {ref}: no event, action or link")
+        return web.json_response(history.timeline_json(timeline, action_json, link_json))
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self._openapi)
 
 
 async def _expect(request: web.Request) -> web.StreamResponse | None:
@@ -473,10 +490,12 @@ def build_app(
     readiness: Readiness,
     logger: Logger,
     admin: AdminApi | None,
+    console: Console | None = None,
 ) -> web.Application:
     """The bridge's aiohttp application, wired to the parts the composition root built.
     Every route's handler is wrapped by `_answering_json` (and by the admin token check
-    where it applies) when it is registered; the application has no middleware."""
+    where it applies) when it is registered; the application has no middleware. The
+    console's routes answer HTML, their errors included (`bridge.console`)."""
     # client_max_size is a backstop; ingest itself stops reading at the configured limit.
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[LOGGER_KEY] = logger
@@ -532,5 +551,21 @@ def build_app(
         app.router.add_route(
             "*", path, guarded(path, _method_not_allowed(methods)), expect_handler=_expect
         )
+    if console is not None:
+        _add_console(app, console)
     app.router.add_route("*", CATCH_ALL, guarded(CATCH_ALL, _not_found), expect_handler=_expect)
     return app
+
+
+def _add_console(app: web.Application, console: Console) -> None:
+    """The console's routes, each path with an HTML 405 for other methods, and an HTML
+    404 for every other path under /console/ (registered before the JSON catch-all)."""
+    routes = console.routes()
+    methods: dict[str, list[str]] = {}
+    for route in routes:
+        methods.setdefault(route.path, []).append(route.method)
+        app.router.add_route(route.method, route.path, route.handler, expect_handler=_expect)
+    for path, allowed in methods.items():
+        app.router.add_route("*", path, console.method_not_allowed(allowed), expect_handler=_expect)
+    app.router.add_route("*", "/console", console.redirect_root, expect_handler=_expect)
+    app.router.add_route("*", r"/console/{tail:[\s\S]*}", console.not_found, expect_handler=_expect)

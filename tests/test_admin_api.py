@@ -80,8 +80,8 @@ async def test_admin_api_is_off_without_a_token(
 
 
 async def test_links_add_list_filter_remove(bridge: Bridge, http: aiohttp.ClientSession) -> None:
-    """Links can be added (201, then 200 for the same pair in either order), listed with
-    filters by platform, kind and ID, and removed (then 404)."""
+    """Links can be added (201, then 200 for the same pair in either order; created by
+    `operator`), listed with filters by platform, kind and ID, and removed (then 404)."""
     links = url(bridge, "/api/v1/links")
     pair = {"a": "rootly:incident:inc-1", "b": "incident_io:escalation:esc-1"}
     assert (await call(http, "POST", links, json=pair))[0] == 201
@@ -95,7 +95,7 @@ async def test_links_add_list_filter_remove(bridge: Bridge, http: aiohttp.Client
     )
     _, body = await call(http, "GET", links + "?platform=rootly&id=al-1")
     assert len(body["links"]) == 1
-    assert body["links"][0]["created_by"] == "admin-api"
+    assert body["links"][0]["created_by"] == "operator"
     assert (await call(http, "DELETE", links, json=pair))[0] == 200
     assert (await call(http, "DELETE", links, json=pair))[0] == 404
 
@@ -142,8 +142,9 @@ async def test_bad_input_is_400_with_reason(
 async def test_dead_letter_list_replay_drop_and_trace(
     bridge: Bridge, http: aiohttp.ClientSession
 ) -> None:
-    """A dead-lettered action is listed with its error, replayed back to pending (once), and
-    the event's trace shows the action; unknown IDs are 404."""
+    """A dead-lettered action is listed with its error, replayed back to pending (once, its
+    attempt still counted and its budget restarted), and the event's trace shows the action;
+    unknown IDs are 404."""
     store = bridge.store
     bridge.dispatcher.stop()  # keep the pipeline's hands off the rows this test drives by hand
     bridge.executor.stop()
@@ -183,7 +184,7 @@ async def test_dead_letter_list_replay_drop_and_trace(
     assert code == 200
     replayed = await store.get_action(ActionId(row.id))
     assert replayed is not None
-    assert (replayed.state, replayed.attempts) == ("pending", 0)
+    assert (replayed.state, replayed.attempts, replayed.attempts_before_replay) == ("pending", 1, 1)
     assert (await call(http, "POST", url(bridge, f"/api/v1/dead-letters/{row.id}/replay")))[
         0
     ] == 404

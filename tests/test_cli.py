@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -9,12 +10,15 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from bridge.store.store import SqlStore
 from tests import specs
 from tests.conftest import SECRET_ENV
+from tests.store.factories import action, complete, delivery
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -217,8 +221,8 @@ def test_bad_arguments_exit_2_without_traceback(args: list[str], tmp_path: Path)
 
 
 def test_links_and_db_commands_on_a_real_store(tmp_path: Path) -> None:
-    """db upgrade and links add/list/remove work on a SQLite file and print JSON; a bad ref
-    is exit 2."""
+    """db upgrade and links add/list/remove work on a SQLite file and print JSON (a link
+    added by hand is created by `operator`); a bad ref is exit 2."""
     env = {"BRIDGE_STORE__URL": f"sqlite:///{tmp_path}/cli.db"}
     upgrade = run("db", "upgrade", env=env)
     assert upgrade.returncode == 0, upgrade.stderr
@@ -228,6 +232,7 @@ def test_links_and_db_commands_on_a_real_store(tmp_path: Path) -> None:
     assert json.loads(added.stdout)["created"] is True
     listed = json.loads(run("links", "list", "--platform", "incident_io", env=env).stdout)
     assert len(listed["links"]) == 1
+    assert listed["links"][0]["created_by"] == "operator"
     removed = run(
         "links", "remove", "incident_io:escalation:esc-1", "rootly:incident:inc-1", env=env
     )
@@ -452,3 +457,34 @@ def test_a_sandbox_run_starts_empty_and_logs_only_json(tmp_path: Path) -> None:
     logged = [json.loads(line) for line in lines if line not in banner]
     assert {e["event"] for e in logged} >= {"sandbox.ready", "bridge.started", "bridge.stopped"}
     assert any(e["event"].startswith("sandbox.") and e["event"] != "sandbox.ready" for e in logged)
+
+
+def test_dlq_show_shows_dead_letters_only(tmp_path: Path) -> None:
+    """`bridge dlq show ID` prints a dead letter; an action that is not one (pending, or
+    done after a replay) is exit 1 saying what state it is in, not shown as a dead letter."""
+    url = f"sqlite:///{tmp_path}/dlq.db"
+
+    async def one_dead_letter() -> tuple[int, int]:
+        store = SqlStore(url)
+        await store.open()
+        try:
+            (inbox_id,) = await store.add_inbox([delivery("d-1", datetime.now(UTC))])
+            assert inbox_id is not None
+            actions = [action("k-1"), action("k-2")]
+            dead, pending = await complete(store, inbox_id, actions, [], {})
+            claimed = await store.claim_outbox("w", 1, 30)
+            assert [row.id for row in claimed] == [dead]
+            assert await store.dead_letter(dead, "w", "incident_io: HTTP 403 forbidden")
+            return dead, pending
+        finally:
+            await store.close()
+
+    dead, pending = asyncio.run(one_dead_letter())
+    env = {"BRIDGE_STORE__URL": url}
+    shown = run("dlq", "show", str(dead), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["last_error"] == "incident_io: HTTP 403 forbidden"
+    refused = run("dlq", "show", str(pending), env=env)
+    assert refused.returncode == 1
+    assert f"action {pending} is not a dead letter (state pending" in refused.stderr
+    no_traceback(refused)

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from bridge.app import Bridge
 from bridge.events import DeliveryId, Event, InboxId
 from bridge.pipeline import dispatcher as dispatcher_module
-from bridge.store.base import InboxRow, NewInboxEvent, StoreUnavailable
+from bridge.store.base import EventFilter, InboxRow, NewInboxEvent, StoreUnavailable
 from bridge.store.sqlite import encode_time
 from bridge.store.store import SqlStore
 from tests.conftest import bridge_settings
@@ -290,3 +290,71 @@ async def test_echo_no_rule_handles_is_not_counted_as_suppressed(tmp_path: Path)
     assert registry.get_sample_value("bridge_events_dispatched_total", dispatched) == 1.0
     echoes = registry.get_sample_value("bridge_echoes_suppressed_total", {"source": "rootly"})
     assert not echoes
+
+
+async def test_dispatched_events_are_found_by_the_objects_they_name(tmp_path: Path) -> None:
+    """The dispatcher records, with its decision, the objects each event names and the
+    outcome it counted: both events about an incident are then found by its ID, newest
+    first, with their outcomes; and the rules that fired are counted for the console."""
+    settings = bridge_settings(tmp_path, rules=RULES, executor={"poll_interval_seconds": 0.05})
+    data = {"id": "inc-7", "status": "started", "escalation_id": "esc-7"}
+    ids = await store_events(
+        settings.store.url,
+        [
+            rootly_event("upd-7", "incident.updated", data),
+            rootly_event("cxl-7", "incident.cancelled", {"id": "inc-7", "status": "cancelled"}),
+        ],
+    )
+    bridge = Bridge(settings, env={}, registry=CollectorRegistry())
+    bridge.executor.stop()
+    await bridge.start()
+    try:
+        await all_dispatched(bridge)
+        found = await bridge.store.search_events(EventFilter(object_id="inc-7"))
+        cancels = await bridge.store.search_events(
+            EventFilter(object_id="inc-7", outcome="actions")
+        )
+        named = await bridge.store.event_objects([row.id for row in found])
+    finally:
+        await bridge.stop()
+    assert [row.id for row in found] == list(reversed(ids))
+    assert [row.delivery_id for row in cancels] == ["cxl-7"]
+    assert [(str(o.ref), o.role) for o in named[found[0].id]] == [
+        ("rootly:incident:inc-7", "subject")
+    ]
+    stats = bridge.rule_stats.snapshot(datetime.now(UTC))
+    assert (stats["remember-escalation"].fired, stats["cancel-linked"].fired) == (1, 1)
+
+
+async def test_an_event_is_dispatched_max_attempts_times_then_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dispatch attempts are counted once each (a claim or a hand-over counts the attempt
+    it starts): an event whose dispatch crashes every time is tried MAX_DISPATCH_ATTEMPTS
+    times, then failed for good with that many attempts recorded."""
+    monkeypatch.setattr(dispatcher_module, "MAX_DISPATCH_ATTEMPTS", 2)
+    real_parse = dispatcher_module.PARSERS["rootly"]
+
+    def always_crashes(body: bytes, delivery_id: DeliveryId) -> Event:
+        if delivery_id == "poison":
+            raise KeyError("a bug in the parser")
+        return real_parse(body, delivery_id)
+
+    monkeypatch.setitem(dispatcher_module.PARSERS, "rootly", always_crashes)
+    settings = bridge_settings(tmp_path, rules=RULES, executor={"poll_interval_seconds": 0.05})
+    (poison,) = await store_events(
+        settings.store.url, [rootly_event("poison", "incident.updated", {"id": "inc-1"})]
+    )
+    assert poison is not None
+    bridge = Bridge(settings, env={}, registry=CollectorRegistry())
+    await bridge.start()
+    try:
+        for _ in range(200):
+            row = await bridge.store.get_inbox(poison)
+            if row is not None and row.state == "failed":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await bridge.stop()
+    assert row is not None
+    assert (row.state, row.attempts) == ("failed", 2)

@@ -25,6 +25,7 @@ from bridge.events import (
 from bridge.logging import get_logger
 from bridge.metrics import create_metrics
 from bridge.pipeline.executor import Executor
+from bridge.platforms.errors import Retryable
 from bridge.store.base import LEASE_LOST, NewInboxEvent, OutboxRow
 from bridge.store.store import SqlStore
 from bridge.tasks import Supervisor
@@ -321,3 +322,53 @@ async def test_stop_during_a_claim_does_not_hand_back_an_action_still_running(
         await store.close()
     assert len(client.calls) == 1
     assert (row.state, row.lease_owner) == ("done", None)
+
+
+class DownClient(FlakyClient):
+    """Answers 503 to the first `failures` calls, then succeeds. Records every call."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def perform(self, action: Action) -> ActionResult:
+        self.calls.append(action)
+        if len(self.calls) <= self.failures:
+            raise Retryable("incident_io", "service unavailable", status=503)
+        return ActionResult(object_id=action.target.id if action.target else None)
+
+
+async def test_a_replayed_dead_letter_gets_a_fresh_budget_and_keeps_counting(
+    tmp_path: Path,
+) -> None:
+    """Attempts are counted one way: every call counts, before and after a replay. An
+    action dead-lettered after `max_attempts` (2) failures is replayed by an operator: it
+    gets two more attempts (the budget restarts), fails once more, then succeeds; it ends
+    done after 4 attempts, 2 of them before the replay, and `last_error` describes the
+    latest attempt (none: it succeeded)."""
+    client = DownClient(failures=3)
+    settings = ExecutorSettings(
+        max_attempts=2,
+        backoff_base_seconds=0.01,
+        backoff_max_seconds=0.02,
+        poll_interval_seconds=0.05,
+    )
+    async with running_executor(tmp_path, client, settings) as store:
+        for _ in range(200):
+            dead = await store.list_outbox(["dead"], 10)
+            if dead:
+                break
+            await asyncio.sleep(0.02)
+        (row,) = dead
+        assert (row.attempts, len(client.calls)) == (2, 2)
+        assert row.last_error is not None and "gave up after 2 attempts" in row.last_error
+        assert await store.replay_action(row.id)
+        rows = await done_actions(store)
+    assert len(client.calls) == 4
+    (row,) = rows
+    assert (row.state, row.attempts, row.attempts_before_replay, row.last_error) == (
+        "done",
+        4,
+        2,
+        None,
+    )

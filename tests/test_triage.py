@@ -49,7 +49,8 @@ def test_triggered_on_follows_source_glob_and_enabled() -> None:
 def test_settle_decides_from_type_and_rules() -> None:
     """A type some enabled rule triggers on is left to dispatch; a known type no rule
     triggers on settles as no_match; an unmapped type settles as ignored. The traces name
-    the event and why, and no delivery ID (they are shared by every event of a type)."""
+    the event, why, and the outcome the event is searched by (the result label), and no
+    delivery ID (they are shared by every event of a type)."""
     ruleset = rules(("rootly", "incident.created", True))
     assert settle(ruleset, envelope("rootly", "incident.created")) is None
     quiet = settle(ruleset, envelope("rootly", "alert.updated"))
@@ -57,11 +58,13 @@ def test_settle_decides_from_type_and_rules() -> None:
     assert quiet.result == "no_match"
     assert quiet.trace.value["event"] == {"source": "rootly", "type": "alert.updated"}
     assert quiet.trace.value["skipped"] == NO_RULE_TRIGGERS
+    assert quiet.trace.value["outcome"] == "no_match"
     assert "d-1" not in quiet.trace.text
     unknown = settle(ruleset, envelope("rootly", "widget.spun", known=False))
     assert unknown is not None
     assert unknown.result == "ignored"
     assert unknown.trace.value["ignored"] == UNMAPPED
+    assert unknown.trace.value["outcome"] == "ignored"
 
 
 def test_events_whose_state_is_recorded_are_dispatched_for_rules_on_their_kind() -> None:

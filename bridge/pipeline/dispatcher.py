@@ -41,6 +41,7 @@ from bridge.metrics import LabelledCounters, Metrics
 from bridge.pipeline.batching import GroupCommit
 from bridge.pipeline.echo import EchoGuard
 from bridge.pipeline.leases import LeaseKeeper
+from bridge.pipeline.rulestats import RuleStats
 from bridge.pipeline.triage import NO_RULE_TRIGGERS, UNMAPPED
 from bridge.platforms.base import PlatformClient
 from bridge.platforms.errors import RateLimited, Retryable, TargetMissing, UpstreamError
@@ -50,6 +51,7 @@ from bridge.platforms.states import compared, observed, records
 from bridge.platforms.webhooks import EventParser, PayloadError
 from bridge.rules import LinkGraph, RuleSet, evaluate, refs_to_resolve
 from bridge.store.base import (
+    EventObject,
     InboxCompletion,
     InboxRow,
     OutboxRow,
@@ -107,6 +109,16 @@ def _seen(event: Event) -> tuple[SeenState, ...]:
     return (SeenState(event.subject, freeze(state)),)
 
 
+def objects_named(event: Event) -> tuple[EventObject, ...]:
+    """The objects `event` names, its subject first, each once (recorded with it)."""
+    named: dict[ObjectRef, EventObject] = {}
+    if event.subject is not None:
+        named[event.subject] = EventObject(event.subject, "subject")
+    for ref in event.related:
+        named.setdefault(ref, EventObject(ref, "related"))
+    return tuple(named.values())
+
+
 def is_status_event(event: Event) -> bool:
     return event.source == "incident_io" and "status_updated" in event.type
 
@@ -131,8 +143,10 @@ class Dispatcher:
         supervisor: Supervisor,
         concurrency: int = 8,
         clock: Clock = utcnow,
+        rule_stats: RuleStats | None = None,
     ) -> None:
         self._store = store
+        self._rule_stats = rule_stats
         self._clock = clock
         # Concurrent dispatches finish close together: one transaction records them all.
         self._completions: GroupCommit[InboxCompletion, list[OutboxRow] | StoreError] = GroupCommit(
@@ -420,10 +434,12 @@ class Dispatcher:
                     return
                 event = fresh
         except (Retryable, RateLimited) as exc:
-            await self._retry_later(row, f"hydration failed: {exc}", exc)
+            await self._retry_later(row, f"hydration failed: {exc}", exc, objects_named(event))
             return
         except UpstreamError as exc:
-            await self._store.fail_inbox(row.id, f"hydration failed: {exc}", None)
+            await self._store.fail_inbox(
+                row.id, f"hydration failed: {exc}", None, objects_named(event)
+            )
             self._count(row.source, "error")
             self._log.error("event.hydration_failed", inbox_id=row.id, error=str(exc))
             return
@@ -439,6 +455,8 @@ class Dispatcher:
             )
             base["changed"] = sorted(event.changed)
         evaluation = evaluate(rules, event, links, now)
+        if self._rule_stats is not None:
+            self._rule_stats.record(evaluation.matched, evaluation.errors, now)
         trace = {**base, **dict(evaluation.trace)}
         if any(r.get("reason") == "no targets" for r in evaluation.trace["rules"].values()):
             waiting = await self._waiting_for(refs_to_resolve(event))
@@ -497,11 +515,13 @@ class Dispatcher:
                 row.id,
                 actions,
                 link_changes,
-                trace,
+                # The outcome is the result counted below (searchable, see `EVENT_OUTCOMES`).
+                {**trace, "outcome": result},
                 self._owner if fast and actions else None,
                 self._lease,
                 cause_at,
                 seen,
+                objects_named(event),
             )
         )
         mine = [r for r in rows if r.state == "claimed" and r.lease_owner == self._owner]
@@ -533,18 +553,21 @@ class Dispatcher:
             raise result
         return result
 
-    async def _retry_later(self, row: InboxRow, error: str, exc: Exception) -> None:
-        if row.attempts + 1 >= MAX_DISPATCH_ATTEMPTS:
-            await self._store.fail_inbox(row.id, error, None)
+    async def _retry_later(
+        self, row: InboxRow, error: str, exc: Exception, objects: Sequence[EventObject] = ()
+    ) -> None:
+        # `attempts` already counts this one (a claim or a hand-over counts it).
+        if row.attempts >= MAX_DISPATCH_ATTEMPTS:
+            await self._store.fail_inbox(row.id, error, None, objects)
             self._count(row.source, "error")
-            self._log.error("event.failed", inbox_id=row.id, error=error, attempts=row.attempts + 1)
+            self._log.error("event.failed", inbox_id=row.id, error=error, attempts=row.attempts)
             return
         if isinstance(exc, RateLimited):
             retry_at = datetime.fromtimestamp(exc.retry_at, UTC)
         else:
             delay = self._rng.uniform(0, min(60.0, 0.5 * 2**row.attempts))
             retry_at = self._clock() + timedelta(seconds=delay)
-        await self._store.fail_inbox(row.id, error, retry_at)
+        await self._store.fail_inbox(row.id, error, retry_at, objects)
         self._log.warning(
             "event.retry_later", inbox_id=row.id, error=error, retry_at=retry_at.isoformat()
         )

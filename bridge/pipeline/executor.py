@@ -8,7 +8,8 @@ with a lease. Outcomes:
   in the same transaction;
 - `RateLimited`: back to pending at the platform's time; not a failed attempt;
 - `Retryable` (5xx, timeout, connection): exponential backoff with full jitter, capped;
-  after `max_attempts` failures it is dead-lettered;
+  after `max_attempts` failures it is dead-lettered (an operator's replay grants a fresh
+  `max_attempts`; `attempts` keeps counting every attempt, the successful one included);
 - `TargetMissing` / `StateConflict`: `skipped`, with the reason (the target is gone or
   already where we wanted it; retrying cannot change that);
 - `Permanent` (other 4xx), a bad parameter, or any `ValueError` / `TypeError` (a request
@@ -40,7 +41,15 @@ from typing import Any, Literal
 
 from bridge.clock import Clock, utcnow
 from bridge.config import ExecutorSettings
-from bridge.events import Action, ActionId, ActionResult, LinkChange, ObjectRef, Platform
+from bridge.events import (
+    Action,
+    ActionId,
+    ActionResult,
+    LinkChange,
+    ObjectRef,
+    Platform,
+    rule_origin,
+)
 from bridge.logging import Logger
 from bridge.metrics import Metrics
 from bridge.ordering import superseded
@@ -68,7 +77,7 @@ def result_link_changes(action: Action, result: ActionResult) -> list[LinkChange
             continue
         created = ObjectRef(action.platform, link.kind, object_id)
         if created != link.to:
-            changes.append(LinkChange("add", link.to, created, f"rule:{action.rule}"))
+            changes.append(LinkChange("add", link.to, created, rule_origin(action.rule)))
     return changes
 
 
@@ -259,7 +268,7 @@ class Executor:
             target=str(action.target) if action.target else None,
             rule=action.rule,
         )
-        if row.attempts >= self._settings.max_attempts:
+        if row.attempts_since_replay >= self._settings.max_attempts:
             # Attempts used up at claim time: every failed attempt is judged when it fails,
             # so what used the last one was a takeover from an expired lease (counted by
             # the claim): its holders died or stalled mid-action, perhaps because of this
@@ -355,10 +364,10 @@ class Executor:
     async def _retry_or_dead(self, row: OutboxRow, error: str, log: Logger) -> None:
         labels = (row.action.platform, row.action.name)
         attempts = row.attempts + 1
-        if attempts >= self._settings.max_attempts:
+        if row.attempts_since_replay + 1 >= self._settings.max_attempts:
             await self._dead_letter(row, error, log, attempts, gave_up=True)
             return
-        delay = self._backoff(row.attempts)
+        delay = self._backoff(row.attempts_since_replay)
         retry_at = self._clock() + timedelta(seconds=delay)
         await self._store.retry_action(row.id, self._owner, retry_at, error, count_attempt=True)
         self._metrics.actions.labels(*labels, "retried").inc()

@@ -57,8 +57,11 @@ def settle(rules: RuleSet, envelope: Envelope) -> Settled | None:
         "event": {"source": envelope.source, "type": envelope.event_type},
         "settled": SETTLED_AT_INGEST,
     }
+    # `outcome`: the result label, as the dispatcher stores it (`EVENT_OUTCOMES`).
     if not envelope.known_type:
-        return Settled("ignored", StoredTrace.of({**trace, "ignored": UNMAPPED}))
+        return Settled(
+            "ignored", StoredTrace.of({**trace, "ignored": UNMAPPED, "outcome": "ignored"})
+        )
     if rules.triggered_on(envelope.source, envelope.event_type):
         return None
     handled = catalog(envelope.source).handled
@@ -70,7 +73,9 @@ def settle(rules: RuleSet, envelope: Envelope) -> Settled | None:
         and any(k == kind and rules.triggered_on(envelope.source, t) for t, k in handled.items())
     ):
         return None
-    return Settled("no_match", StoredTrace.of({**trace, "skipped": NO_RULE_TRIGGERS}))
+    return Settled(
+        "no_match", StoredTrace.of({**trace, "skipped": NO_RULE_TRIGGERS, "outcome": "no_match"})
+    )
 
 
 class Triage:

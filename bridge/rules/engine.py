@@ -31,6 +31,7 @@ from bridge.events import (
     ResultLink,
     RuleName,
     freeze,
+    rule_origin,
 )
 from bridge.operations import OPERATIONS
 from bridge.rules.compiled import (
@@ -91,7 +92,7 @@ def evaluate(rules: RuleSet, event: Event, links: LinkGraph, now: datetime) -> E
     matched: list[str] = []
     errors: list[EvaluationError] = []
     rule_traces: dict[str, Any] = {}
-    keys: set[str] = set()
+    producers: dict[str, str] = {}  # idempotency key -> the rule that produced it first
     pairs: set[tuple[str, frozenset[ObjectRef]]] = set()
     for rule in rules.rules:
         if not rule.enabled:
@@ -117,15 +118,23 @@ def evaluate(rules: RuleSet, event: Event, links: LinkGraph, now: datetime) -> E
                 "error": error.as_dict(),
             }
             continue
-        for action in rule_actions:
-            if action.idempotency_key in keys:
+        # An action whose key an earlier one produced is not produced again, and not
+        # listed twice: the trace lists the actions the rule adds, and says which it left.
+        kept: list[Any] = []
+        for action, action_trace in zip(rule_actions, trace.get("actions", ()), strict=True):
+            first = producers.get(action.idempotency_key)
+            if first is not None:
+                by = "this rule" if first == rule.name else f"rule {first}"
                 trace.setdefault("notes", []).append(
-                    f"dropped {action.operation} on {action.target}: idempotency key "
-                    f"{action.idempotency_key} already produced by an earlier action"
+                    f"{action.operation} on {action.target or 'a new object'} already"
+                    f" produced by {by} (same idempotency key): not repeated"
                 )
                 continue
-            keys.add(action.idempotency_key)
+            producers[action.idempotency_key] = rule.name
             actions.append(action)
+            kept.append(action_trace)
+        if rule_actions:
+            trace["actions"] = kept
         for change in rule_links:
             pair = (change.op, frozenset((change.a, change.b)))
             if pair not in pairs:
@@ -341,7 +350,7 @@ def _links_for(
         if a == b:
             notes.append(f"{where}: skipped linking {a} to itself")
             continue
-        out.append(LinkChange(op=spec.op, a=a, b=b, created_by=rule.name))  # type: ignore[arg-type]
+        out.append(LinkChange(op=spec.op, a=a, b=b, created_by=rule_origin(rule.name)))  # type: ignore[arg-type]
     return out
 
 

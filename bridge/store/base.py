@@ -111,6 +111,14 @@ class OutboxRow:
     aspect: str | None = None
     cause_at: datetime | None = None
     """When the action's cause happened: actions on one object run in this order."""
+    attempts_before_replay: int = 0
+    """`attempts` when an operator last replayed it: the budget counts from here."""
+
+    @property
+    def attempts_since_replay(self) -> int:
+        """Attempts made since the last replay (or since it was created), which
+        `executor.max_attempts` bounds."""
+        return self.attempts - self.attempts_before_replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +167,17 @@ class ActionOutcome:
     echoes: Sequence[EchoRecord] = ()
 
 
+ObjectRole = Literal["subject", "related"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventObject:
+    """An object an event names: its subject, or another object its payload names."""
+
+    ref: ObjectRef
+    role: ObjectRole
+
+
 @dataclass(frozen=True, slots=True)
 class InboxCompletion:
     """The dispatcher's decision on one inbox event, to record with `Store.complete_inboxes`.
@@ -176,6 +195,8 @@ class InboxCompletion:
     """When the event happened (its platform timestamp); the store's now when None."""
     seen: Sequence[SeenState] = ()
     """Object states the event reported, recorded as the last seen of each."""
+    objects: Sequence[EventObject] = ()
+    """The objects the event names, recorded with it so it is found by object."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +206,32 @@ class LinkFilter:
     external_id: str | None = None
     limit: int = 100
     offset: int = 0
+
+
+EventOutcome = Literal["pending", "actions", "no_match", "echo", "stale", "ignored", "error"]
+EVENT_OUTCOMES: tuple[EventOutcome, ...] = (
+    "pending", "actions", "no_match", "echo", "stale", "ignored", "error",
+)  # fmt: skip
+"""What became of an event: not dispatched yet, then the dispatch result of
+``bridge_events_dispatched_total{result}`` (``error``: failed for good)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events `Store.search_events` returns, newest first. `object_id` with
+    `object_platform` and `object_kind` names one object; `object_id` alone, any object
+    with that ID on either platform. `before` is the cursor: only IDs below it."""
+
+    source: Platform | None = None
+    event_type: str | None = None
+    object_platform: Platform | None = None
+    object_kind: str | None = None
+    object_id: str | None = None
+    outcome: EventOutcome | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: int | None = None
+    limit: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,14 +304,45 @@ class Store(Protocol):
         nothing, without undoing the others. Raises StoreError only if the batch failed as
         a whole."""
 
-    async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:
-        """Record a dispatch failure; with `retry_at` the event stays pending until then."""
+    async def fail_inbox(
+        self,
+        inbox_id: InboxId,
+        error: str,
+        retry_at: datetime | None,
+        objects: Sequence[EventObject] = (),
+    ) -> None:
+        """Record a dispatch failure; with `retry_at` the event stays pending until then.
+        `objects`: those the event names, when it could be parsed (found by object)."""
 
     async def get_inbox(self, inbox_id: InboxId) -> InboxRow | None: ...
 
     async def find_inbox(self, source: Platform, delivery_id: DeliveryId) -> InboxRow | None: ...
 
     async def actions_for_inbox(self, inbox_id: InboxId) -> list[OutboxRow]: ...
+
+    # -- history: what happened to an event, an object (operator console) ---------------
+    async def search_events(self, flt: EventFilter) -> list[InboxRow]:
+        """Events matching every given field of `flt`, newest (highest ID) first. Events
+        settled at ingest name no objects: they are found by the other fields."""
+
+    async def event_objects(self, inbox_ids: Sequence[InboxId]) -> dict[InboxId, list[EventObject]]:
+        """The objects each of `inbox_ids` names (subject first)."""
+
+    async def events_naming(self, refs: Sequence[ObjectRef], limit: int) -> list[InboxRow]:
+        """The newest `limit` events that name any of `refs`, newest first."""
+
+    async def actions_on(
+        self, refs: Sequence[ObjectRef], inbox_ids: Sequence[InboxId], limit: int
+    ) -> list[OutboxRow]:
+        """The newest `limit` actions that change one of `refs`, create what is linked to
+        one of them, or were caused by one of `inbox_ids`; newest first."""
+
+    async def find_objects(self, object_id: str) -> list[ObjectRef]:
+        """Every object with ID `object_id` (either platform, any kind) that an event
+        names or a link joins."""
+
+    async def dead_letters_by_rule(self) -> dict[str, int]:
+        """How many dead letters each rule's actions left."""
 
     # -- outbox -------------------------------------------------------------------------
     async def claim_outbox(
@@ -322,10 +400,13 @@ class Store(Protocol):
     async def get_action(self, action_id: ActionId) -> OutboxRow | None: ...
 
     async def replay_action(self, action_id: ActionId) -> bool:
-        """Dead letter back to pending, attempts reset. False if it is not dead."""
+        """Dead letter back to pending, due now, with a fresh budget of attempts (`attempts`
+        keeps counting; `last_error` still describes the latest attempt until the next one).
+        False if it is not dead."""
 
     async def drop_action(self, action_id: ActionId) -> bool:
-        """Dead letter to skipped (operator decided). False if it is not dead."""
+        """Dead letter to skipped, its result saying an operator dropped it. False if it is
+        not dead."""
 
     # -- links --------------------------------------------------------------------------
     async def add_link(self, a: ObjectRef, b: ObjectRef, created_by: str) -> bool:

@@ -46,6 +46,8 @@ DIALECTS: Final[Mapping[str, Mapping[str, str]]] = {
         "blob": "BLOB",
         # One writer at a time already: nothing to lock (the statement only reads `key`).
         "object_lock": "SELECT :key AS locked",
+        # A table stored in its primary key's B-tree: one B-tree less to write per row.
+        "without_rowid": " WITHOUT ROWID",
     },
     # Rows another replica is claiming are skipped, never waited for or claimed twice.
     "postgresql": {
@@ -59,6 +61,7 @@ DIALECTS: Final[Mapping[str, Mapping[str, str]]] = {
         "json": "JSONB",
         "blob": "BYTEA",
         "object_lock": "SELECT pg_advisory_xact_lock(hashtext(:key))",
+        "without_rowid": "",
     },
 }
 _PARAM: Final = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")

@@ -137,13 +137,15 @@ RELEASE_ACTION: Final = Sql(
     " updated_at = :now, lease_owner = NULL, lease_expires_at = NULL,"
     " next_attempt_at = COALESCE(:retry_at, next_attempt_at), finished_at = :finished" + _HELD
 )
+# `attempts` keeps counting across a replay; the budget restarts from here.
 REPLAY_ACTION: Final = Sql(
-    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = :now,"
-    " finished_at = NULL, updated_at = :now WHERE id = :id AND state = 'dead'"
+    "UPDATE outbox SET state = 'pending', attempts_before_replay = attempts,"
+    " next_attempt_at = :now, finished_at = NULL, updated_at = :now"
+    " WHERE id = :id AND state = 'dead'"
 )
 DROP_ACTION: Final = Sql(
-    "UPDATE outbox SET state = 'skipped', finished_at = :now, updated_at = :now"
-    " WHERE id = :id AND state = 'dead'"
+    "UPDATE outbox SET state = 'skipped', result = :result, finished_at = :now,"
+    " updated_at = :now WHERE id = :id AND state = 'dead'"
 )
 GET_ACTION: Final = Sql("SELECT * FROM outbox WHERE id = :id")
 LIST_OUTBOX: Final = Sql(
@@ -219,6 +221,69 @@ PRUNE_STATES: Final = Sql(
     " WHERE (a_platform = object_states.platform AND a_kind = object_states.kind"
     " AND a_id = object_states.object_id) OR (b_platform = object_states.platform"
     " AND b_kind = object_states.kind AND b_id = object_states.object_id))"
+)
+
+
+# -- history: the objects events name, found by object (operator console) ------------------
+OBJECTS_CHUNK: Final = 8
+"""Most objects per INSERT (an event names its subject and a few related objects)."""
+
+
+@functools.cache
+def insert_event_objects(rows: int) -> Sql:
+    """`rows` objects one event names (parameters ``:<field>_<row>``), bound as values: on
+    SQLite a third cheaper than reading them out of a JSON array."""
+    values = ", ".join(
+        f"(:inbox_id, :platform_{n}, :kind_{n}, :object_id_{n}, :role_{n})" for n in range(rows)
+    )
+    return Sql(
+        "INSERT INTO event_objects (inbox_id, platform, kind, object_id, role)"
+        f" VALUES {values} ON CONFLICT DO NOTHING"
+    )
+
+
+# Outcomes other than `pending` and `error` are the dispatcher's result, in the trace.
+_EVENT_MATCHES: Final = (
+    "(CAST(:source AS TEXT) IS NULL OR source = :source)"
+    " AND (CAST(:event_type AS TEXT) IS NULL OR event_type = :event_type)"
+    " AND received_at >= :since AND received_at < :until AND id < :before"
+    " AND (CAST(:outcome AS TEXT) IS NULL"
+    " OR (CAST(:outcome AS TEXT) = 'pending' AND state = 'pending')"
+    " OR (CAST(:outcome AS TEXT) = 'error' AND state = 'failed')"
+    " OR (state = 'processed' AND trace ->> 'outcome' = :outcome))"
+    " AND (CAST(:object_id AS TEXT) IS NULL OR id IN (SELECT inbox_id FROM event_objects"
+    " WHERE object_id = :object_id"
+    " AND (CAST(:object_platform AS TEXT) IS NULL OR platform = :object_platform)"
+    " AND (CAST(:object_kind AS TEXT) IS NULL OR kind = :object_kind)))"
+)
+SEARCH_EVENTS: Final = Sql(
+    "SELECT * FROM inbox WHERE " + _EVENT_MATCHES + " ORDER BY id DESC LIMIT :limit"
+)
+_IDS: Final = "SELECT CAST(value AS BIGINT) FROM {json_values}(:ids)"
+EVENT_OBJECTS: Final = Sql(
+    f"SELECT * FROM event_objects WHERE inbox_id IN ({_IDS}) ORDER BY inbox_id, role DESC,"
+    " platform, kind, object_id"
+)
+# `refs` as in LINKED; the columns in the index's order.
+_NAMED: Final = (
+    "(object_id, platform, kind) IN"
+    " (SELECT value ->> 2, value ->> 0, value ->> 1 FROM {json_rows}(:refs))"
+)
+EVENTS_NAMING: Final = Sql(
+    f"SELECT * FROM inbox WHERE id IN (SELECT inbox_id FROM event_objects WHERE {_NAMED})"
+    " ORDER BY id DESC LIMIT :limit"
+)
+OBJECTS_WITH_ID: Final = Sql(
+    "SELECT DISTINCT platform, kind, object_id FROM event_objects WHERE object_id = :id"
+)
+# `keys`: the refs as text (an action's object_key is its target's ref).
+ACTIONS_ON: Final = Sql(
+    "SELECT * FROM outbox WHERE object_key IN (SELECT value FROM {json_values}(:keys))"
+    " OR result_to IN (SELECT value FROM {json_values}(:keys))"
+    f" OR inbox_id IN ({_IDS}) ORDER BY id DESC LIMIT :limit"
+)
+DEAD_BY_RULE: Final = Sql(
+    "SELECT rule, count(*) AS n FROM outbox WHERE state = 'dead' GROUP BY rule"
 )
 
 # -- echo records and housekeeping -----------------------------------------------------------

@@ -22,7 +22,14 @@ from bridge.events import (
     thaw,
 )
 from bridge.operations import aspect, object_key
-from bridge.store.base import InboxRow, LinkRow, OutboxRow, SeenState, StoreError
+from bridge.store.base import (
+    EventObject,
+    InboxRow,
+    LinkRow,
+    OutboxRow,
+    SeenState,
+    StoreError,
+)
 
 
 class Columns(Protocol):
@@ -137,6 +144,7 @@ def outbox_row(row: Columns) -> OutboxRow:
         object_key=row["object_key"],
         aspect=row["aspect"],
         cause_at=row["cause_at"],
+        attempts_before_replay=row["attempts_before_replay"],
     )
 
 
@@ -154,6 +162,10 @@ def inbox_row(row: Columns) -> InboxRow:
         trace=_json(row["trace"]),
         error=row["error"],
     )
+
+
+def event_object(row: Columns) -> EventObject:
+    return EventObject(ObjectRef(row["platform"], row["kind"], row["object_id"]), row["role"])
 
 
 def link_row(row: Columns) -> LinkRow:

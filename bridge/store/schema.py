@@ -111,6 +111,36 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX ix_object_states_seen_at ON object_states (seen_at)",
         ),
     ),
+    Migration(
+        4,
+        "operator console: the objects each event names, replays keep their attempts,"
+        " one vocabulary for who made a link",
+        (
+            # Written by the dispatcher with its decision (it has parsed the event), so
+            # ingest stays one INSERT per batch. Deleted with their event (retention).
+            """CREATE TABLE event_objects (
+                inbox_id {ref_id} NOT NULL, platform VARCHAR(32) NOT NULL,
+                kind VARCHAR(32) NOT NULL, object_id VARCHAR(128) NOT NULL,
+                role VARCHAR(16) NOT NULL,
+                CONSTRAINT pk_event_objects PRIMARY KEY (inbox_id, platform, kind, object_id),
+                CONSTRAINT fk_event_objects_inbox_id_inbox FOREIGN KEY (inbox_id)
+                    REFERENCES inbox (id) ON DELETE CASCADE){without_rowid}""",
+            # A bare ID from either platform, or a full ref (the same index, all columns).
+            "CREATE INDEX ix_event_objects_object ON event_objects"
+            " (object_id, platform, kind, inbox_id)",
+            # `attempts` counts every attempt, before and after a replay; a replay gives
+            # the action a fresh budget of `executor.max_attempts` from here.
+            "ALTER TABLE outbox ADD COLUMN attempts_before_replay INTEGER NOT NULL DEFAULT 0",
+            # created_by: `rule:<name>`, `operator`, `reconcile` or `adopt`. Links recorded
+            # by a rule used to carry the bare rule name; the CLI and the admin API their
+            # own names.
+            "UPDATE links SET created_by = 'operator' WHERE created_by IN ('cli', 'admin-api')",
+            "UPDATE links SET created_by = 'rule:' || created_by"
+            " WHERE created_by NOT LIKE 'rule:%'"
+            " AND created_by NOT IN ('operator', 'reconcile', 'adopt')"
+            " AND length(created_by) <= 195",
+        ),
+    ),
 )
 HEAD: Final = MIGRATIONS[-1].version
 

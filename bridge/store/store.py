@@ -10,17 +10,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
 
 import structlog
 
 from bridge.clock import Clock, utcnow
-from bridge.events import ActionId, DeliveryId, InboxId, LinkChange, ObjectRef, Platform, freeze
+from bridge.events import (
+    OBJECT_KINDS,
+    PLATFORMS,
+    ActionId,
+    DeliveryId,
+    InboxId,
+    LinkChange,
+    ObjectRef,
+    Platform,
+    freeze,
+)
 from bridge.store import queries as q
 from bridge.store.base import (
     LEASE_LOST,
     ActionOutcome,
+    EventFilter,
+    EventObject,
     InboxCompletion,
     InboxRow,
     LinkFilter,
@@ -39,6 +51,7 @@ from bridge.store.postgres import PostgresDriver
 from bridge.store.rows import (
     action_values,
     encode_json,
+    event_object,
     inbox_row,
     link_kind,
     link_row,
@@ -52,6 +65,12 @@ from bridge.store.sqlite import SqliteDriver
 from bridge.store.urls import check_schema, parse_store_url
 
 OUTBOX_STATES = ("pending", "claimed", "done", "skipped", "dead")
+DROPPED: Final = {"skipped": "dropped", "detail": "dropped by an operator"}
+"""The result of a dead letter an operator dropped."""
+# Open bounds of `search_events`' filters (timestamps are compared as values: no NULLs).
+_EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST: Final = datetime(9999, 1, 1, tzinfo=UTC)
+_NO_CURSOR: Final = 2**63 - 1
 _SAVEPOINT = Sql("SAVEPOINT completion")
 _ROLLBACK = Sql("ROLLBACK TO SAVEPOINT completion")
 _RELEASE = Sql("RELEASE SAVEPOINT completion")
@@ -260,6 +279,7 @@ class SqlStore:
                     "now": now,
                 },
             )
+        await self._add_objects(tx, completion.inbox_id, completion.objects)
         params = {"id": completion.inbox_id, "now": now, "trace": encode_json(completion.trace)}
         if await tx.execute(q.PROCESS_INBOX, params) != 1:
             # Another dispatcher completed it first (our lease ran out under us): this
@@ -276,7 +296,26 @@ class SqlStore:
             else:
                 await tx.execute(q.REMOVE_LINK, values)
 
-    async def fail_inbox(self, inbox_id: InboxId, error: str, retry_at: datetime | None) -> None:
+    async def _add_objects(self, tx: Tx, inbox_id: InboxId, objects: Sequence[EventObject]) -> None:
+        for start in range(0, len(objects), q.OBJECTS_CHUNK):
+            chunk = objects[start : start + q.OBJECTS_CHUNK]
+            params: dict[str, Any] = {"inbox_id": inbox_id}
+            for n, named in enumerate(chunk):
+                params |= {
+                    f"platform_{n}": named.ref.platform,
+                    f"kind_{n}": named.ref.kind,
+                    f"object_id_{n}": named.ref.id,
+                    f"role_{n}": named.role,
+                }
+            await tx.execute(q.insert_event_objects(len(chunk)), params)
+
+    async def fail_inbox(
+        self,
+        inbox_id: InboxId,
+        error: str,
+        retry_at: datetime | None,
+        objects: Sequence[EventObject] = (),
+    ) -> None:
         now = self._clock()
         params = {
             "id": inbox_id,
@@ -285,9 +324,12 @@ class SqlStore:
             "processed_at": now if retry_at is None else None,
             "retry_at": retry_at,
         }
-        await self.driver.transact(
-            "recording a dispatch failure", lambda tx: tx.execute(q.FAIL_INBOX, params)
-        )
+
+        async def work(tx: Tx) -> None:
+            if await tx.execute(q.FAIL_INBOX, params) == 1:
+                await self._add_objects(tx, inbox_id, objects)
+
+        await self.driver.transact("recording a dispatch failure", work)
 
     async def get_inbox(self, inbox_id: InboxId) -> InboxRow | None:
         rows = await self._rows(q.GET_INBOX, id=inbox_id)
@@ -299,6 +341,65 @@ class SqlStore:
 
     async def actions_for_inbox(self, inbox_id: InboxId) -> list[OutboxRow]:
         return [outbox_row(r) for r in await self._rows(q.INBOX_ACTIONS, id=inbox_id)]
+
+    # -- history ----------------------------------------------------------------------------
+    async def search_events(self, flt: EventFilter) -> list[InboxRow]:
+        rows = await self._rows(
+            q.SEARCH_EVENTS,
+            source=flt.source,
+            event_type=flt.event_type,
+            since=flt.since or _EARLIEST,
+            until=flt.until or _LATEST,
+            before=_NO_CURSOR if flt.before is None else flt.before,
+            outcome=flt.outcome,
+            object_id=flt.object_id,
+            object_platform=flt.object_platform,
+            object_kind=flt.object_kind,
+            limit=flt.limit,
+        )
+        return [inbox_row(r) for r in rows]
+
+    async def event_objects(self, inbox_ids: Sequence[InboxId]) -> dict[InboxId, list[EventObject]]:
+        found: dict[InboxId, list[EventObject]] = {}
+        if inbox_ids:
+            for row in await self._rows(q.EVENT_OBJECTS, ids=json.dumps(list(inbox_ids))):
+                found.setdefault(InboxId(row["inbox_id"]), []).append(event_object(row))
+        return found
+
+    async def events_naming(self, refs: Sequence[ObjectRef], limit: int) -> list[InboxRow]:
+        if not refs:
+            return []
+        rows = await self._rows(q.EVENTS_NAMING, refs=_ref_rows(refs), limit=limit)
+        return [inbox_row(r) for r in rows]
+
+    async def actions_on(
+        self, refs: Sequence[ObjectRef], inbox_ids: Sequence[InboxId], limit: int
+    ) -> list[OutboxRow]:
+        if not refs and not inbox_ids:
+            return []
+        rows = await self._rows(
+            q.ACTIONS_ON,
+            keys=json.dumps([str(r) for r in refs]),
+            ids=json.dumps(list(inbox_ids)),
+            limit=limit,
+        )
+        return [outbox_row(r) for r in rows]
+
+    async def find_objects(self, object_id: str) -> list[ObjectRef]:
+        found = {
+            ObjectRef(row["platform"], row["kind"], row["object_id"])
+            for row in await self._rows(q.OBJECTS_WITH_ID, id=object_id)
+        }
+        # Links are indexed by full ref on both sides: ask for every ref the ID can be.
+        candidates = [
+            ObjectRef(platform, kind, object_id) for platform in PLATFORMS for kind in OBJECT_KINDS
+        ]
+        for link in await self.linked(candidates):
+            found.update(ref for ref in (link.a, link.b) if ref.id == object_id)
+        return sorted(found)
+
+    async def dead_letters_by_rule(self) -> dict[str, int]:
+        return {row["rule"]: int(row["n"]) for row in await self._rows(q.DEAD_BY_RULE)}
 
     # -- outbox ---------------------------------------------------------------------------
     async def claim_outbox(
@@ -428,7 +529,9 @@ class SqlStore:
         return await self._write_one("replaying a dead letter", q.REPLAY_ACTION, id=action_id)
 
     async def drop_action(self, action_id: ActionId) -> bool:
-        return await self._write_one("dropping a dead letter", q.DROP_ACTION, id=action_id)
+        return await self._write_one(
+            "dropping a dead letter", q.DROP_ACTION, id=action_id, result=encode_json(DROPPED)
+        )
 
     async def _write_one(self, doing: str, sql: Sql, **params: Any) -> bool:
         params["now"] = self._clock()

@@ -67,6 +67,9 @@ class Target:
     upstream: Upstream
     token: str
     db_path: Path
+    session: str = ""
+    """The console's session cookie (`name=value`) of an operator signed in."""
+    csrf: str = ""
     sent: int = 0
     # (source, delivery ID) of every delivery sent with a valid signature: the only rows
     # the inbox may hold.
@@ -101,9 +104,40 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     bridge.start()
     try:
         bridge.wait_ready_sync()
-        yield Target(bridge, upstream, token, directory / "bridge.db")
+        session, csrf = _sign_in(port, token)
+        yield Target(bridge, upstream, token, directory / "bridge.db", session, csrf)
     finally:
         bridge.cleanup()
+
+
+def _sign_in(port: int, token: str) -> tuple[str, str]:
+    """Sign in to the console as an operator would; (session cookie, CSRF token)."""
+    import http.client
+    import re
+    from urllib.parse import urlencode
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/console/login")
+        response = conn.getresponse()
+        form = response.read().decode()
+        login_cookie = response.getheader("Set-Cookie", "").split(";")[0]
+        login_csrf = re.search(r'name="login_csrf" value="([^"]+)"', form)
+        assert login_csrf is not None
+        body = urlencode({"token": token, "login_csrf": login_csrf.group(1)})
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": login_cookie}
+        conn.request("POST", "/console/login", body, headers)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 303, response.status
+        session = response.getheader("Set-Cookie", "").split(";")[0]
+        conn.request("GET", "/console/rules", headers={"Cookie": session})
+        page = conn.getresponse().read().decode()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None
+        return session, csrf.group(1)
+    finally:
+        conn.close()
 
 
 class Short(bytes):
@@ -318,7 +352,7 @@ header_names = mostly(
         [
             "Content-Type", "Content-Encoding", "X-Rootly-Signature", "webhook-id",
             "webhook-timestamp", "webhook-signature", "Authorization", "Expect",
-            "Accept-Encoding", "X-Custom", "Cookie",
+            "Accept-Encoding", "X-Custom", "Cookie", "Origin", "Sec-Fetch-Site",
         ]
     ),
     st.one_of(
@@ -407,8 +441,74 @@ ROUTES = [
     ("POST", "/api/v1/dead-letters/1/replay"),
     ("POST", "/api/v1/dead-letters/1/drop"),
     ("GET", "/api/v1/events/1"),
+    ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/objects/rootly/incident/inc-1"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/console/events"),
+    ("GET", "/console/events/tail"),
+    ("GET", "/console/events/1"),
+    ("GET", "/console/objects/rootly/incident/inc-1"),
+    ("GET", "/console/dead-letters"),
+    ("GET", "/console/dead-letters/1/replay"),
+    ("POST", "/console/dead-letters/1/drop"),
+    ("GET", "/console/outbox"),
+    ("GET", "/console/links"),
+    ("GET", "/console/links/confirm"),
+    ("POST", "/console/links/add"),
+    ("GET", "/console/rules"),
+    ("POST", "/console/rules/dry-run"),
+    ("GET", "/console/health"),
+    ("GET", "/console/login"),
+    ("POST", "/console/login"),
     ("GET", "/nowhere"),
 ]
+# What the console's pages and forms read.
+CONSOLE_FIELDS = [
+    "q", "source", "type", "outcome", "since", "until", "limit", "cursor", "after", "offset",
+    "state", "op", "a", "b", "body", "token", "next", "csrf", "login_csrf",
+]  # fmt: skip
+
+
+@st.composite
+def _console_fields(draw: st.DrawFn, csrf: str) -> str:
+    """A query string or form of the fields the console reads, with hostile values (and
+    the session's CSRF token when there is one, mostly)."""
+    from urllib.parse import quote
+
+    fields = draw(
+        st.dictionaries(
+            st.sampled_from(CONSOLE_FIELDS),
+            mostly(
+                st.sampled_from(
+                    [
+                        "rootly",
+                        "incident_io",
+                        "1",
+                        "-1",
+                        "0",
+                        "2030-01-01T00:00:00Z",
+                        "add",
+                        "rootly:incident:inc-1",
+                        "incident_io:escalation:e",
+                        "dead",
+                        "{}",
+                        "/console/events",
+                        "//evil.example",
+                        "9" * 30,
+                    ]
+                ),
+                st.text(max_size=300),
+            ),
+            max_size=6,
+        )
+    )
+    if csrf and draw(mostly(st.just(True), st.just(False))):
+        fields["csrf"] = csrf
+    # quote(..., errors="surrogatepass") keeps lone surrogates as the bytes they escape.
+    return "&".join(
+        f"{quote(k)}={quote(v.encode('utf-8', 'surrogatepass'), safe='')}"
+        for k, v in fields.items()
+    )
 
 
 def _encode(body: bytes, coding: str) -> bytes:
@@ -429,9 +529,13 @@ def _chunked(body: bytes, broken: bool) -> bytes:
 
 
 @st.composite
-def any_requests(draw: st.DrawFn, upstream: Upstream, token: str) -> tuple[bytes, str]:
+def any_requests(
+    draw: st.DrawFn, upstream: Upstream, token: str, session: str = "", csrf: str = ""
+) -> tuple[bytes, str]:
     """A request to any route, mostly unsigned, with hostile headers, encodings, bodies and
-    path variants."""
+    path variants; on the console's routes, with or without a signed-in operator's session
+    cookie, and now and then a form (with the session's CSRF token or not) of hostile
+    values in the fields the console reads."""
     method, path = draw(st.sampled_from(ROUTES))
     method = draw(
         mostly(
@@ -442,8 +546,31 @@ def any_requests(draw: st.DrawFn, upstream: Upstream, token: str) -> tuple[bytes
             st.text(st.sampled_from("ABCXYZ-_!~"), min_size=1, max_size=10),
         )
     )
+    console = path.startswith("/console/")
+    if console and draw(st.booleans()):
+        path += "?" + draw(_console_fields(""))
     path = draw(_paths(path))
     headers: list[tuple[str | bytes, str | bytes]] = [(b"Content-Type", b"application/json")]
+    form: bytes | None = None
+    if console:
+        cookie = draw(
+            st.sampled_from(
+                [
+                    session.encode(),
+                    session.encode() + b"x",
+                    b"bridge_console=1.2.3",
+                    b"bridge_console=\xff",
+                    b"",
+                ]
+            )
+        )
+        if cookie:
+            headers.append((b"Cookie", cookie))
+        if draw(st.booleans()):
+            headers = [(b"Content-Type", b"application/x-www-form-urlencoded")]
+            if cookie:
+                headers.append((b"Cookie", cookie))
+            form = draw(_console_fields(csrf)).encode()
     if path.startswith("/api/") or draw(st.booleans()):
         headers.append(
             (
@@ -484,7 +611,7 @@ def any_requests(draw: st.DrawFn, upstream: Upstream, token: str) -> tuple[bytes
     if draw(rarely):  # one header repeated many times
         name, value = draw(st.tuples(header_names, header_values))
         headers += [(name, value)] * draw(st.integers(2, 200))
-    payload = draw(
+    payload = form or draw(
         st.one_of(
             raw_bodies(),
             rootly_bodies(f"unsigned-{draw(st.integers(0, 10**6))}").map(
@@ -557,12 +684,15 @@ def _signed_request(target: Target, source: str, delivery_id: str, body: bytes) 
 @given(data=st.data())
 def test_fuzzed_requests_on_every_route_get_no_5xx(target: Target, data: st.DataObject) -> None:
     """Proves that requests to every route (webhooks, health, readiness, metrics, every
-    admin route, an unknown path) with any method, path variant (encoded slashes, dots,
+    admin route, the console's pages and forms with and without an operator's session, an
+    unknown path) with any method, path variant (encoded slashes, dots,
     NUL, overlong UTF-8, overlong paths and queries), header (non-ASCII, control bytes,
     9 KB values, one header repeated up to 200 times), token, Content-Encoding (valid,
     undecodable, unsupported), framing (chunked, broken chunked, no length) and body are
     answered, below 500."""
-    request, what = data.draw(any_requests(target.upstream, target.token))
+    request, what = data.draw(
+        any_requests(target.upstream, target.token, target.session, target.csrf)
+    )
     answer = target.send(request)
     _assert_answered_below_500(answer, what)
 

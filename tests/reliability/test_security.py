@@ -39,6 +39,9 @@ ADMIN_ROUTES = [
     ("POST", "/api/v1/dead-letters/1/replay"),
     ("POST", "/api/v1/dead-letters/1/drop"),
     ("GET", "/api/v1/events/1"),
+    ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/objects/rootly/incident/inc-1"),
+    ("GET", "/api/v1/openapi.json"),
 ]
 
 
@@ -265,7 +268,8 @@ async def test_no_secret_reaches_a_log_line_or_an_answer(
     (including other real credentials offered as the admin token) and receives malformed
     requests carrying a real token, no secret value (API tokens and keys, webhook secrets
     and their key material, the alert source token, the admin token) appears in anything
-    the process wrote to stdout/stderr or in any HTTP answer."""
+    the process wrote to stdout/stderr or in any HTTP answer, the console's sign-in and
+    pages included."""
     upstream = Upstream.from_sandbox(sandbox)
     token = new_admin_token()
     bridge = bridge_factory(
@@ -318,6 +322,21 @@ async def test_no_secret_reaches_a_log_line_or_an_answer(
         for path in ("/api/v1/outbox", "/api/v1/events/1", "/api/v1/dead-letters"):
             async with session.get(bridge.url + path, headers=headers) as response:
                 answers.append(await response.text())
+    # The console: sign-ins with each secret (wrong), then with the token, and its pages.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        for offered in [*(f"{secret}x" for secret in secrets), token]:
+            async with browser.get(bridge.url + "/console/login") as response:
+                form = await response.text()
+            login_csrf = form.split('name="login_csrf" value="', 1)[1].split('"', 1)[0]
+            async with browser.post(
+                bridge.url + "/console/login",
+                data={"token": offered, "login_csrf": login_csrf},
+            ) as response:
+                answers.append(await response.text())
+        for path in ("/console/events", "/console/dead-letters", "/console/health"):
+            async with browser.get(bridge.url + path) as response:
+                assert response.status == 200
+                answers.append(await response.text())
 
     def malformed() -> None:
         # A header with a control character after a real token: the HTTP parser rejects it.
@@ -348,9 +367,9 @@ async def test_no_secret_reaches_a_log_line_or_an_answer(
 
 async def test_sandbox_and_admin_api_are_off_unless_enabled(bridge_factory: BridgeFactory) -> None:
     """Proves that a plain `bridge serve` (no --sandbox, no admin token) listens on its one
-    port only, has no `/_sandbox/*` routes and answers 404 on `/api/v1/*` whatever token is
-    offered; and that `--sandbox` is what starts the simulators (on their own ports, still
-    nothing of them on the bridge's port)."""
+    port only, has no `/_sandbox/*` routes and answers 404 on `/api/v1/*` and `/console/*`
+    whatever token is offered; and that `--sandbox` is what starts the simulators (on their
+    own ports, still nothing of them on the bridge's port)."""
     upstream = Upstream.unreachable()
     plain = bridge_factory(upstream, name="plain")
     plain.start()
@@ -363,6 +382,9 @@ async def test_sandbox_and_admin_api_are_off_unless_enabled(bridge_factory: Brid
         ("POST", "/_sandbox/reset"),
         ("POST", "/_sandbox/incidents"),
         *ADMIN_ROUTES,
+        # The console exists only with the admin token, like the admin API.
+        ("GET", "/console/events"),
+        ("POST", "/console/login"),
     ]
     async with aiohttp.ClientSession() as session:
         for method, path in probes:

@@ -259,14 +259,18 @@ def test_escalation_acked_acknowledges_rootly_alerts_and_incidents() -> None:
 
 
 def test_escalation_acked_same_alert_found_twice_is_acknowledged_once() -> None:
-    """An alert reachable through links and through the payload yields one action."""
+    """An alert reachable through links and through the payload yields one action, listed
+    once in the trace, with a note that the second finding was not repeated."""
     event = io_event(
         "public_escalation.escalation_status_updated_v1", lambda p: _acked(p, "rootly-alert-al-1")
     )
     result = evaluate(default_rules(), event, graph((IO_ALERT, "rootly:alert:al-1")), NOW)
     assert ops(result.actions) == [("rootly.acknowledge_alert", "rootly:alert:al-1")]
-    notes = result.trace["rules"]["incident-io-ack-acknowledges-rootly"]["notes"]
-    assert any("already produced" in n for n in notes)
+    trace = result.trace["rules"]["incident-io-ack-acknowledges-rootly"]
+    assert [(a["do"], a["target"]) for a in trace["actions"]] == [
+        ("rootly.acknowledge_alert", "rootly:alert:al-1")
+    ]
+    assert any("already produced by this rule" in n for n in trace["notes"])
 
 
 def test_private_escalation_acked_matches_after_hydration() -> None:
@@ -413,8 +417,8 @@ def test_escalation_created_links_related_alerts_and_incidents() -> None:
     result = evaluate(default_rules(), event, graph(), NOW)
     assert result.actions == ()
     assert result.link_changes == (
-        LinkChange("add", ref(ESC), ref(IO_ALERT), "incident-io-escalation-links-related"),
-        LinkChange("add", ref(ESC), ref(IO_INCIDENT), "incident-io-escalation-links-related"),
+        LinkChange("add", ref(ESC), ref(IO_ALERT), "rule:incident-io-escalation-links-related"),
+        LinkChange("add", ref(ESC), ref(IO_INCIDENT), "rule:incident-io-escalation-links-related"),
     )
     assert result.matched == ("incident-io-escalation-links-related",)
 
@@ -434,7 +438,10 @@ def test_escalation_related_alert_from_rootly_is_linked_to_the_rootly_alert() ->
     )
     assert (
         LinkChange(
-            "add", ref(IO_ALERT), ref("rootly:alert:al-9"), "incident-io-escalation-links-related"
+            "add",
+            ref(IO_ALERT),
+            ref("rootly:alert:al-9"),
+            "rule:incident-io-escalation-links-related",
         )
         in result.link_changes
     )
@@ -455,7 +462,7 @@ def test_incident_io_alert_from_rootly_is_linked() -> None:
             "add",
             ref(IO_ALERT),
             ref("rootly:alert:alert-7f2e"),
-            "incident-io-alert-links-rootly-alert",
+            "rule:incident-io-alert-links-rootly-alert",
         ),
     )
     other = evaluate(default_rules(), io_event("public_alert.alert_created_v1"), graph(), NOW)

@@ -345,7 +345,7 @@ def test_explicit_target_when_and_item_context() -> None:
 
 
 def test_links_add_and_remove_with_for_each_and_when() -> None:
-    """`links` produce LinkChanges (named after the rule), honour `when`, skip self-links
+    """`links` produce LinkChanges (created by `rule:<name>`), honour `when`, skip self-links
     and de-duplicate the same pair."""
     rules = load(
         """\
@@ -362,8 +362,8 @@ def test_links_add_and_remove_with_for_each_and_when() -> None:
     )
     result = run(rules, incident_event(alert_ids=["a1"]))
     assert [(c.op, str(c.a), str(c.b), c.created_by) for c in result.link_changes] == [
-        ("add", "rootly:incident:inc-4d1c", "rootly:alert:a1", "r"),
-        ("remove", "rootly:incident:inc-4d1c", "incident_io:escalation:old", "r"),
+        ("add", "rootly:incident:inc-4d1c", "rootly:alert:a1", "rule:r"),
+        ("remove", "rootly:incident:inc-4d1c", "incident_io:escalation:old", "rule:r"),
     ]
 
 

@@ -153,8 +153,11 @@ async def test_retry_counts_attempts_only_when_asked(store: SqlStore, clock: Fak
 
 
 async def test_dead_letter_replay_and_drop(store: SqlStore, clock: FakeClock) -> None:
-    """Dead letters are outbox rows in state 'dead': counted, replayable (attempts reset,
-    due now) and droppable; replay/drop of a row that is not dead is refused."""
+    """Dead letters are outbox rows in state 'dead': counted, replayable (due now, with a
+    fresh budget: `attempts` keeps counting and `attempts_before_replay` marks where the
+    budget restarts; `last_error` still describes the latest attempt) and droppable (the
+    result says an operator dropped it); replay/drop of a row that is not dead is
+    refused."""
     (action_id,) = await queue_actions(store, clock(), ["k-1"])
     assert not await store.replay_action(action_id)
     assert not await store.drop_action(action_id)
@@ -171,12 +174,14 @@ async def test_dead_letter_replay_and_drop(store: SqlStore, clock: FakeClock) ->
 
     assert await store.replay_action(action_id)
     (row,) = await store.claim_outbox("w", 1, 10)
-    assert (row.id, row.attempts) == (action_id, 0)
+    assert (row.id, row.attempts, row.attempts_before_replay) == (action_id, 1, 1)
+    assert (row.attempts_since_replay, row.last_error) == (0, "422 invalid")
     assert await store.dead_letter(action_id, "w", "again")
     assert await store.drop_action(action_id)
     row = await store.get_action(action_id)
     assert row is not None
-    assert row.state == "skipped"
+    assert (row.state, row.attempts, row.last_error) == ("skipped", 2, "again")
+    assert row.result == {"skipped": "dropped", "detail": "dropped by an operator"}
     assert (await store.counts()).dead_letters == 0
 
 

@@ -12,6 +12,7 @@ from yarl import URL
 
 from bridge.events import ObjectRef
 from bridge.sandbox.stack import SandboxStack
+from bridge.store.schema import HEAD
 from tests.console.conftest import TOKEN, Operator, hidden
 
 PAGES = [
@@ -289,7 +290,7 @@ async def test_health_shows_store_leader_limits_and_rejections(
     await operator.sign_in()
     status, html, _ = await operator.get("/console/health")
     assert status == 200
-    assert "sqlite, schema version 3" in html
+    assert f"sqlite, schema version {HEAD}" in html
     assert "Leader (scheduled jobs, link checks)</dt><dd>yes" in html
     assert "<td>Rootly</td><td>missing_header</td><td>1</td>" in html
     assert "Waits for the client-side rate limiter" in html

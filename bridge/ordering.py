@@ -18,6 +18,13 @@ incident.io alert and page again. The bridge instead orders the actions on each 
 
 The store applies the first two rules when it claims (`bridge.store.queries`); `superseded`
 is the third, applied by the executor just before it calls the platform.
+
+Across objects, actions go most urgent first (`bridge.events.PRIORITIES`): the store claims
+them in turn order, each turn being when the action was decided plus one
+`executor.priority_age_seconds` per class below page-stopping, and `rank_now` is the class
+an action waits in for the rate limiter's slots. So a cancel passes a backlog of creates
+and updates decided within that age, and an action that has waited that long counts one
+class more urgent: none waits forever.
 """
 
 from __future__ import annotations
@@ -25,8 +32,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from bridge.operations import OPERATIONS
+from bridge.operations import OPERATIONS, priority_rank
 from bridge.store.base import OutboxRow
+
+
+def rank_now(row: OutboxRow, now: datetime, priority_age: float) -> int:
+    """`row`'s class now: its own, one more urgent for each `priority_age` seconds it has
+    waited since it was decided, page-stopping (0) at most."""
+    waited = (now - row.created_at).total_seconds()
+    return max(0, priority_rank(row.priority) - int(max(0.0, waited) // priority_age))
 
 
 def cause_order(row: OutboxRow) -> tuple[datetime, int]:

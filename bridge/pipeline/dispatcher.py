@@ -96,6 +96,7 @@ class Dispatcher:
         on_actions: Callable[[set[Platform]], None],
         batch_size: int = 50,
         lease_seconds: float = 60.0,
+        priority_age: float = 900.0,
         poll_interval: float = 1.0,
         rng: random.Random | None = None,
         handoff: ActionHandoff | None = None,
@@ -120,6 +121,7 @@ class Dispatcher:
         self._on_actions = on_actions
         self._batch = batch_size
         self._lease = lease_seconds
+        self._priority_age = priority_age
         self._poll = poll_interval
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
@@ -441,6 +443,7 @@ class Dispatcher:
                 self._owner if fast and actions else None,
                 self._lease,
                 cause_at,
+                self._priority_age,
             )
         )
         mine = [r for r in rows if r.state == "claimed" and r.lease_owner == self._owner]

@@ -22,6 +22,7 @@ from bridge.events import (
     LinkChange,
     ObjectRef,
     Platform,
+    Priority,
 )
 
 InboxState = Literal["pending", "processed", "failed"]
@@ -111,6 +112,18 @@ class OutboxRow:
     aspect: str | None = None
     cause_at: datetime | None = None
     """When the action's cause happened: actions on one object run in this order."""
+    priority: Priority = "create"
+    """How urgent the action is (its rule's class, else its operation's), as stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateBucket:
+    """One quota shared by every replica: an endpoint class of one API key on a platform
+    (the key named by its fingerprint, never the key itself)."""
+
+    platform: Platform
+    key_fingerprint: str
+    endpoint_class: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +172,9 @@ class InboxCompletion:
     lease_seconds: float = 60.0
     cause_at: datetime | None = None
     """When the event happened (its platform timestamp); the store's now when None."""
+    priority_age: float = 900.0
+    """Seconds by which each class below page-stopping puts an action's turn later
+    (`executor.priority_age_seconds`): claims take actions in turn order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +371,26 @@ class Store(Protocol):
         cut-offs, and expired echo records. Dead letters and links are kept."""
 
     # -- coordination between replicas --------------------------------------------------
+    async def reserve_rate_slot(
+        self, bucket: RateBucket, now: float, interval: float, burst: float
+    ) -> float:
+        """Reserve the next slot of a quota every replica shares (GCRA, one statement, no
+        lock held after it): the unix time at which the reserved request may go, never
+        before `now` (unix seconds). `interval` is the seconds between slots at the full
+        rate, `burst` how many may go at once after a quiet spell. A quota not seen
+        before starts full."""
+
+    async def raise_rate_floor(self, bucket: RateBucket, floor: float) -> None:
+        """Reserve no slot of the quota earlier than its theoretical arrival time `floor`
+        allows (a 429 or a server's correction: see `bridge.platforms.ratelimit`)."""
+
+    async def heartbeat(self, instance: str, now: datetime, live_since: datetime) -> int:
+        """Record that replica `instance` is alive at `now`, forget replicas not seen since
+        `live_since`, and return how many are alive (this one included)."""
+
+    async def leave(self, instance: str) -> None:
+        """Forget replica `instance` (it is stopping), so the others' count drops now."""
+
     async def try_acquire_leadership(self) -> bool:
         """True while this instance is the leader (scheduler jobs run on the leader only).
 

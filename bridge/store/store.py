@@ -29,6 +29,7 @@ from bridge.store.base import (
     OutboxRow,
     OutboxState,
     PruneResult,
+    RateBucket,
     StoreCounts,
     StoreError,
     StoreUnavailable,
@@ -229,7 +230,12 @@ class SqlStore:
         created: dict[int, OutboxRow] = {}
         for action in completion.actions:
             values = action_values(
-                action, now, completion.inbox_id, completion.cause_at or now, lease
+                action,
+                now,
+                completion.inbox_id,
+                completion.cause_at or now,
+                lease,
+                completion.priority_age,
             )
             await tx.execute(q.LOCK_OBJECT, {"key": values["object_key"]})
             values["received_at"] = found[0]["received_at"]
@@ -520,6 +526,45 @@ class SqlStore:
         return await self.driver.transact("pruning old rows", work)
 
     # -- coordination between replicas ----------------------------------------------------
+    async def reserve_rate_slot(
+        self, bucket: RateBucket, now: float, interval: float, burst: float
+    ) -> float:
+        params = {
+            "platform": bucket.platform,
+            "key": bucket.key_fingerprint,
+            "endpoint_class": bucket.endpoint_class,
+            "now": now,
+            "interval": interval,
+        }
+        rows = await self.driver.transact(
+            "reserving a rate-limit slot", lambda tx: tx.fetch(q.RESERVE_RATE, params)
+        )
+        return max(now, float(rows[0]["tat"]) - burst * interval)
+
+    async def raise_rate_floor(self, bucket: RateBucket, floor: float) -> None:
+        params = {
+            "platform": bucket.platform,
+            "key": bucket.key_fingerprint,
+            "endpoint_class": bucket.endpoint_class,
+            "floor": floor,
+        }
+        await self.driver.transact(
+            "pausing a shared rate limit", lambda tx: tx.execute(q.RAISE_RATE, params)
+        )
+
+    async def heartbeat(self, instance: str, now: datetime, live_since: datetime) -> int:
+        async def work(tx: Tx) -> int:
+            await tx.execute(q.HEARTBEAT, {"instance": instance, "now": now})
+            await tx.execute(q.FORGET_REPLICAS, {"since": live_since})
+            return int((await tx.fetch(q.COUNT_REPLICAS))[0]["n"])
+
+        return await self.driver.transact("recording a heartbeat", work)
+
+    async def leave(self, instance: str) -> None:
+        await self.driver.transact(
+            "leaving the replicas", lambda tx: tx.execute(q.LEAVE, {"instance": instance})
+        )
+
     async def try_acquire_leadership(self) -> bool:
         return await self.driver.try_lead()
 

@@ -380,7 +380,16 @@ class _Loader:
         params = self._value(compiler, (*path, "params"), spec.params, names)
         assert isinstance(params, DictOf)
         return CompiledAction(
-            index, operation, target_type, params, target, for_each, when, key, link_result
+            index,
+            operation,
+            target_type,
+            params,
+            target,
+            for_each,
+            when,
+            key,
+            link_result,
+            spec.priority,
         )
 
     def _check_params(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.events import LinkChange, ResultLink, thaw
+from bridge.operations import priority_of
 from bridge.rules import default_idempotency_key, evaluate
 from tests.rules.builders import (
     NOW,
@@ -111,6 +112,7 @@ def test_rootly_alert_created_sends_firing_alert_event() -> None:
         "source_url": "https://app.datadoghq.com/monitors/1234",
         "metadata": {"rootly_alert_id": "alert-7f2e", "rootly_incident_ids": ["inc-4d1c"]},
     }
+    assert priority_of(action) == "create"
 
 
 def test_rootly_alert_without_optional_fields_leaves_them_out() -> None:
@@ -195,6 +197,10 @@ def test_rootly_incident_resolved_cancels_escalations_and_resolves_alerts() -> N
         "rootly-alert-al-1-resolved",
         "rootly-alert-al-2-resolved",
     ]
+    # Both stop pages: cancels are page-stopping by operation, the resolving alert events
+    # by the rule (a firing one is a create), so they pass backlogs of creates and updates.
+    assert [priority_of(a) for a in result.actions] == ["page"] * 5
+    assert [a.priority for a in result.actions] == [None] * 3 + ["page"] * 2
     assert thaw(resolved[0].params) == {
         "status": "resolved",
         "deduplication_key": "rootly-alert-al-1",

@@ -7,6 +7,7 @@ with a lease. Outcomes:
 - success: `done`, with the result; the action's result links and echo records are written
   in the same transaction;
 - `RateLimited`: back to pending at the platform's time; not a failed attempt;
+
 - `Retryable` (5xx, timeout, connection): exponential backoff with full jitter, capped;
   after `max_attempts` failures it is dead-lettered;
 - `TargetMissing` / `StateConflict`: `skipped`, with the reason (the target is gone or
@@ -20,6 +21,10 @@ with a lease. Outcomes:
   the store counts the takeover as an attempt, and an action taken over with
   `max_attempts` already used is dead-lettered without another try, so an action that
   kills the bridge every time cannot crash-loop it.
+
+The store hands out the most urgent actions first (`bridge.ordering`), and each action's
+requests wait for rate-limit slots as its class, so a cancel that stops a page overtakes
+a backlog of creates and updates both at the claim and at the limiter.
 
 Idempotency: actions carry deterministic keys (the outbox refuses a second row with the
 same key) and the operations are idempotent upstream (create_escalation sends the key;
@@ -43,7 +48,7 @@ from bridge.config import ExecutorSettings
 from bridge.events import Action, ActionId, ActionResult, LinkChange, ObjectRef, Platform
 from bridge.logging import Logger
 from bridge.metrics import Metrics
-from bridge.ordering import superseded
+from bridge.ordering import rank_now, superseded
 from bridge.pipeline.batching import GroupCommit
 from bridge.pipeline.echo import echo_records_for
 from bridge.pipeline.leases import LeaseKeeper
@@ -55,6 +60,7 @@ from bridge.platforms.errors import (
     TargetMissing,
     UpstreamError,
 )
+from bridge.platforms.ratelimit import request_priority
 from bridge.store.base import ActionOutcome, EchoRecord, OutboxRow, Store, StoreError
 from bridge.tasks import Supervisor
 
@@ -278,8 +284,11 @@ class Executor:
                 self._metrics.actions.labels(*labels, "skipped").inc()
                 log.info("action.superseded", detail=moot)
                 return
+        rank = rank_now(row, self._clock(), self._settings.priority_age_seconds)
         try:
-            result = await self._clients[action.platform].perform(action)
+            # Its requests wait for rate-limit slots as its class (page-stopping first).
+            with request_priority(rank):
+                result = await self._clients[action.platform].perform(action)
         except RateLimited as exc:
             retry_at = max(datetime.fromtimestamp(exc.retry_at, UTC), self._clock())
             await self._store.retry_action(

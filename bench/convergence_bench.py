@@ -133,7 +133,11 @@ async def _run(faults: bool) -> tuple[float, list[str], int]:
     """One workload against a fresh bridge and sandbox: (convergence seconds, what never
     converged, SIGKILLs)."""
     retries = (0.1, 0.2, 0.5, 1, 1, 2, 2, 3, 5, 5, 10)
-    async with Sandbox(seed=12, webhook_retry_delays=retries) as sim:
+    # Escalation creates at the key's rate (incident.io allows 60/min): the workload pages
+    # 150 incidents to measure convergence, not pacing; the chaos test shares it.
+    async with Sandbox(
+        seed=12, webhook_retry_delays=retries, incident_io_escalation_create_per_minute=1200
+    ) as sim:
         with tempfile.TemporaryDirectory(prefix="bench-convergence-") as tmp:
             port = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
@@ -145,6 +149,8 @@ async def _run(faults: bool) -> tuple[float, list[str], int]:
                 BRIDGE_LOGGING__LEVEL="warning",
                 BRIDGE_ROOTLY__REQUEST_TIMEOUT_SECONDS="2",
                 BRIDGE_INCIDENT_IO__REQUEST_TIMEOUT_SECONDS="2",
+                BRIDGE_INCIDENT_IO__ENDPOINT_LIMITS__ESCALATION_CREATE__PER_MINUTE="1200",
+                BRIDGE_INCIDENT_IO__ENDPOINT_LIMITS__ESCALATION_CREATE__BURST="20",
                 **sandbox_rule_env(sim),
             )
             for group, values in sandbox_overrides(sim).items():

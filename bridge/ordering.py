@@ -24,11 +24,14 @@ them in turn order, each turn being when the action was decided plus one
 `executor.priority_age_seconds` per class below page-stopping, and `rank_now` is the class
 an action waits in for the rate limiter's slots. So a cancel passes a backlog of creates
 and updates decided within that age, and an action that has waited that long counts one
-class more urgent: none waits forever.
+class more urgent: none waits forever. An urgent action passes its turn to the actions
+caused before it on its object (priority inheritance): per-object order holds, and a
+resolving alert event never overtakes the firing one it follows.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -37,10 +40,14 @@ from bridge.store.base import OutboxRow
 
 
 def rank_now(row: OutboxRow, now: datetime, priority_age: float) -> int:
-    """`row`'s class now: its own, one more urgent for each `priority_age` seconds it has
-    waited since it was decided, page-stopping (0) at most."""
-    waited = (now - row.created_at).total_seconds()
-    return max(0, priority_rank(row.priority) - int(max(0.0, waited) // priority_age))
+    """`row`'s class now, from its turn (one `priority_age` per class after it was
+    decided): one more urgent for each `priority_age` it has waited, and as urgent as an
+    action on its object it has passed its turn to; page-stopping (0) at most."""
+    own = priority_rank(row.priority)
+    if row.turn_at is None:
+        return own
+    ahead = (row.turn_at - now).total_seconds() / priority_age
+    return min(own, max(0, math.ceil(ahead)))
 
 
 def cause_order(row: OutboxRow) -> tuple[datetime, int]:

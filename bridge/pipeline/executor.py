@@ -22,9 +22,12 @@ with a lease. Outcomes:
   `max_attempts` already used is dead-lettered without another try, so an action that
   kills the bridge every time cannot crash-loop it.
 
-The store hands out the most urgent actions first (`bridge.ordering`), and each action's
-requests wait for rate-limit slots as its class, so a cancel that stops a page overtakes
-a backlog of creates and updates both at the claim and at the limiter.
+Claims alternate: the most urgent actions first (in turn order, `bridge.ordering`), then
+the oldest waiting, and so on. Each action's requests wait for rate-limit slots as its
+class. So a cancel that stops a page overtakes a backlog of creates and updates at the
+claim (waiting for at most two freed slots) and at the limiter (for at most the slot
+already being waited for), while under a steady stream of urgent work the oldest of the
+rest still gets every other slot: nothing starves, and no class falls far behind.
 
 Idempotency: actions carry deterministic keys (the outbox refuses a second row with the
 same key) and the operations are idempotent upstream (create_escalation sends the key;
@@ -107,6 +110,7 @@ class Executor:
         self._owner = owner
         self._rng = rng or random.Random()
         self._wakes = {platform: asyncio.Event() for platform in clients}
+        self._oldest_next = dict.fromkeys(clients, False)
         self._in_flight: dict[Platform, set[asyncio.Task[None]]] = {p: set() for p in clients}
         # In-flight actions keep their leases (see bridge.pipeline.leases).
         self._leases: LeaseKeeper[ActionId] = LeaseKeeper(
@@ -206,12 +210,15 @@ class Executor:
             free = limit - len(in_flight)
             rows: list[OutboxRow] = []
             if free > 0:
+                oldest = self._oldest_next[platform]
+                self._oldest_next[platform] = not oldest
                 try:
                     rows = await self._store.claim_outbox(
                         self._owner,
                         min(free, self._settings.batch_size),
                         self._settings.lease_seconds,
                         platform,
+                        oldest_first=oldest,
                     )
                 except StoreError as exc:
                     self._log.warning(

@@ -10,11 +10,12 @@ table of quotas and which request counts against which is platform knowledge, in
   quota it counts against, the narrowest first (an escalation create waits for its 60/min
   slot before it queues for the key's): a request held up by a narrow quota never holds a
   slot of the wide one that requests of other endpoints could use.
-- Each quota admits one waiter at a time through a `PriorityGate`, the most urgent class
-  first (`request_priority`: page-stopping before creates before updates), then in arrival
-  order. Only the holder of the gate takes or reserves a slot, so a page-stopping request
-  that arrives behind a backlog waits for at most the slot already being waited for: one
-  refill interval.
+- Each quota admits one waiter at a time through a `PriorityGate`: alternately the most
+  urgent class (`request_priority`: page-stopping before creates before updates) and the
+  waiter waiting longest. Only the holder of the gate takes or reserves a slot, so a
+  page-stopping request that arrives behind a backlog waits for at most two slots (the
+  one being waited for, and one handed to the oldest waiter), and other classes still
+  get every other slot when urgent requests never stop coming.
 - A quota is a `LocalQuota` (an in-process `TokenBucket`: SQLite, one replica) or a
   `SharedQuota` (PostgreSQL: one row per quota in the store, GCRA: one statement per request
   reserves the next slot and says when it comes; no lock is held across the API call). While
@@ -404,16 +405,22 @@ class SharedQuota:
 
 
 class PriorityGate:
-    """Lets one holder in at a time: of those waiting, the lowest (rank, arrival) first.
+    """Lets one holder in at a time; of those waiting, alternately the most urgent (lowest
+    rank, then first come) and the one waiting longest.
 
-    A waiter cancelled before its turn leaves the queue; one cancelled as its turn came
-    passes the gate on.
+    Alternating bounds both waits: a page-stopping waiter enters after at most two others,
+    and under a steady stream of urgent waiters the others still get every other turn
+    (strict priority starved creates for seconds while 429s kept the key paused). A waiter
+    cancelled before its turn leaves the queue; one cancelled as its turn came passes the
+    gate on.
     """
 
     def __init__(self) -> None:
         self._busy = False
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._urgent: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._oldest: list[tuple[int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
+        self._oldest_next = False
 
     @contextlib.asynccontextmanager
     async def hold(self, rank: int) -> AsyncIterator[None]:
@@ -428,7 +435,9 @@ class PriorityGate:
             self._busy = True
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (rank, next(self._arrivals), turn))
+        arrival = next(self._arrivals)
+        heapq.heappush(self._urgent, (rank, arrival, turn))
+        heapq.heappush(self._oldest, (arrival, turn))
         try:
             await turn
         except asyncio.CancelledError:
@@ -436,18 +445,33 @@ class PriorityGate:
                 self._leave()  # our turn had come: hand it on
             raise
 
-    def _leave(self) -> None:
-        while self._waiting:
-            _, _, turn = heapq.heappop(self._waiting)
+    def _next(self, oldest: bool) -> asyncio.Future[None] | None:
+        """The next waiter still waiting by one order (waiters done by the other order, or
+        cancelled, are dropped as they surface)."""
+        while True:
+            if oldest:
+                if not self._oldest:
+                    return None
+                _, turn = heapq.heappop(self._oldest)
+            else:
+                if not self._urgent:
+                    return None
+                _, _, turn = heapq.heappop(self._urgent)
             if not turn.done():
-                turn.set_result(None)
-                return
-        self._busy = False
+                return turn
+
+    def _leave(self) -> None:
+        oldest, self._oldest_next = self._oldest_next, not self._oldest_next
+        turn = self._next(oldest)
+        if turn is not None:
+            turn.set_result(None)
+        else:
+            self._busy = False
 
     @property
     def waiting(self) -> int:
         """Waiters queued for the gate (for tests and metrics)."""
-        return sum(1 for _, _, turn in self._waiting if not turn.done())
+        return sum(1 for _, _, turn in self._urgent if not turn.done())
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,8 @@ class OutboxRow:
     """When the action's cause happened: actions on one object run in this order."""
     priority: Priority = "create"
     """How urgent the action is (its rule's class, else its operation's), as stored."""
+    turn_at: datetime | None = None
+    """When its turn comes: claims take actions in this order (see `bridge.ordering`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,12 +272,15 @@ class Store(Protocol):
         limit: int,
         lease_seconds: float,
         platform: Platform | None = None,
+        *,
+        oldest_first: bool = False,
     ) -> list[OutboxRow]:
         """Claim due rows (pending with next_attempt_at <= now, or claimed with an expired
-        lease), oldest first. PostgreSQL: FOR UPDATE SKIP LOCKED, so replicas never claim
-        the same row. A row taken over from an expired lease counts one attempt, with
-        `last_error` set to `LEASE_LOST` + the lost holder; failed attempts are otherwise
-        counted by `retry_action`."""
+        lease) that may run now (`bridge.ordering`), most urgent first (in turn order), or
+        with `oldest_first` in the order they were decided. PostgreSQL: FOR UPDATE SKIP
+        LOCKED, so replicas never claim the same row. A row taken over from an expired
+        lease counts one attempt, with `last_error` set to `LEASE_LOST` + the lost holder;
+        failed attempts are otherwise counted by `retry_action`."""
 
     async def renew_actions(
         self, owner: str, action_ids: Sequence[ActionId], lease_seconds: float

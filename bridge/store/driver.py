@@ -47,9 +47,10 @@ DIALECTS: Final[Mapping[str, Mapping[str, str]]] = {
         # One writer at a time already: nothing to lock (the statement only reads `key`).
         "object_lock": "SELECT :key AS locked",
         "greatest": "max",
-        # The planner would rather sort every due row than walk the partial index in
+        # The planner would rather sort every due row than walk a partial index in
         # order (10 ms against 20 us per claim with 10,000 actions queued): insist.
-        "claim_index": " INDEXED BY ix_outbox_turn",
+        "turn_index": " INDEXED BY ix_outbox_turn",
+        "waiting_index": " INDEXED BY ix_outbox_waiting",
         # An UPDATE of rows picked by ID: by rowid, not by scanning an index of its other
         # conditions (which SQLite chose, reading every due row to update one).
         "by_id": " NOT INDEXED",
@@ -67,7 +68,8 @@ DIALECTS: Final[Mapping[str, Mapping[str, str]]] = {
         "blob": "BYTEA",
         "object_lock": "SELECT pg_advisory_xact_lock(hashtext(:key))",
         "greatest": "GREATEST",
-        "claim_index": "",
+        "turn_index": "",
+        "waiting_index": "",
         "by_id": "",
     },
 }

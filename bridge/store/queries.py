@@ -97,20 +97,27 @@ _CLAIM_SET: Final = (
     " last_error = CASE WHEN state = 'claimed' THEN CAST(:lost AS TEXT) || lease_owner"
     " ELSE last_error END"
 )
-# Most urgent first: in turn order (`turn_at`: decided, plus one priority age per class
-# below page-stopping), walking the partial index on it (migration 3), so a claim reads
-# about as many rows as it takes, however long the queue. The index's condition is
-# repeated for the planners to see it applies; `_RUNNABLE`, which does not repeat it,
-# cannot pick that index for its per-row lookups (PostgreSQL did, on a table without
-# statistics yet: 2.7 s per claim with 10,000 actions queued).
-CLAIM_OUTBOX: Final = Sql(
-    "WITH picked AS MATERIALIZED (SELECT id FROM outbox{claim_index}"
-    " WHERE state IN ('pending', 'claimed') AND turn_at IS NOT NULL"
-    " AND " + _OUTBOX_DUE + " AND " + _RUNNABLE + " ORDER BY turn_at, id"
-    " LIMIT :limit{skip_locked})"
-    " UPDATE outbox{by_id}" + _CLAIM_SET + " WHERE id IN (SELECT id FROM picked)"
-    " AND " + _OUTBOX_DUE + " RETURNING *"
-)  # fmt: skip
+
+
+# Most urgent first, in turn order (`turn_at`: decided, plus one priority age per class
+# below page-stopping), or oldest first (id order), each walking a partial index of the
+# waiting rows (migration 3), so a claim reads about as many rows as it takes, however
+# long the queue. The indexes' condition is repeated for the planners to see it applies;
+# `_RUNNABLE`, which does not repeat it, cannot pick those indexes for its per-row lookups
+# (PostgreSQL did, on a table without statistics yet: 2.7 s per claim with 10,000 queued).
+def _claim(index: str, order: str) -> Sql:
+    return Sql(
+        "WITH picked AS MATERIALIZED (SELECT id FROM outbox{" + index + "}"
+        " WHERE state IN ('pending', 'claimed') AND turn_at IS NOT NULL"
+        " AND " + _OUTBOX_DUE + " AND " + _RUNNABLE + " ORDER BY " + order +
+        " LIMIT :limit{skip_locked})"
+        " UPDATE outbox{by_id}" + _CLAIM_SET + " WHERE id IN (SELECT id FROM picked)"
+        " AND " + _OUTBOX_DUE + " RETURNING *"
+    )  # fmt: skip
+
+
+CLAIM_OUTBOX: Final = _claim("turn_index", "turn_at, id")
+CLAIM_OLDEST: Final = _claim("waiting_index", "id")
 # The dispatcher's fast path: the actions it just inserted, claimed if they may run now.
 CLAIM_NEW: Final = Sql(
     "UPDATE outbox{by_id}" + _CLAIM_SET + " WHERE id IN (SELECT CAST(value AS BIGINT)"
@@ -127,6 +134,14 @@ INSERT_ACTION: Final = Sql(
     " :result_links, :result_to, 'pending', 0, :now, :inbox_id, :now, :now, :received_at,"
     " :object_key, :aspect, :cause_at, :priority, :turn_at)"
     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+)
+# Priority inheritance: the actions on an object caused before a new, more urgent one
+# take its turn (those in flight too, for when they are retried), so it is not held up
+# behind them (bridge.ordering), and it does not overtake them to supersede them.
+INHERIT_TURN: Final = Sql(
+    "UPDATE outbox SET turn_at = :turn_at WHERE object_key = :object_key"
+    " AND state IN ('pending', 'claimed') AND turn_at > :turn_at AND cause_at <= :cause_at"
+    " AND id <> :id"
 )
 RENEW_ACTIONS: Final = Sql(
     "UPDATE outbox SET lease_expires_at = :expires"

@@ -148,6 +148,7 @@ def outbox_row(row: Columns) -> OutboxRow:
         aspect=row["aspect"],
         cause_at=row["cause_at"],
         priority=PRIORITIES[row["priority"]],
+        turn_at=row["turn_at"],
     )
 
 

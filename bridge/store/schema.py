@@ -113,11 +113,13 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
                 CONSTRAINT pk_replicas PRIMARY KEY (instance))""",
             # The action's class (0 page-stopping, 1 create, 2 update) and its turn: when
             # it was decided plus one `executor.priority_age_seconds` per class below page-
-            # stopping. Claims take actions in turn order, walking this index.
+            # stopping. Claims take actions in turn order or oldest first, walking these.
             "ALTER TABLE outbox ADD COLUMN priority SMALLINT NOT NULL DEFAULT 1",
             "ALTER TABLE outbox ADD COLUMN turn_at {ts}",
             "UPDATE outbox SET turn_at = created_at",
             "CREATE INDEX ix_outbox_turn ON outbox (turn_at, id)"
+            " WHERE state IN ('pending', 'claimed') AND turn_at IS NOT NULL",
+            "CREATE INDEX ix_outbox_waiting ON outbox (id)"
             " WHERE state IN ('pending', 'claimed') AND turn_at IS NOT NULL",
         ),
     ),

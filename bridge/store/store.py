@@ -241,6 +241,8 @@ class SqlStore:
             values["received_at"] = found[0]["received_at"]
             for row in await tx.fetch(q.INSERT_ACTION, values):
                 created[row["id"]] = outbox_row(row)
+                inherit = {k: row[k] for k in ("id", "object_key", "turn_at", "cause_at")}
+                await tx.execute(q.INHERIT_TURN, inherit)
         if created and completion.owner is not None:
             claim = {
                 "ids": json.dumps(sorted(created)),
@@ -294,7 +296,13 @@ class SqlStore:
 
     # -- outbox ---------------------------------------------------------------------------
     async def claim_outbox(
-        self, owner: str, limit: int, lease_seconds: float, platform: Platform | None = None
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        platform: Platform | None = None,
+        *,
+        oldest_first: bool = False,
     ) -> list[OutboxRow]:
         now = self._clock()
         if limit <= 0 or not await self._rows(q.OUTBOX_ANY_DUE, now=now, platform=platform):
@@ -307,9 +315,8 @@ class SqlStore:
             "platform": platform,
             "lost": LEASE_LOST,
         }
-        rows = await self.driver.transact(
-            "claiming actions", lambda tx: tx.fetch(q.CLAIM_OUTBOX, params)
-        )
+        claim = q.CLAIM_OLDEST if oldest_first else q.CLAIM_OUTBOX
+        rows = await self.driver.transact("claiming actions", lambda tx: tx.fetch(claim, params))
         return sorted((outbox_row(r) for r in rows), key=lambda r: r.id)
 
     async def renew_actions(

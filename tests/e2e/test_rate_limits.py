@@ -63,8 +63,8 @@ async def test_a_burst_of_escalation_creates_earns_no_429(tmp_path: Path) -> Non
 async def test_a_cancel_overtakes_a_backlog_of_updates(tmp_path: Path) -> None:
     """With 40 incident.io updates queued behind a 5/s key, a Rootly cancellation's cancel
     of the linked escalation, decided last, is sent within the next few requests: it is
-    claimed first and waits for no update at the rate limiter. (In arrival order it would
-    be the 41st, eight seconds later.)"""
+    claimed ahead of them and waits for no update at the rate limiter. (In arrival order it
+    would be the 41st, eight seconds later.)"""
     async with SandboxStack(
         store_url=f"sqlite:///{tmp_path}/bridge.db",
         overrides={"incident_io": {"rate_limit_per_minute": 300, "burst": 1}},
@@ -108,5 +108,6 @@ async def test_a_cancel_overtakes_a_backlog_of_updates(tmp_path: Path) -> None:
         sent = [r.path for r in iio.received]
     edits_first = sum(1 for path in sent[: sent.index(cancel_path)] if path.endswith("/edit"))
     # Updates sent while the cancellation's webhook was on its way, plus at most the one
-    # holding the key's slot when the cancel came (one slot is 0.2 s).
-    assert edits_first <= before + 3
+    # holding the key's slot when the cancel reached it and one handed to the oldest
+    # waiter, at the claim and at the limiter alike (one slot is 0.2 s).
+    assert edits_first <= before + 5

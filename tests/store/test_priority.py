@@ -94,3 +94,56 @@ async def test_an_action_waiting_one_age_counts_one_class_more_urgent(
         "older-update",
         "cancel",
     ]
+
+
+def alert_event(key: str, status: str, priority: Priority | None = None) -> Action:
+    return Action(
+        operation="incident_io.send_alert_event",
+        target=None,
+        params={"title": "t", "status": status, "deduplication_key": "alert-1"},
+        rule=RuleName("test-rule"),
+        idempotency_key=Key(key),
+        priority=priority,
+    )
+
+
+async def test_an_urgent_action_passes_its_turn_to_earlier_causes_on_its_object(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """A resolving alert event (page) decided after its firing one (create) does not
+    overtake it: the firing event inherits the urgent turn and goes first, ahead of an
+    unrelated create decided before both; then the resolving one."""
+    await decide(store, clock, "d-0", act("other-create", "incident_io.create_escalation"))
+    clock.advance(1)
+    await decide(store, clock, "d-1", alert_event("firing", "firing"))
+    clock.advance(1)
+    await decide(store, clock, "d-2", alert_event("resolved", "resolved", "page"))
+    assert [await take_one(store) for _ in range(3)] == ["firing", "resolved", "other-create"]
+
+
+async def test_an_oldest_first_claim_takes_the_action_decided_first(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """Claims the executor alternates with: oldest first takes the update decided first,
+    the usual claim the cancel decided after it."""
+    await decide(store, clock, "d-1", act("update", "incident_io.edit_incident"))
+    clock.advance(1)
+    await decide(store, clock, "d-2", act("cancel", "incident_io.cancel_escalation"))
+    (oldest,) = await store.claim_outbox("w", 1, 60, "incident_io", oldest_first=True)
+    (urgent,) = await store.claim_outbox("w", 1, 60, "incident_io")
+    assert (oldest.action.idempotency_key, urgent.action.idempotency_key) == ("update", "cancel")
+
+
+async def test_an_action_in_flight_inherits_the_turn_for_its_retry(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """A firing alert event in flight when its resolving one is decided takes that urgent
+    turn too, for when it fails and comes back: its retry is not a priority age behind."""
+    await decide(store, clock, "d-1", alert_event("firing", "firing"))
+    (firing,) = await store.claim_outbox("w", 1, 60, "incident_io")
+    clock.advance(1)
+    await decide(store, clock, "d-2", alert_event("resolved", "resolved", "page"))
+    assert await store.retry_action(firing.id, "w", clock(), "HTTP 503", count_attempt=True)
+    retried = await store.get_action(firing.id)
+    assert retried is not None and retried.turn_at == clock()
+    assert [await take_one(store) for _ in range(2)] == ["firing", "resolved"]

@@ -78,6 +78,7 @@ def action_json(row: OutboxRow) -> dict[str, Any]:
         "params": thaw(action.params),
         "rule": action.rule,
         "idempotency_key": action.idempotency_key,
+        "priority": row.priority,
         "state": row.state,
         "attempts": row.attempts,
         "next_attempt_at": row.next_attempt_at.isoformat(),

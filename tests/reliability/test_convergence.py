@@ -13,7 +13,9 @@ Final state means: every Rootly incident has exactly one incident.io escalation 
 none doubled); those of cancelled and resolved incidents are no longer paging, those of
 open incidents still are (no wrong change); every Rootly alert opened exactly one
 incident.io alert (never paged twice), which is resolved (none still firing), and the
-escalation it paged is no longer paging; no action is dead-lettered.
+escalation it paged is no longer paging, or, resolved before its firing event could be
+delivered, none (its resolving event, page-stopping, went first and superseded the firing
+one); no action is dead-lettered.
 """
 
 from __future__ import annotations

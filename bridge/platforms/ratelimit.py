@@ -62,6 +62,8 @@ actions and updates."""
 _RANK: ContextVar[int] = ContextVar("bridge_request_rank", default=DEFAULT_RANK)
 SHARED_TIMEOUT_SECONDS: Final = 2.0
 """Longest a shared quota waits for the store before it falls back to its local share."""
+SHARED_RETRY_SECONDS: Final = 5.0
+"""How long a shared quota that fell back counts alone before it asks the store again."""
 
 
 @contextlib.contextmanager
@@ -297,10 +299,11 @@ class SharedQuota:
     moves it on by one interval (from now, if it lies in the past) and reserves the slot
     `burst` intervals before it (now, while the burst lasts), so replicas share the quota
     without a lock held across their API calls. A pause or a correction from the server
-    raises the TAT for every replica. While the store
-    cannot be reached (`StoreError`, or no answer within `SHARED_TIMEOUT_SECONDS`) the quota
-    falls back to an in-process bucket at its share: rate and burst divided by `replicas()`,
-    the live replicas last seen; `ratelimit.shared_unavailable` is logged once per outage.
+    raises the TAT for every replica. While the store cannot be reached (`StoreError`, or
+    no answer within `SHARED_TIMEOUT_SECONDS`) the quota falls back to an in-process bucket
+    at its share: rate and burst divided by `replicas()`, the live replicas last seen, and
+    asks the store again `SHARED_RETRY_SECONDS` later (a store that hangs costs one request
+    the timeout, not every one); `ratelimit.shared_unavailable` is logged once per outage.
     """
 
     def __init__(
@@ -324,6 +327,7 @@ class SharedQuota:
         self._sleep = sleep
         self._log = logger.bind(quota=bucket.endpoint_class)
         self._paused_until = -math.inf  # `clock` time
+        self._store_again_at = -math.inf  # `clock` time
         self.fallback: TokenBucket | None = None
 
     def _fallback_bucket(self) -> TokenBucket:
@@ -345,11 +349,14 @@ class SharedQuota:
         """Seconds until a pause this replica knows of ends (0 when not paused)."""
         return max(0.0, self._paused_until - self._clock())
 
-    async def _shared(self, work: Awaitable[float | None]) -> float | None:
-        """`work` against the store, or None when the store does not answer in time."""
+    async def _shared(self, work: Callable[[], Awaitable[float]]) -> float | None:
+        """`work()` against the store; None when the store did not answer in time (or did
+        not lately: then it is not asked before `SHARED_RETRY_SECONDS` have passed)."""
+        if self.fallback is not None and self._clock() < self._store_again_at:
+            return None
         try:
             async with asyncio.timeout(SHARED_TIMEOUT_SECONDS):
-                result = await work
+                result = await work()
         except (StoreError, TimeoutError) as exc:
             if self.fallback is None:
                 self._log.warning(
@@ -358,6 +365,7 @@ class SharedQuota:
                     error=str(exc) or type(exc).__name__,
                 )
             self._fallback_bucket()
+            self._store_again_at = self._clock() + SHARED_RETRY_SECONDS
             return None
         if self.fallback is not None:
             self._log.info("ratelimit.shared_restored")
@@ -368,7 +376,9 @@ class SharedQuota:
         start = self._clock()
         now = self._wall_clock()
         slot = await self._shared(
-            self._slots.reserve_rate_slot(self._bucket, now, self.limit.interval, self.limit.burst)
+            lambda: self._slots.reserve_rate_slot(
+                self._bucket, now, self.limit.interval, self.limit.burst
+            )
         )
         if slot is None:
             await self._fallback_bucket().acquire()
@@ -401,7 +411,7 @@ class SharedQuota:
             await self._slots.raise_rate_floor(self._bucket, floor)
             return floor
 
-        await self._shared(work())
+        await self._shared(work)
 
 
 class PriorityGate:

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import structlog
 
-from bridge.platforms.ratelimit import Limit, SharedQuota
+from bridge.platforms.ratelimit import SHARED_RETRY_SECONDS, Limit, SharedQuota
 from bridge.store.base import RateBucket
 from bridge.store.store import SqlStore
 from tests.store.conftest import FakeClock, MakeStore
@@ -93,7 +93,8 @@ async def test_without_the_store_a_replica_falls_back_to_its_share(
     make_store: MakeStore,
 ) -> None:
     """While the store cannot be reached a replica paces itself at the rate divided by the
-    live replicas (burst too), and returns to the shared quota when the store is back."""
+    live replicas (burst too), asks the store again only every few seconds, and returns to
+    the shared quota when the store is back."""
     time = FakeTime()
     store = await make_store()
     quota = replica(store, time, Limit(60, 4), replicas=2)
@@ -101,6 +102,10 @@ async def test_without_the_store_a_replica_falls_back_to_its_share(
     waits = [await quota.acquire() for _ in range(4)]
     assert waits == pytest.approx([0, 0, 2, 2])  # 30/min, burst 2
     await store.open()
+    # 4 s after the store failed it is not asked again yet: still counting alone.
+    assert await quota.acquire() == pytest.approx(2)
+    assert quota.fallback is not None
+    time.now += SHARED_RETRY_SECONDS
     assert await quota.acquire() == 0
     assert quota.fallback is None
 

@@ -278,8 +278,10 @@ class Store(Protocol):
         """Claim due rows (pending with next_attempt_at <= now, or claimed with an expired
         lease) that may run now (`bridge.ordering`), most urgent first (in turn order), or
         with `oldest_first` in the order they were decided. PostgreSQL: FOR UPDATE SKIP
-        LOCKED, so replicas never claim the same row. A row taken over from an expired
-        lease counts one attempt, with `last_error` set to `LEASE_LOST` + the lost holder;
+        LOCKED, so replicas never claim the same row. A row whose lease expired is taken
+        over: first back to pending, counting one attempt, with `last_error` set to
+        `LEASE_LOST` + the lost holder (so it waits for earlier causes on its object like
+        any other, instead of blocking them as if in flight), then claimed when it may run;
         failed attempts are otherwise counted by `retry_action`."""
 
     async def renew_actions(

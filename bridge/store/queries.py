@@ -98,6 +98,20 @@ _CLAIM_SET: Final = (
     " ELSE last_error END"
 )
 
+# Before a claim, actions whose holder's lease expired go back to pending, with the
+# attempt and the lost holder counted as a takeover would (LEASE_LOST). Left claimed, such
+# an action keeps blocking the actions on its object as if in flight (`_RUNNABLE`), while
+# it waits itself for an earlier-caused one due on the same object: neither would ever
+# run (a resolving alert event claimed while its firing one backed off, then its holder
+# SIGKILLed). Pending, it waits behind the earlier cause, which now may run.
+RELEASE_LOST: Final = Sql(
+    "UPDATE outbox SET state = 'pending', attempts = attempts + 1,"
+    " last_error = CAST(:lost AS TEXT) || lease_owner, lease_owner = NULL,"
+    " lease_expires_at = NULL, updated_at = :now"
+    " WHERE state = 'claimed' AND lease_expires_at <= :now"
+    " AND (CAST(:platform AS TEXT) IS NULL OR platform = :platform)"
+)
+
 
 # Most urgent first, in turn order (`turn_at`: decided, plus one priority age per class
 # below page-stopping), or oldest first (id order), each walking a partial index of the

@@ -316,7 +316,12 @@ class SqlStore:
             "lost": LEASE_LOST,
         }
         claim = q.CLAIM_OLDEST if oldest_first else q.CLAIM_OUTBOX
-        rows = await self.driver.transact("claiming actions", lambda tx: tx.fetch(claim, params))
+
+        async def work(tx: Tx) -> list[Row]:
+            await tx.execute(q.RELEASE_LOST, params)
+            return await tx.fetch(claim, params)
+
+        rows = await self.driver.transact("claiming actions", work)
         return sorted((outbox_row(r) for r in rows), key=lambda r: r.id)
 
     async def renew_actions(

@@ -1,9 +1,9 @@
 """`python -m bench` (= `make bench`): run every benchmark, print each figure and a summary.
 
 Options: `--quick` (smaller sizes, about 4 minutes), `--only NAME` (repeatable; names:
-ingest, event_to_action, drain, rules, store, convergence). Benchmarks never fail the
-build: the exit code is 0 whatever the figures, unless a benchmark crashed (then 1, after
-the others ran).
+ingest, event_to_action, drain, burst, replicas, priority, rules, store, convergence).
+Benchmarks never fail the build: the exit code is 0 whatever the figures, unless a
+benchmark crashed (then 1, after the others ran).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 
-from bench import convergence_bench, ingest_bench, pipeline_bench, store_bench
+from bench import convergence_bench, ingest_bench, pipeline_bench, ratelimit_bench, store_bench
 from bench.common import FULL, QUICK, Figure, Scale
 
 Benchmark = Callable[[Scale, Callable[[str], None]], Awaitable[list[Figure]]]
@@ -48,6 +48,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     "ingest": ingest_bench.run,
     "event_to_action": pipeline_bench.event_to_action,
     "drain": pipeline_bench.drain,
+    "burst": ratelimit_bench.burst,
+    "replicas": ratelimit_bench.replicas,
+    "priority": ratelimit_bench.priority,
     "rules": _rules,
     "store": store_bench.run,
     "convergence": convergence_bench.run,

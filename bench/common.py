@@ -55,6 +55,16 @@ class Scale:
     # more rounds bring the best of each side closer to what its code can do.
     ingest_rounds: int = 1
     latency_rounds: int = 1
+    # Rate limits (bench/ratelimit_bench.py): a burst of Rootly incidents paging through
+    # incident.io's escalation-create limit, replicas draining a backlog on PostgreSQL, and
+    # cancels sent while lower-class actions are queued. Rates are scaled by the speedups.
+    burst_incidents: int = 100
+    burst_speedup: float = 4.0
+    replicas: int = 3
+    replica_actions: int = 3000
+    replica_speedup: float = 4.0
+    priority_backlog: int = 10_000
+    priority_cancels: int = 20
 
 
 FULL = Scale(
@@ -88,8 +98,32 @@ QUICK = Scale(
     ("sqlite", "postgresql"),
     ingest_rounds=2,
     latency_rounds=2,
+    burst_speedup=10.0,
+    replica_actions=1000,
+    replica_speedup=10.0,
+    priority_cancels=10,
 )
-TINY = Scale("tiny", 0.5, 0.5, 4, 10, 50.0, 60, 10.0, 500, 50, 100, ("sqlite",))
+TINY = Scale(
+    "tiny",
+    0.5,
+    0.5,
+    4,
+    10,
+    50.0,
+    60,
+    10.0,
+    500,
+    50,
+    100,
+    ("sqlite",),
+    burst_incidents=20,
+    burst_speedup=20.0,
+    replicas=2,
+    replica_actions=100,
+    replica_speedup=20.0,
+    priority_backlog=200,
+    priority_cancels=3,
+)
 
 
 @dataclass(frozen=True)

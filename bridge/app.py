@@ -42,8 +42,10 @@ from bridge.pipeline.rulebook import Rulebook
 from bridge.pipeline.rulestats import RuleStats
 from bridge.platforms.base import PlatformClient
 from bridge.platforms.incident_io.client import IncidentIoClient
+from bridge.platforms.incident_io.limits import LIMITS as INCIDENT_IO_LIMITS
 from bridge.platforms.ratelimit import RateLimiters
 from bridge.platforms.rootly.client import RootlyClient
+from bridge.platforms.rootly.limits import LIMITS as ROOTLY_LIMITS
 from bridge.scheduler import Scheduler
 from bridge.secrets import SecretRotation
 from bridge.store.base import Store, StoreError
@@ -74,7 +76,7 @@ def build_clients(
         token = r.api_token.get_secret_value() if r.api_token else ""
         clients["rootly"] = RootlyClient(
             token=token,
-            limiter=limiters.get("rootly", token, r.rate_limit_per_minute, r.burst),
+            limiter=limiters.get(ROOTLY_LIMITS, token, r.quota_sizes(ROOTLY_LIMITS)),
             metrics=metrics,
             base_url=str(r.api_url).rstrip("/"),
             connect_timeout=r.connect_timeout_seconds,
@@ -86,17 +88,16 @@ def build_clients(
         i = settings.incident_io
         key = i.api_key.get_secret_value() if i.api_key else ""
         source_token = i.alert_source_token.get_secret_value() if i.alert_source_token else None
+        sizes = i.quota_sizes(INCIDENT_IO_LIMITS)
         clients["incident_io"] = IncidentIoClient(
             token=key,
-            limiter=limiters.get("incident_io", key, i.rate_limit_per_minute, i.burst),
+            limiter=limiters.get(INCIDENT_IO_LIMITS, key, sizes),
             metrics=metrics,
             base_url=str(i.api_url).rstrip("/"),
             alert_source_config_id=i.alert_source_config_id,
             alert_source_token=source_token,
             alert_source_limiter=(
-                limiters.get("incident_io", source_token, i.rate_limit_per_minute, i.burst)
-                if source_token
-                else None
+                limiters.get(INCIDENT_IO_LIMITS, source_token, sizes) if source_token else None
             ),
             connect_timeout=i.connect_timeout_seconds,
             total_timeout=i.request_timeout_seconds,
@@ -147,9 +148,15 @@ class Bridge:
             self.log.bind(component="rules"),
         )
         self.readiness = Readiness()
-        # Server answers name wall-clock times (a 429's reset): read on the bridge's clock.
-        limiters = RateLimiters(wall_clock=lambda: clock().timestamp())
-        self.clients = build_clients(settings, self.metrics, limiters, self.log)
+        # On PostgreSQL every replica counts against the same quotas, kept in the store;
+        # SQLite has one replica, whose quotas are counted in this process. Server answers
+        # name wall-clock times (a 429's reset): read on the bridge's clock.
+        self.limiters = RateLimiters(
+            wall_clock=lambda: clock().timestamp(),
+            shared=self.store if self.store.backend == "postgresql" else None,
+            logger=self.log.bind(component="ratelimit"),
+        )
+        self.clients = build_clients(settings, self.metrics, self.limiters, self.log)
         self.executor = Executor(
             store=self.store,
             clients=self.clients,
@@ -176,6 +183,7 @@ class Bridge:
             owner=self.instance_id,
             on_actions=self._wake_executor,
             lease_seconds=settings.executor.lease_seconds,
+            priority_age=settings.executor.priority_age_seconds,
             poll_interval=settings.executor.poll_interval_seconds,
             handoff=self.executor,
             supervisor=self.supervisor,
@@ -220,6 +228,8 @@ class Bridge:
             logger=self.log.bind(component="scheduler"),
             wake=self.wake,
             clock=clock,
+            instance=self.instance_id,
+            on_replicas=self.limiters.set_replicas,
         )
         self.checker = LinkChecker(
             store=self.store,

@@ -562,8 +562,10 @@ def cmd_adopt(args: argparse.Namespace) -> int:
         from bridge.platforms.errors import UpstreamError
         from bridge.platforms.ratelimit import RateLimiters
 
+        # On PostgreSQL it counts against the quotas the running replicas share.
+        limiters = RateLimiters(shared=store if store.backend == "postgresql" else None)
         clients = build_clients(
-            settings, create_metrics(CollectorRegistry()), RateLimiters(), get_logger("bridge")
+            settings, create_metrics(CollectorRegistry()), limiters, get_logger("bridge")
         )
         for client in clients.values():
             await client.start()

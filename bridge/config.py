@@ -31,6 +31,9 @@ from pydantic import (
     field_validator,
 )
 
+from bridge.platforms.incident_io.limits import LIMITS as INCIDENT_IO_LIMITS
+from bridge.platforms.ratelimit import Limit, PlatformLimits
+from bridge.platforms.rootly.limits import LIMITS as ROOTLY_LIMITS
 from bridge.yamlsource import LineMap, YamlProblem, load_yaml_file
 
 ENV_PREFIX = "BRIDGE_"
@@ -110,6 +113,29 @@ class StoreSettings(_Group):
         return value
 
 
+class EndpointLimit(_Group):
+    """The size of one endpoint class's quota; an unset field keeps the platform's default."""
+
+    per_minute: float | None = Field(
+        None, gt=0, le=1_000_000, description="Requests per minute (the rate of refill)."
+    )
+    burst: float | None = Field(
+        None, ge=1, le=1_000_000, description="Requests that may go at once before pacing."
+    )
+
+
+def _check_endpoint_classes(
+    limits: PlatformLimits, value: dict[str, EndpointLimit]
+) -> dict[str, EndpointLimit]:
+    known = limits.endpoint_classes
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown endpoint class {', '.join(map(repr, unknown))} (known: {', '.join(known)})"
+        )
+    return value
+
+
 class _PlatformSettings(_Group):
     enabled: bool = Field(True, description="Receive this platform's webhooks and call its API.")
     webhook_secret: SecretStr | None = Field(
@@ -121,6 +147,9 @@ class _PlatformSettings(_Group):
     )
     rate_limit_per_minute: int = Field(description="Client-side request budget per API key.")
     burst: int = Field(description="Token bucket capacity of the client-side rate limiter.")
+    endpoint_limits: dict[str, EndpointLimit] = Field(
+        default_factory=dict, description="Quotas of endpoint classes with a limit of their own."
+    )
     connect_timeout_seconds: float = Field(5.0, gt=0, le=120, description="TCP connect timeout.")
     request_timeout_seconds: float = Field(15.0, gt=0, le=600, description="Whole-request timeout.")
     max_concurrency: int = Field(8, ge=1, le=256, description="Actions in flight at once.")
@@ -129,6 +158,13 @@ class _PlatformSettings(_Group):
         if self.webhook_secret is None:
             return []
         return [s.strip() for s in self.webhook_secret.get_secret_value().split(",") if s.strip()]
+
+    def quota_sizes(self, limits: PlatformLimits) -> dict[str, Limit]:
+        """Every quota of the platform's API key, sized by these settings."""
+        return limits.sized(
+            Limit(float(self.rate_limit_per_minute), float(self.burst)),
+            {name: (size.per_minute, size.burst) for name, size in self.endpoint_limits.items()},
+        )
 
 
 class RootlySettings(_PlatformSettings):
@@ -142,6 +178,17 @@ class RootlySettings(_PlatformSettings):
     burst: int = Field(
         50, ge=1, le=100_000, description="Requests that may go at once before pacing."
     )
+    endpoint_limits: dict[str, EndpointLimit] = Field(
+        default_factory=dict,
+        description="Quotas of endpoint classes beside writes: `reads` (GET, HEAD, "
+        "OPTIONS; default `{per_minute: 3000, burst: 50}`), which Rootly limits apart. Env: "
+        "BRIDGE_ROOTLY__ENDPOINT_LIMITS__READS__PER_MINUTE.",
+    )
+
+    @field_validator("endpoint_limits")
+    @classmethod
+    def _known_classes(cls, value: dict[str, EndpointLimit]) -> dict[str, EndpointLimit]:
+        return _check_endpoint_classes(ROOTLY_LIMITS, value)
 
 
 class IncidentIoSettings(_PlatformSettings):
@@ -169,6 +216,17 @@ class IncidentIoSettings(_PlatformSettings):
         le=100_000,
         description="Requests that may go at once before pacing (20/s refill).",
     )
+    endpoint_limits: dict[str, EndpointLimit] = Field(
+        default_factory=dict,
+        description="Endpoints with a lower limit inside the key's, counted against both: "
+        "`escalation_create` (POST /v2/escalations; default `{per_minute: 60, burst: 10}`). "
+        "Env: BRIDGE_INCIDENT_IO__ENDPOINT_LIMITS__ESCALATION_CREATE__PER_MINUTE.",
+    )
+
+    @field_validator("endpoint_limits")
+    @classmethod
+    def _known_classes(cls, value: dict[str, EndpointLimit]) -> dict[str, EndpointLimit]:
+        return _check_endpoint_classes(INCIDENT_IO_LIMITS, value)
 
 
 class RulesSettings(_Group):
@@ -206,6 +264,14 @@ class ExecutorSettings(_Group):
         ge=1,
         le=86_400,
         description="How long a write of ours is recognised when it comes back.",
+    )
+    priority_age_seconds: float = Field(
+        900.0,
+        ge=1,
+        le=86_400,
+        description="Actions are taken most urgent class first (page-stopping, creates,"
+        " updates); each this much older counts one class more urgent, so a page-stopping"
+        " action passes any backlog decided within this time and nothing waits forever.",
     )
 
 
@@ -591,7 +657,7 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
         group_model = group_field.annotation
         assert isinstance(group_model, type) and issubclass(group_model, BaseModel)
         for name, field in group_model.model_fields.items():
-            default = field.default
+            default = field.get_default(call_default_factory=True)
             shown = "(unset)" if default is None else str(default)
             rows.append(
                 (

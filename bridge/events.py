@@ -45,6 +45,13 @@ Operation = Literal[
 ]
 OPERATIONS: Final[tuple[Operation, ...]] = get_args(Operation)
 
+# How urgent an action is, most urgent first; its rank is its index here. `page`: it stops a
+# page (cancel an escalation, acknowledge or resolve); `create`: it creates something (a new
+# page among them); `update`: it changes fields. Each operation has a class
+# (`bridge.operations`), which a rule may override (`priority:`).
+Priority = Literal["page", "create", "update"]
+PRIORITIES: Final[tuple[Priority, ...]] = get_args(Priority)
+
 _REF_RE = re.compile(r"^(rootly|incident_io):(incident|alert|escalation):([A-Za-z0-9_.\-]{1,128})$")
 
 
@@ -209,6 +216,8 @@ class Action:
     rule: RuleName
     idempotency_key: IdempotencyKey
     result_links: tuple[ResultLink, ...] = ()
+    priority: Priority | None = None
+    """The rule's class for it; None: the operation's (`bridge.operations.priority_of`)."""
 
     @property
     def platform(self) -> Platform:

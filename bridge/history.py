@@ -298,7 +298,6 @@ class Timeline:
         return not (self.links or self.events or self.actions)
 
 
-
 async def component(store: Store, ref: ObjectRef) -> tuple[list[ObjectRef], list[LinkRow]]:
     """`ref` and the objects linked to it, transitively (at most `MAX_COMPONENT`, like the
     link checker), and the links between them."""

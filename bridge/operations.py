@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bridge.events import Action, Operation, Platform
+from bridge.events import PRIORITIES, Action, Operation, Platform, Priority
 
 # `update_incident.data.attributes` in Rootly's official spec (additionalProperties: false).
 ROOTLY_INCIDENT_ATTRIBUTES: Final = frozenset(
@@ -73,7 +73,9 @@ class OperationSpec:
     parameter that identifies the object an operation without a target creates or
     changes (an alert's deduplication key); by default it is the idempotency key.
     `terminal`: once done, the object stays so (a cancelled escalation), so a second one
-    is redundant.
+    is redundant. `priority`: how urgent its actions are unless a rule says otherwise
+    (`page`: it stops someone's phone ringing; then `create`, then `update`); the executor
+    takes the most urgent first (`bridge.pipeline.executor`).
     """
 
     target: str | None
@@ -83,6 +85,7 @@ class OperationSpec:
     aspect: str | None = "status"
     keyed_by: str | None = None
     terminal: bool = False
+    priority: Priority = "update"
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -105,7 +108,7 @@ _MESSAGES: Final = ("cancellation_message", "resolution_message", "mitigation_me
 
 OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
     "rootly.cancel_incident": _spec(
-        "rootly:incident", optional=("cancellation_message",), text=_MESSAGES
+        "rootly:incident", optional=("cancellation_message",), text=_MESSAGES, priority="page"
     ),
     # The parameters are the incident attributes to set.
     "rootly.update_incident": _spec(
@@ -116,16 +119,17 @@ OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
     ),
     "rootly.restart_incident": _spec("rootly:incident"),
     "rootly.resolve_incident": _spec(
-        "rootly:incident", optional=("resolution_message",), text=_MESSAGES
+        "rootly:incident", optional=("resolution_message",), text=_MESSAGES, priority="page"
     ),
     "rootly.mitigate_incident": _spec(
         "rootly:incident", optional=("mitigation_message",), text=_MESSAGES
     ),
-    "rootly.acknowledge_alert": _spec("rootly:alert"),
+    "rootly.acknowledge_alert": _spec("rootly:alert", priority="page"),
     "rootly.resolve_alert": _spec(
         "rootly:alert",
         optional=("resolution_message", "resolve_related_incidents"),
         text=_MESSAGES,
+        priority="page",
     ),
     "incident_io.create_escalation": _spec(
         None,
@@ -133,11 +137,14 @@ OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
         optional=("escalation_path_id", "user_ids", "description", "incident_id"),
         aspect="created",
         text=("title", "escalation_path_id", "description", "incident_id"),
+        priority="create",
     ),
-    "incident_io.cancel_escalation": _spec("incident_io:escalation", terminal=True),
+    "incident_io.cancel_escalation": _spec(
+        "incident_io:escalation", terminal=True, priority="page"
+    ),
     # Respond `ack`. Acknowledging and cancelling one escalation both set its status: the
     # later cause wins (an ack caused after a cancel does not wait for, or undo, it).
-    "incident_io.acknowledge_escalation": _spec("incident_io:escalation"),
+    "incident_io.acknowledge_escalation": _spec("incident_io:escalation", priority="page"),
     # Firing and resolved events of one alert: the later cause wins.
     "incident_io.send_alert_event": _spec(
         None,
@@ -145,6 +152,8 @@ OPERATIONS: Final[Mapping[Operation, OperationSpec]] = {
         optional=("description", "source_url", "metadata"),
         keyed_by="deduplication_key",
         text=("title", "status", "deduplication_key", "description", "source_url"),
+        # A firing event opens an alert; a rule marks the resolving one `priority: page`.
+        priority="create",
     ),
     # The parameters are the incident fields to edit, plus whether to tell the channel.
     "incident_io.edit_incident": _spec(
@@ -208,6 +217,16 @@ def keyed_object(operation: Operation, key: Any) -> str:
     if len(text) > 250:  # the column's bound; a long templated key is kept whole in a hash
         text = f"{operation}:sha256:{hashlib.sha256(text.encode()).hexdigest()}"
     return text
+
+
+def priority_of(action: Action) -> Priority:
+    """How urgent `action` is: its rule's class for it, else its operation's."""
+    return action.priority or OPERATIONS[action.operation].priority
+
+
+def priority_rank(priority: Priority) -> int:
+    """0 for the most urgent class (`page`), 1 for `create`, 2 for `update`."""
+    return PRIORITIES.index(priority)
 
 
 def aspect(action: Action) -> str:

@@ -18,15 +18,36 @@ incident.io alert and page again. The bridge instead orders the actions on each 
 
 The store applies the first two rules when it claims (`bridge.store.queries`); `superseded`
 is the third, applied by the executor just before it calls the platform.
+
+Across objects, actions go most urgent first (`bridge.events.PRIORITIES`): the store claims
+them in turn order, each turn being when the action was decided plus one
+`executor.priority_age_seconds` per class below page-stopping, and `rank_now` is the class
+an action waits in for the rate limiter's slots. So a cancel passes a backlog of creates
+and updates decided within that age, and an action that has waited that long counts one
+class more urgent: none waits forever. An urgent action passes its turn to the actions
+caused before it on its object (priority inheritance): per-object order holds, and a
+resolving alert event never overtakes the firing one it follows.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime
 
-from bridge.operations import OPERATIONS
+from bridge.operations import OPERATIONS, priority_rank
 from bridge.store.base import OutboxRow
+
+
+def rank_now(row: OutboxRow, now: datetime, priority_age: float) -> int:
+    """`row`'s class now, from its turn (one `priority_age` per class after it was
+    decided): one more urgent for each `priority_age` it has waited, and as urgent as an
+    action on its object it has passed its turn to; page-stopping (0) at most."""
+    own = priority_rank(row.priority)
+    if row.turn_at is None:
+        return own
+    ahead = (row.turn_at - now).total_seconds() / priority_age
+    return min(own, max(0, math.ceil(ahead)))
 
 
 def cause_order(row: OutboxRow) -> tuple[datetime, int]:

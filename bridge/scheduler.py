@@ -4,7 +4,9 @@ Jobs (APScheduler 3, `AsyncIOScheduler`, intervals from `scheduler.*` settings):
 - `sweep` (every replica): wakes the local dispatcher and executor so due retries and
   rows whose lease expired (a crashed replica's) are picked up without a new webhook;
 - `leader` (every replica): tries to take or keep leadership (PostgreSQL advisory lock on a
-  dedicated connection; SQLite: the single process always leads); `bridge_leader`;
+  dedicated connection; SQLite: the single process always leads); `bridge_leader`. It also
+  records the replica's heartbeat and learns how many replicas are alive (seen within three
+  intervals), which shared rate limits fall back to dividing by while the store is down;
 - `gauges`, `retention` (leader only): they touch shared state, so one replica runs them.
 
 Reconciliation is not a job here: the link checker (`bridge.pipeline.linkcheck`) runs
@@ -39,8 +41,14 @@ class Scheduler:
         logger: Logger,
         wake: Callable[[], None],
         clock: Clock = utcnow,
+        instance: str = "bridge",
+        on_replicas: Callable[[int], None] | None = None,
     ) -> None:
+        """`instance` names this replica in the heartbeats; `on_replicas` hears how many
+        replicas are alive after each."""
         self._clock = clock
+        self._instance = instance
+        self._on_replicas = on_replicas
         self._store = store
         self._settings = settings
         self._metrics = metrics
@@ -93,6 +101,10 @@ class Scheduler:
     async def stop(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+        try:
+            await self._store.leave(self._instance)
+        except StoreError as exc:
+            self._log.warning("replicas.leave_failed", error=str(exc))
         if self.is_leader:
             try:
                 await self._store.release_leadership()
@@ -133,6 +145,7 @@ class Scheduler:
         self._wake()
 
     async def check_leadership(self) -> bool:
+        await self.heartbeat()
         try:
             leader = await self._store.try_acquire_leadership()
         except StoreError as exc:
@@ -143,6 +156,19 @@ class Scheduler:
         self.is_leader = leader
         self._metrics.leader.set(1 if leader else 0)
         return leader
+
+    async def heartbeat(self) -> int | None:
+        """Record this replica as alive; how many are (None when the store is down)."""
+        now = self._clock()
+        since = now - timedelta(seconds=3 * self._settings.leader_check_seconds)
+        try:
+            alive = await self._store.heartbeat(self._instance, now, since)
+        except StoreError as exc:
+            self._log.warning("replicas.heartbeat_failed", error=str(exc))
+            return None
+        if self._on_replicas is not None:
+            self._on_replicas(alive)
+        return alive
 
     async def refresh_gauges(self) -> None:
         counts = await self._store.counts()

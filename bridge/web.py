@@ -80,6 +80,7 @@ def action_json(row: OutboxRow) -> dict[str, Any]:
         "params": thaw(action.params),
         "rule": action.rule,
         "idempotency_key": action.idempotency_key,
+        "priority": row.priority,
         "state": row.state,
         "attempts": row.attempts,
         "attempts_before_replay": row.attempts_before_replay,

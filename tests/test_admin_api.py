@@ -192,6 +192,8 @@ async def test_dead_letter_list_replay_drop_and_trace(
     assert code == 200
     assert trace["event"]["delivery_id"] == "ev-trace"
     assert [a["idempotency_key"] for a in trace["actions"]] == ["key-9"]
+    # The class it is taken by: a cancel stops a page.
+    assert [a["priority"] for a in trace["actions"]] == ["page"]
     assert (await call(http, "GET", url(bridge, "/api/v1/events/99999")))[0] == 404
     code, outbox = await call(http, "GET", url(bridge, "/api/v1/outbox?state=pending"))
     assert [a["id"] for a in outbox["actions"]] == [row.id]

@@ -221,3 +221,35 @@ def test_every_field_is_documented() -> None:
     assert len(rows) > 30
     undocumented = [key for key, _, _, meaning in rows if not meaning]
     assert undocumented == []
+
+
+def test_endpoint_limits_size_the_platforms_quotas_and_name_bad_keys(tmp_path: Path) -> None:
+    """`endpoint_limits` sizes a platform's endpoint classes (an unset field keeps the
+    platform's default; env reaches one field); an unknown class or a bad size is an error
+    naming file, line and key."""
+    from bridge.platforms.incident_io.limits import LIMITS as INCIDENT_IO_LIMITS
+    from bridge.platforms.ratelimit import Limit
+    from bridge.platforms.rootly.limits import LIMITS as ROOTLY_LIMITS
+
+    path = write(tmp_path, "incident_io:\n  endpoint_limits:\n    escalation_create: {burst: 4}\n")
+    env = {**SECRETS, "BRIDGE_ROOTLY__ENDPOINT_LIMITS__READS__PER_MINUTE": "600"}
+    settings = load_settings(path, environ=env)
+    assert settings.incident_io.quota_sizes(INCIDENT_IO_LIMITS) == {
+        "key": Limit(1200, 20),
+        "escalation_create": Limit(60, 4),
+    }
+    assert settings.rootly.quota_sizes(ROOTLY_LIMITS) == {
+        "writes": Limit(3000, 50),
+        "reads": Limit(600, 50),
+    }
+    bad = write(
+        tmp_path,
+        "incident_io:\n  endpoint_limits:\n    escalations: {per_minute: 5}\n"
+        "rootly:\n  endpoint_limits:\n    reads: {burst: 0}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(bad, environ=SECRETS)
+    text = str(info.value)
+    assert f"{bad}:2: incident_io.endpoint_limits" in text
+    assert "unknown endpoint class 'escalations' (known: escalation_create)" in text
+    assert f"{bad}:6: rootly.endpoint_limits.reads.burst" in text

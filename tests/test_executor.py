@@ -295,11 +295,16 @@ async def test_stop_during_a_claim_does_not_hand_back_an_action_still_running(
     stop_on_next_claim = asyncio.Event()
 
     async def claim(
-        owner: str, limit: int, lease_seconds: float, platform: Platform | None = None
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        platform: Platform | None = None,
+        *,
+        oldest_first: bool = False,
     ) -> list[OutboxRow]:
         if stop_on_next_claim.is_set():
             executor.stop()
-        return await real_claim(owner, limit, lease_seconds, platform)
+        return await real_claim(owner, limit, lease_seconds, platform, oldest_first=oldest_first)
 
     store.claim_outbox = claim  # type: ignore[method-assign]
     loop = asyncio.create_task(executor.run("incident_io"))

@@ -137,6 +137,7 @@ class Dispatcher:
         on_actions: Callable[[set[Platform]], None],
         batch_size: int = 50,
         lease_seconds: float = 60.0,
+        priority_age: float = 900.0,
         poll_interval: float = 1.0,
         rng: random.Random | None = None,
         handoff: ActionHandoff | None = None,
@@ -163,6 +164,7 @@ class Dispatcher:
         self._on_actions = on_actions
         self._batch = batch_size
         self._lease = lease_seconds
+        self._priority_age = priority_age
         self._poll = poll_interval
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
@@ -522,6 +524,7 @@ class Dispatcher:
                 cause_at,
                 seen,
                 objects_named(event),
+                self._priority_age,
             )
         )
         mine = [r for r in rows if r.state == "claimed" and r.lease_owner == self._owner]

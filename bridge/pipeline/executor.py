@@ -7,6 +7,7 @@ with a lease. Outcomes:
 - success: `done`, with the result; the action's result links and echo records are written
   in the same transaction;
 - `RateLimited`: back to pending at the platform's time; not a failed attempt;
+
 - `Retryable` (5xx, timeout, connection): exponential backoff with full jitter, capped;
   after `max_attempts` failures it is dead-lettered (an operator's replay grants a fresh
   `max_attempts`; `attempts` keeps counting every attempt, the successful one included);
@@ -21,6 +22,13 @@ with a lease. Outcomes:
   the store counts the takeover as an attempt, and an action taken over with
   `max_attempts` already used is dead-lettered without another try, so an action that
   kills the bridge every time cannot crash-loop it.
+
+Claims alternate: the most urgent actions first (in turn order, `bridge.ordering`), then
+the oldest waiting, and so on. Each action's requests wait for rate-limit slots as its
+class. So a cancel that stops a page overtakes a backlog of creates and updates at the
+claim (waiting for at most two freed slots) and at the limiter (for at most the slot
+already being waited for), while under a steady stream of urgent work the oldest of the
+rest still gets every other slot: nothing starves, and no class falls far behind.
 
 Idempotency: actions carry deterministic keys (the outbox refuses a second row with the
 same key) and the operations are idempotent upstream (create_escalation sends the key;
@@ -52,7 +60,7 @@ from bridge.events import (
 )
 from bridge.logging import Logger
 from bridge.metrics import Metrics
-from bridge.ordering import superseded
+from bridge.ordering import rank_now, superseded
 from bridge.pipeline.batching import GroupCommit
 from bridge.pipeline.echo import echo_records_for
 from bridge.pipeline.leases import LeaseKeeper
@@ -64,6 +72,7 @@ from bridge.platforms.errors import (
     TargetMissing,
     UpstreamError,
 )
+from bridge.platforms.ratelimit import request_priority
 from bridge.store.base import ActionOutcome, EchoRecord, OutboxRow, Store, StoreError
 from bridge.tasks import Supervisor
 
@@ -110,6 +119,7 @@ class Executor:
         self._owner = owner
         self._rng = rng or random.Random()
         self._wakes = {platform: asyncio.Event() for platform in clients}
+        self._oldest_next = dict.fromkeys(clients, False)
         self._in_flight: dict[Platform, set[asyncio.Task[None]]] = {p: set() for p in clients}
         # In-flight actions keep their leases (see bridge.pipeline.leases).
         self._leases: LeaseKeeper[ActionId] = LeaseKeeper(
@@ -209,12 +219,15 @@ class Executor:
             free = limit - len(in_flight)
             rows: list[OutboxRow] = []
             if free > 0:
+                oldest = self._oldest_next[platform]
+                self._oldest_next[platform] = not oldest
                 try:
                     rows = await self._store.claim_outbox(
                         self._owner,
                         min(free, self._settings.batch_size),
                         self._settings.lease_seconds,
                         platform,
+                        oldest_first=oldest,
                     )
                 except StoreError as exc:
                     self._log.warning(
@@ -287,8 +300,11 @@ class Executor:
                 self._metrics.actions.labels(*labels, "skipped").inc()
                 log.info("action.superseded", detail=moot)
                 return
+        rank = rank_now(row, self._clock(), self._settings.priority_age_seconds)
         try:
-            result = await self._clients[action.platform].perform(action)
+            # Its requests wait for rate-limit slots as its class (page-stopping first).
+            with request_priority(rank):
+                result = await self._clients[action.platform].perform(action)
         except RateLimited as exc:
             retry_at = max(datetime.fromtimestamp(exc.retry_at, UTC), self._clock())
             await self._store.retry_action(

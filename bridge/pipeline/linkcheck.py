@@ -36,14 +36,14 @@ from typing import Any, Final
 
 from bridge.clock import Clock, utcnow
 from bridge.config import SchedulerSettings
-from bridge.events import DeliveryId, Event, ObjectRef, Platform
+from bridge.events import PRIORITIES, DeliveryId, Event, ObjectRef, Platform
 from bridge.logging import Logger
 from bridge.metrics import Metrics
 from bridge.pipeline.dispatcher import CHECK_PREFIX
 from bridge.pipeline.ingest import InboxWriter
 from bridge.platforms.base import PlatformClient
 from bridge.platforms.errors import RateLimited, Retryable, TargetMissing, UpstreamError
-from bridge.platforms.ratelimit import TokenBucket
+from bridge.platforms.ratelimit import DEFAULT_RANK, TokenBucket, request_priority
 from bridge.platforms.states import STATE_MODELS
 from bridge.platforms.webhooks import EventParser, PayloadError
 from bridge.rules import LinkGraph, RuleSet, evaluate
@@ -51,6 +51,8 @@ from bridge.store.base import LinkRow, NewInboxEvent, Store, StoreError
 
 MAX_COMPONENT: Final = 24
 """Most objects read for one check (a Rootly incident with its alerts and escalations)."""
+_RECHECK_RANK: Final = PRIORITIES.index("update")
+"""The class of a budgeted re-check's reads at the rate limiter: after every action."""
 BATCH: Final = 20
 """Links taken per round."""
 RETRY_SECONDS: Final = 10.0
@@ -195,8 +197,10 @@ class LinkChecker:
             await self._budgets[ref.platform].acquire()
         for pause in (*READ_RETRIES, None):
             self._metrics.link_check_reads.labels(ref.platform).inc()
+            # Re-checks are background work: their reads yield rate-limit slots to actions.
             try:
-                return await self._clients[ref.platform].fetch(ref)
+                with request_priority(_RECHECK_RANK if budgeted else DEFAULT_RANK):
+                    return await self._clients[ref.platform].fetch(ref)
             except TargetMissing:
                 return None
             except (Retryable, RateLimited) as exc:

@@ -1,11 +1,13 @@
 """The HTTP machinery both platform clients share: one place for pacing, timing and errors.
 
 `ApiTransport` owns one `aiohttp.ClientSession` (created in `start`, closed in `close`), waits
-on the key's `TokenBucket` before every request, counts every answer in the Prometheus
+for a slot in every quota of the key's `KeyLimiter` that a request counts against, lets
+each answer's `X-RateLimit-*` headers correct them, counts every answer in the Prometheus
 metrics, and maps every failure onto the `bridge.platforms.errors` taxonomy:
 
 - timeout, connection failure, 5xx, 408 -> `Retryable`
-- 429 -> `RateLimited(retry_at)` and the whole key's bucket pauses until `retry_at`
+- 429 -> `RateLimited(retry_at)` and the quota it names (or every quota the request counted
+  against) pauses until `retry_at`
 - 404, 410 -> `TargetMissing`
 - a 4xx the client's classifier calls a state conflict -> `StateConflict`
 - any other answer -> `Permanent`, with the platform's own message(s) and request ID
@@ -43,7 +45,7 @@ from bridge.platforms.errors import (
     TargetMissing,
     UpstreamError,
 )
-from bridge.platforms.ratelimit import TokenBucket
+from bridge.platforms.ratelimit import KeyLimiter
 
 DEFAULT_USER_AGENT: Final = f"bridge/{__version__}"
 DEFAULT_EXPECTED: Final = (200, 201, 202, 204)
@@ -206,7 +208,7 @@ class ApiTransport:
         platform: Platform,
         base_url: str,
         token: str,
-        limiter: TokenBucket,
+        limiter: KeyLimiter,
         metrics: Metrics,
         content_type: str,
         classify_conflict: ConflictClassifier,
@@ -269,14 +271,14 @@ class ApiTransport:
         json_body: Any = None,
         params: QueryParams | None = None,
         auth_token: str | None = None,
-        limiter: TokenBucket | None = None,
+        limiter: KeyLimiter | None = None,
         expected: Collection[int] = DEFAULT_EXPECTED,
     ) -> ApiResponse:
         """Send one request and return the answer, or raise an `UpstreamError` subclass.
 
         `json_body` is serialised with the transport's content type (none sent when None).
         `auth_token` replaces the API key for this request (incident.io alert sources);
-        `limiter` replaces the API key's bucket accordingly.
+        `limiter` replaces the API key's limiter accordingly.
         """
         session = self._session
         if session is None:
@@ -286,9 +288,10 @@ class ApiTransport:
         if json_body is not None:
             # Before the rate limiter: a body that cannot be sent must not spend a token.
             data = encode_json(json_body, where)
-        bucket = limiter or self.limiter
+        quotas = limiter or self.limiter
+        used = quotas.counted_against(method, path)
         secrets = (self._token, auth_token)
-        waited = await bucket.acquire()
+        waited = await quotas.acquire(used)
         self._metrics.ratelimit_wait.labels(platform=self.platform).observe(waited)
 
         headers = {
@@ -334,9 +337,22 @@ class ApiTransport:
             status=status,
             ratelimit_wait_s=round(waited, 3),
         )
+        if status == 429:
+            info = parse_error(status, raw, response_headers)
+            now = self._wall_clock()
+            retry_at = retry_at_from(response_headers, info.body, now)
+            await quotas.rate_limited(used, response_headers, retry_at)
+            self._log.warning(
+                "upstream.rate_limited", where=where, retry_in_s=round(retry_at - now, 3)
+            )
+            message = _redact(f"{where}: {info.summary()}", secrets)
+            raise RateLimited(
+                self.platform, message, retry_at=retry_at, status=429, request_id=info.request_id
+            )
+        await quotas.observe(used, response_headers)
         if status in expected:
             return ApiResponse(status, self._parse_success(raw, where), response_headers)
-        raise self._error(status, raw, response_headers, where, secrets, bucket)
+        raise self._error(status, raw, response_headers, where, secrets)
 
     def _parse_success(self, raw: bytes, where: str) -> Any:
         if not raw.strip():
@@ -358,21 +374,10 @@ class ApiTransport:
         headers: CIMultiDictProxy[str],
         where: str,
         secrets: tuple[str | None, ...],
-        bucket: TokenBucket,
     ) -> UpstreamError:
         info = parse_error(status, raw, headers)
         message = _redact(f"{where}: {info.summary()}", secrets)
         request_id = info.request_id
-        if status == 429:
-            now = self._wall_clock()
-            retry_at = retry_at_from(headers, info.body, now)
-            bucket.pause_until(retry_at)
-            self._log.warning(
-                "upstream.rate_limited", where=where, retry_in_s=round(retry_at - now, 3)
-            )
-            return RateLimited(
-                self.platform, message, retry_at=retry_at, status=status, request_id=request_id
-            )
         if status >= 500 or status == 408:
             return Retryable(self.platform, message, status=status, request_id=request_id)
         if status in (404, 410):

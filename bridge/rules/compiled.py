@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from bridge.events import Event, ObjectKind, Operation, thaw
+from bridge.events import Event, ObjectKind, Operation, Priority, thaw
 from bridge.operations import OPERATIONS
 from bridge.rules.templates import CompiledTemplate, Omit, RenderError, truthy
 from bridge.yamlsource import LineMap
@@ -186,6 +186,7 @@ class CompiledAction:
     link_result: tuple[CompiledTemplate, ObjectKind] | None
     # Params left out because the side written to owns their field: (param, field, owner).
     owned: tuple[tuple[str, str, str], ...] = ()
+    priority: Priority | None = None  # None: the operation's class
 
 
 @dataclass(frozen=True, slots=True)

@@ -323,6 +323,7 @@ def _actions_for(
                 rule=RuleName(rule.name),
                 idempotency_key=IdempotencyKey(key),
                 result_links=result_links,
+                priority=spec.priority,
             )
         )
     return out

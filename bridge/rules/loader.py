@@ -540,6 +540,7 @@ class _Loader:
             key,
             link_result,
             owned,
+            spec.priority,
         )
 
     def _check_params(

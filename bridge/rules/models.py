@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bridge.events import OPERATIONS, ObjectKind, Platform
+from bridge.events import OPERATIONS, ObjectKind, Platform, Priority
 
 RULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,79}$"
 VARIABLE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
@@ -157,6 +157,12 @@ class ActionSpec(_Model):
         description="Default: derived from (source, delivery, rule, operation, target/item).",
     )
     link_result: LinkResult | None = None
+    priority: Priority | None = Field(
+        default=None,
+        description="How urgent the actions are: 'page' (stops a page: taken first), "
+        "'create' or 'update'. Default: the operation's class (cancel_escalation, "
+        "acknowledge and resolve operations are 'page').",
+    )
 
 
 class LinkPair(_Model):

@@ -254,8 +254,11 @@ class SimulatorBase:
         """The rate-limit key of an authenticated request, or the 401 answer."""
         raise NotImplementedError
 
-    def _rate_limit(self, key: str) -> tuple[web.Response | None, dict[str, str]]:
-        """A 429 answer when over the limit, plus headers every answer carries."""
+    def _rate_limit(
+        self, key: str, request: web.Request
+    ) -> tuple[web.Response | None, dict[str, str]]:
+        """A 429 answer when over a limit `request` counts against, plus headers every
+        answer carries."""
         raise NotImplementedError
 
     def _error(self, err: SimError) -> web.Response:
@@ -313,7 +316,7 @@ class SimulatorBase:
         auth = self._authenticate(request)
         if isinstance(auth, web.Response):
             return auth, False
-        limited, headers = self._rate_limit(auth)
+        limited, headers = self._rate_limit(auth, request)
         if limited is not None:
             return limited, False
         faults = self.faults

@@ -39,8 +39,17 @@ status changes, `public_incident.incident_status_updated_v2` too. With
 no private twin of `incident_status_updated_v2`, so none is sent for it (the
 `private_incident.incident_updated_v2` sent with it covers the change).
 
-429s carry `Retry-After` (whole seconds) and `rate_limit.retry_after` formatted like the
-spec's own example (`Thu, 17 Apr 2025 11:17:18 UTC`; DESIGN says RFC 3339, the spec wins).
+Rate limits are layered as incident.io's are (DESIGN section 7): every request counts
+against its key's token bucket (`rate_limit_per_minute`, `bucket_capacity`,
+`refill_per_second`; 1200, 20/s), and `POST /v2/escalations` also against its own
+(`escalation_create_per_minute`, 60, holding as many unless `escalation_create_capacity`
+says otherwise). Every answer carries
+`X-RateLimit-Limit` (the binding limit, the one with the fewest requests left, then every
+limit that applied: `60, 1200;window=60, 60;window=60`), `X-RateLimit-Remaining` and
+`X-RateLimit-Used` of the binding one, and `X-RateLimit-Reset`: the unix second by which
+it allows one more request. 429s carry the same headers (remaining 0), `Retry-After`
+(whole seconds) and `rate_limit.retry_after` formatted like the spec's own example (`Thu,
+17 Apr 2025 11:17:18 UTC`; DESIGN says RFC 3339, the spec wins).
 
 Control routes (no auth): POST /_sandbox/escalations/{id}/ack|resolve|expire {user?};
 POST /_sandbox/alerts/{id}/resolve (the alert's source reports it resolved); POST
@@ -59,6 +68,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -149,6 +159,25 @@ def _human(user: str | None) -> dict[str, Any]:
 SANDBOX_KEY_ROLES = ("viewer", "incident_editor", "escalation_creator", "on_call_viewer")
 
 
+@dataclass(frozen=True)
+class _Policy:
+    """One rate limit: a token bucket per key holding `capacity`, refilled at `refill`/s,
+    announced as `limit` requests a minute."""
+
+    name: str
+    limit: int
+    capacity: float
+    refill: float
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """A policy's bucket as one request found it (`tokens` after taking its own)."""
+
+    policy: _Policy
+    tokens: float
+
+
 class IncidentIoSimulator(SimulatorBase):
     """Stateful fake of the incident.io API and its outgoing webhooks."""
 
@@ -165,6 +194,8 @@ class IncidentIoSimulator(SimulatorBase):
         rate_limit_per_minute: int = 1200,
         refill_per_second: float = 20.0,
         bucket_capacity: int = 1200,
+        escalation_create_per_minute: int = 60,
+        escalation_create_capacity: int | None = None,
         private_webhooks: bool = False,
         seed: int | None = None,
         webhook_retry_delays: Sequence[float] = (0.2, 0.5, 1, 2, 5, 10, 30),
@@ -178,11 +209,17 @@ class IncidentIoSimulator(SimulatorBase):
         self._secret = base64.b64decode(webhook_secret.removeprefix("whsec_"))
         self.alert_source_config_id = alert_source_config_id
         self._alert_token = alert_source_token
-        self._limit = rate_limit_per_minute
-        self._refill = refill_per_second
-        self._capacity = bucket_capacity
+        self._key_policy = _Policy(
+            _KEY_NAME, rate_limit_per_minute, float(bucket_capacity), refill_per_second
+        )
+        self._escalation_policy = _Policy(
+            "escalation create",
+            escalation_create_per_minute,
+            float(escalation_create_capacity or escalation_create_per_minute),
+            escalation_create_per_minute / 60.0,
+        )
         self.private_webhooks = private_webhooks
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
         self._counter = 0
         created = iso_us(now_dt())
         self.default_escalation_path_id = self._new_id()
@@ -615,18 +652,56 @@ class IncidentIoSimulator(SimulatorBase):
             )
         return token
 
-    def _rate_limit(self, key: str) -> tuple[web.Response | None, dict[str, str]]:
-        now = time.monotonic()
-        tokens, last = self._buckets.get(key, (float(self._capacity), now))
-        tokens = min(float(self._capacity), tokens + (now - last) * self._refill)
-        if tokens < 1:
-            self._buckets[key] = (tokens, now)
-            wait = (1 - tokens) / self._refill if self._refill > 0 else 60.0
-            return self._too_many(wait, tokens), {}
-        self._buckets[key] = (tokens - 1, now)
-        return None, {}
+    def _policies(self, request: web.Request) -> list[_Policy]:
+        """The limits a request counts against, narrowest first."""
+        if request.method == "POST" and request.path.rstrip("/") == "/v2/escalations":
+            return [self._escalation_policy, self._key_policy]
+        return [self._key_policy]
 
-    def _too_many(self, wait: float, tokens: float, minimum: int = 1) -> web.Response:
+    def _rate_limit(
+        self, key: str, request: web.Request
+    ) -> tuple[web.Response | None, dict[str, str]]:
+        now = time.monotonic()
+        applied: list[_Applied] = []
+        for policy in self._policies(request):
+            tokens, last = self._buckets.get((key, policy.name), (policy.capacity, now))
+            tokens = min(policy.capacity, tokens + (now - last) * policy.refill)
+            self._buckets[(key, policy.name)] = (tokens, now)
+            applied.append(_Applied(policy, tokens))
+        empty = [a for a in applied if a.tokens < 1]
+        if empty:
+            # Nothing is taken from any bucket for a refused request.
+            binding = min(empty, key=lambda a: a.tokens)
+            wait = (1 - binding.tokens) / binding.policy.refill if binding.policy.refill else 60
+            headers = self._limit_headers(binding, applied)
+            response = self._too_many(wait, binding)
+            response.headers.update(headers)
+            return response, headers
+        taken = []
+        for a in applied:
+            self._buckets[(key, a.policy.name)] = (a.tokens - 1, now)
+            taken.append(_Applied(a.policy, a.tokens - 1))
+        binding = min(taken, key=lambda a: a.tokens)
+        return None, self._limit_headers(binding, taken)
+
+    @staticmethod
+    def _limit_headers(binding: _Applied, applied: list[_Applied]) -> dict[str, str]:
+        """`X-RateLimit-*` of an answer, in incident.io's form."""
+        policy = binding.policy
+        remaining = max(0, math.floor(binding.tokens))
+        # The unix second by which the binding bucket holds one more whole request.
+        missing = remaining + 1 - binding.tokens
+        reset = time.time() + (missing / policy.refill if policy.refill else 60.0)
+        # Every limit that applied, the key's first (`60, 1200;window=60, 60;window=60`).
+        limits = ", ".join(f"{a.policy.limit};window=60" for a in reversed(applied))
+        return {
+            "X-RateLimit-Limit": f"{policy.limit}, {limits}",
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Used": str(max(0, policy.limit - remaining)),
+            "X-RateLimit-Reset": str(math.ceil(reset)),
+        }
+
+    def _too_many(self, wait: float, binding: _Applied, minimum: int = 1) -> web.Response:
         seconds = max(minimum, math.ceil(wait))
         retry_at = datetime.now(UTC) + timedelta(seconds=seconds)
         body = {
@@ -634,9 +709,9 @@ class IncidentIoSimulator(SimulatorBase):
             "status": 429,
             "request_id": uuid_from(self._ids),
             "rate_limit": {
-                "name": _KEY_NAME,
-                "limit": self._limit,
-                "remaining": max(0, int(tokens)),
+                "name": binding.policy.name,
+                "limit": binding.policy.limit,
+                "remaining": max(0, int(binding.tokens)),
                 "retry_after": retry_at.strftime("%a, %d %b %Y %H:%M:%S UTC"),
             },
             "errors": [
@@ -653,7 +728,7 @@ class IncidentIoSimulator(SimulatorBase):
 
     def _injected_429(self, key: str) -> web.Response:
         wait = self.faults.retry_after_seconds
-        return self._too_many(wait, 0, minimum=0)
+        return self._too_many(wait, _Applied(self._key_policy, 0.0), minimum=0)
 
     def _error(self, err: SimError) -> web.Response:
         error: dict[str, Any] = {"code": err.code, "message": err.message}

@@ -607,7 +607,9 @@ class RootlySimulator(SimulatorBase):
                 )
         return token.strip()
 
-    def _rate_limit(self, key: str) -> tuple[web.Response | None, dict[str, str]]:
+    def _rate_limit(
+        self, key: str, request: web.Request
+    ) -> tuple[web.Response | None, dict[str, str]]:
         now = time.time()
         window = int(now // 60) * 60
         start, count = self._windows.get(key, (window, 0))

@@ -37,6 +37,8 @@ class Sandbox:
         incident_io_rate_limit_per_minute: int = 1200,
         incident_io_refill_per_second: float = 20.0,
         incident_io_bucket_capacity: int = 1200,
+        incident_io_escalation_create_per_minute: int = 60,
+        incident_io_escalation_create_capacity: int | None = None,
         private_incident_io_webhooks: bool = False,
         logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
@@ -68,6 +70,8 @@ class Sandbox:
             rate_limit_per_minute=incident_io_rate_limit_per_minute,
             refill_per_second=incident_io_refill_per_second,
             bucket_capacity=incident_io_bucket_capacity,
+            escalation_create_per_minute=incident_io_escalation_create_per_minute,
+            escalation_create_capacity=incident_io_escalation_create_capacity,
             private_webhooks=private_incident_io_webhooks,
             seed=seed,
             webhook_retry_delays=webhook_retry_delays,

@@ -22,6 +22,7 @@ from bridge.events import (
     LinkChange,
     ObjectRef,
     Platform,
+    Priority,
 )
 
 InboxState = Literal["pending", "processed", "failed"]
@@ -113,12 +114,26 @@ class OutboxRow:
     """When the action's cause happened: actions on one object run in this order."""
     attempts_before_replay: int = 0
     """`attempts` when an operator last replayed it: the budget counts from here."""
+    priority: Priority = "create"
+    """How urgent the action is (its rule's class, else its operation's), as stored."""
+    turn_at: datetime | None = None
+    """When its turn comes: claims take actions in this order (see `bridge.ordering`)."""
 
     @property
     def attempts_since_replay(self) -> int:
         """Attempts made since the last replay (or since it was created), which
         `executor.max_attempts` bounds."""
         return self.attempts - self.attempts_before_replay
+
+
+@dataclass(frozen=True, slots=True)
+class RateBucket:
+    """One quota shared by every replica: an endpoint class of one API key on a platform
+    (the key named by its fingerprint, never the key itself)."""
+
+    platform: Platform
+    key_fingerprint: str
+    endpoint_class: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +212,9 @@ class InboxCompletion:
     """Object states the event reported, recorded as the last seen of each."""
     objects: Sequence[EventObject] = ()
     """The objects the event names, recorded with it so it is found by object."""
+    priority_age: float = 900.0
+    """Seconds by which each class below page-stopping puts an action's turn later
+    (`executor.priority_age_seconds`): claims take actions in turn order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,12 +369,17 @@ class Store(Protocol):
         limit: int,
         lease_seconds: float,
         platform: Platform | None = None,
+        *,
+        oldest_first: bool = False,
     ) -> list[OutboxRow]:
         """Claim due rows (pending with next_attempt_at <= now, or claimed with an expired
-        lease), oldest first. PostgreSQL: FOR UPDATE SKIP LOCKED, so replicas never claim
-        the same row. A row taken over from an expired lease counts one attempt, with
-        `last_error` set to `LEASE_LOST` + the lost holder; failed attempts are otherwise
-        counted by `retry_action`."""
+        lease) that may run now (`bridge.ordering`), most urgent first (in turn order), or
+        with `oldest_first` in the order they were decided. PostgreSQL: FOR UPDATE SKIP
+        LOCKED, so replicas never claim the same row. A row whose lease expired is taken
+        over: first back to pending, counting one attempt, with `last_error` set to
+        `LEASE_LOST` + the lost holder (so it waits for earlier causes on its object like
+        any other, instead of blocking them as if in flight), then claimed when it may run;
+        failed attempts are otherwise counted by `retry_action`."""
 
     async def renew_actions(
         self, owner: str, action_ids: Sequence[ActionId], lease_seconds: float
@@ -461,6 +484,26 @@ class Store(Protocol):
         linked that were recorded before `inbox_before`. Dead letters and links are kept."""
 
     # -- coordination between replicas --------------------------------------------------
+    async def reserve_rate_slot(
+        self, bucket: RateBucket, now: float, interval: float, burst: float
+    ) -> float:
+        """Reserve the next slot of a quota every replica shares (GCRA, one statement, no
+        lock held after it): the unix time at which the reserved request may go, never
+        before `now` (unix seconds). `interval` is the seconds between slots at the full
+        rate, `burst` how many may go at once after a quiet spell. A quota not seen
+        before starts full."""
+
+    async def raise_rate_floor(self, bucket: RateBucket, floor: float) -> None:
+        """Reserve no slot of the quota earlier than its theoretical arrival time `floor`
+        allows (a 429 or a server's correction: see `bridge.platforms.ratelimit`)."""
+
+    async def heartbeat(self, instance: str, now: datetime, live_since: datetime) -> int:
+        """Record that replica `instance` is alive at `now`, forget replicas not seen since
+        `live_since`, and return how many are alive (this one included)."""
+
+    async def leave(self, instance: str) -> None:
+        """Forget replica `instance` (it is stopping), so the others' count drops now."""
+
     async def try_acquire_leadership(self) -> bool:
         """True while this instance is the leader (scheduler jobs run on the leader only).
 

@@ -48,6 +48,14 @@ DIALECTS: Final[Mapping[str, Mapping[str, str]]] = {
         "object_lock": "SELECT :key AS locked",
         # A table stored in its primary key's B-tree: one B-tree less to write per row.
         "without_rowid": " WITHOUT ROWID",
+        "greatest": "max",
+        # The planner would rather sort every due row than walk a partial index in
+        # order (10 ms against 20 us per claim with 10,000 actions queued): insist.
+        "turn_index": " INDEXED BY ix_outbox_turn",
+        "waiting_index": " INDEXED BY ix_outbox_waiting",
+        # An UPDATE of rows picked by ID: by rowid, not by scanning an index of its other
+        # conditions (which SQLite chose, reading every due row to update one).
+        "by_id": " NOT INDEXED",
     },
     # Rows another replica is claiming are skipped, never waited for or claimed twice.
     "postgresql": {
@@ -62,6 +70,10 @@ DIALECTS: Final[Mapping[str, Mapping[str, str]]] = {
         "blob": "BYTEA",
         "object_lock": "SELECT pg_advisory_xact_lock(hashtext(:key))",
         "without_rowid": "",
+        "greatest": "GREATEST",
+        "turn_index": "",
+        "waiting_index": "",
+        "by_id": "",
     },
 }
 _PARAM: Final = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
 from bridge.events import (
+    PRIORITIES,
     Action,
     ActionId,
     DeliveryId,
@@ -21,7 +22,7 @@ from bridge.events import (
     freeze,
     thaw,
 )
-from bridge.operations import aspect, object_key
+from bridge.operations import OPERATIONS, aspect, object_key, priority_of, priority_rank
 from bridge.store.base import (
     EventObject,
     InboxRow,
@@ -86,10 +87,13 @@ def action_values(
     inbox_id: InboxId,
     cause_at: datetime,
     lease: tuple[str, float] | None,
+    priority_age: float,
 ) -> dict[str, Any]:
     """An outbox row for `action`, pending and due now (`lease`: owner and seconds to hold
-    it claimed; the store decides whether it may be)."""
+    it claimed; the store decides whether it may be). Its turn comes `priority_age`
+    seconds later per class below page-stopping."""
     owner, seconds = lease if lease is not None else (None, 0.0)
+    rank = priority_rank(priority_of(action))
     return {
         "operation": action.operation,
         "platform": action.platform,
@@ -106,14 +110,18 @@ def action_values(
         "object_key": object_key(action),
         "aspect": aspect(action),
         "cause_at": cause_at,
+        "priority": rank,
+        "turn_at": now + timedelta(seconds=rank * priority_age),
         "owner": owner,
         "expires": now + timedelta(seconds=seconds),
     }
 
 
 def action_from_row(row: Columns) -> Action:
+    operation = cast(Operation, row["operation"])
+    stored = PRIORITIES[row["priority"]]
     return Action(
-        operation=cast(Operation, row["operation"]),
+        operation=operation,
         target=ObjectRef.parse(row["target"]) if row["target"] is not None else None,
         params=_json(row["params"]),
         rule=RuleName(row["rule"]),
@@ -122,6 +130,8 @@ def action_from_row(row: Columns) -> Action:
             ResultLink(to=ObjectRef.parse(link["to"]), kind=link["kind"])
             for link in json.loads(row["result_links"])
         ),
+        # Only a class other than the operation's came from the rule.
+        priority=stored if stored != OPERATIONS[operation].priority else None,
     )
 
 
@@ -145,6 +155,8 @@ def outbox_row(row: Columns) -> OutboxRow:
         aspect=row["aspect"],
         cause_at=row["cause_at"],
         attempts_before_replay=row["attempts_before_replay"],
+        priority=PRIORITIES[row["priority"]],
+        turn_at=row["turn_at"],
     )
 
 

@@ -141,6 +141,34 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             " AND length(created_by) <= 195",
         ),
     ),
+    Migration(
+        5,
+        "rate limits shared by replicas, replica heartbeats, actions taken by priority",
+        (
+            # One quota of one API key (by fingerprint) on one platform, counted by every
+            # replica (GCRA): `tat` is its theoretical arrival time, unix seconds.
+            """CREATE TABLE rate_limits (
+                platform VARCHAR(32) NOT NULL, key_fingerprint VARCHAR(64) NOT NULL,
+                endpoint_class VARCHAR(64) NOT NULL, tat DOUBLE PRECISION NOT NULL,
+                CONSTRAINT pk_rate_limits
+                    PRIMARY KEY (platform, key_fingerprint, endpoint_class))""",
+            # Each replica's last sign of life: a shared quota's fallback share when the
+            # store cannot be reached is its rate divided by the replicas seen alive.
+            """CREATE TABLE replicas (
+                instance VARCHAR(200) NOT NULL, seen_at {ts} NOT NULL,
+                CONSTRAINT pk_replicas PRIMARY KEY (instance))""",
+            # The action's class (0 page-stopping, 1 create, 2 update) and its turn: when
+            # it was decided plus one `executor.priority_age_seconds` per class below page-
+            # stopping. Claims take actions in turn order or oldest first, walking these.
+            "ALTER TABLE outbox ADD COLUMN priority SMALLINT NOT NULL DEFAULT 1",
+            "ALTER TABLE outbox ADD COLUMN turn_at {ts}",
+            "UPDATE outbox SET turn_at = created_at",
+            "CREATE INDEX ix_outbox_turn ON outbox (turn_at, id)"
+            " WHERE state IN ('pending', 'claimed') AND turn_at IS NOT NULL",
+            "CREATE INDEX ix_outbox_waiting ON outbox (id)"
+            " WHERE state IN ('pending', 'claimed') AND turn_at IS NOT NULL",
+        ),
+    ),
 )
 HEAD: Final = MIGRATIONS[-1].version
 

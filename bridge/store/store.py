@@ -41,6 +41,7 @@ from bridge.store.base import (
     OutboxRow,
     OutboxState,
     PruneResult,
+    RateBucket,
     SeenState,
     StoreCounts,
     StoreError,
@@ -250,12 +251,19 @@ class SqlStore:
         created: dict[int, OutboxRow] = {}
         for action in completion.actions:
             values = action_values(
-                action, now, completion.inbox_id, completion.cause_at or now, lease
+                action,
+                now,
+                completion.inbox_id,
+                completion.cause_at or now,
+                lease,
+                completion.priority_age,
             )
             await tx.execute(q.LOCK_OBJECT, {"key": values["object_key"]})
             values["received_at"] = found[0]["received_at"]
             for row in await tx.fetch(q.INSERT_ACTION, values):
                 created[row["id"]] = outbox_row(row)
+                inherit = {k: row[k] for k in ("id", "object_key", "turn_at", "cause_at")}
+                await tx.execute(q.INHERIT_TURN, inherit)
         if created and completion.owner is not None:
             claim = {
                 "ids": json.dumps(sorted(created)),
@@ -403,7 +411,13 @@ class SqlStore:
 
     # -- outbox ---------------------------------------------------------------------------
     async def claim_outbox(
-        self, owner: str, limit: int, lease_seconds: float, platform: Platform | None = None
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        platform: Platform | None = None,
+        *,
+        oldest_first: bool = False,
     ) -> list[OutboxRow]:
         now = self._clock()
         if limit <= 0 or not await self._rows(q.OUTBOX_ANY_DUE, now=now, platform=platform):
@@ -416,9 +430,13 @@ class SqlStore:
             "platform": platform,
             "lost": LEASE_LOST,
         }
-        rows = await self.driver.transact(
-            "claiming actions", lambda tx: tx.fetch(q.CLAIM_OUTBOX, params)
-        )
+        claim = q.CLAIM_OLDEST if oldest_first else q.CLAIM_OUTBOX
+
+        async def work(tx: Tx) -> list[Row]:
+            await tx.execute(q.RELEASE_LOST, params)
+            return await tx.fetch(claim, params)
+
+        rows = await self.driver.transact("claiming actions", work)
         return sorted((outbox_row(r) for r in rows), key=lambda r: r.id)
 
     async def renew_actions(
@@ -644,6 +662,45 @@ class SqlStore:
         return await self.driver.transact("pruning old rows", work)
 
     # -- coordination between replicas ----------------------------------------------------
+    async def reserve_rate_slot(
+        self, bucket: RateBucket, now: float, interval: float, burst: float
+    ) -> float:
+        params = {
+            "platform": bucket.platform,
+            "key": bucket.key_fingerprint,
+            "endpoint_class": bucket.endpoint_class,
+            "now": now,
+            "interval": interval,
+        }
+        rows = await self.driver.transact(
+            "reserving a rate-limit slot", lambda tx: tx.fetch(q.RESERVE_RATE, params)
+        )
+        return max(now, float(rows[0]["tat"]) - burst * interval)
+
+    async def raise_rate_floor(self, bucket: RateBucket, floor: float) -> None:
+        params = {
+            "platform": bucket.platform,
+            "key": bucket.key_fingerprint,
+            "endpoint_class": bucket.endpoint_class,
+            "floor": floor,
+        }
+        await self.driver.transact(
+            "pausing a shared rate limit", lambda tx: tx.execute(q.RAISE_RATE, params)
+        )
+
+    async def heartbeat(self, instance: str, now: datetime, live_since: datetime) -> int:
+        async def work(tx: Tx) -> int:
+            await tx.execute(q.HEARTBEAT, {"instance": instance, "now": now})
+            await tx.execute(q.FORGET_REPLICAS, {"since": live_since})
+            return int((await tx.fetch(q.COUNT_REPLICAS))[0]["n"])
+
+        return await self.driver.transact("recording a heartbeat", work)
+
+    async def leave(self, instance: str) -> None:
+        await self.driver.transact(
+            "leaving the replicas", lambda tx: tx.execute(q.LEAVE, {"instance": instance})
+        )
+
     async def try_acquire_leadership(self) -> bool:
         return await self.driver.try_lead()
 

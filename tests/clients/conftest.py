@@ -18,8 +18,10 @@ from prometheus_client import CollectorRegistry
 
 from bridge.metrics import Metrics, create_metrics
 from bridge.platforms.incident_io.client import IncidentIoClient
-from bridge.platforms.ratelimit import TokenBucket
+from bridge.platforms.incident_io.limits import LIMITS as INCIDENT_IO_LIMITS
+from bridge.platforms.ratelimit import KeyLimiter, Limit, PlatformLimits, RateLimiters
 from bridge.platforms.rootly.client import RootlyClient
+from bridge.platforms.rootly.limits import LIMITS as ROOTLY_LIMITS
 
 ROOTLY_TOKEN = "rootly-secret-token-0123456789"
 INCIDENT_IO_TOKEN = "inc-secret-key-9876543210"
@@ -134,16 +136,18 @@ def metrics() -> Metrics:
     return create_metrics(CollectorRegistry())
 
 
-def fast_bucket() -> TokenBucket:
-    """A bucket that never makes a test wait."""
-    return TokenBucket(10_000.0, 10_000.0)
+def fast_limiter(limits: PlatformLimits) -> KeyLimiter:
+    """Quotas of the platform's shape that never make a test wait."""
+    return RateLimiters().get(
+        limits, "test-key", {q.name: Limit(600_000.0, 10_000.0) for q in limits.quotas}
+    )
 
 
 @pytest.fixture
 async def rootly(server: RecordingServer, metrics: Metrics) -> AsyncIterator[RootlyClient]:
     client = RootlyClient(
         token=ROOTLY_TOKEN,
-        limiter=fast_bucket(),
+        limiter=fast_limiter(ROOTLY_LIMITS),
         metrics=metrics,
         base_url=server.url,
         total_timeout=2.0,
@@ -159,7 +163,7 @@ async def rootly(server: RecordingServer, metrics: Metrics) -> AsyncIterator[Roo
 async def incident_io(server: RecordingServer, metrics: Metrics) -> AsyncIterator[IncidentIoClient]:
     client = IncidentIoClient(
         token=INCIDENT_IO_TOKEN,
-        limiter=fast_bucket(),
+        limiter=fast_limiter(INCIDENT_IO_LIMITS),
         metrics=metrics,
         base_url=server.url,
         alert_source_config_id=ALERT_SOURCE_CONFIG_ID,

@@ -14,13 +14,14 @@ from bridge.metrics import Metrics
 from bridge.platforms.base import InvalidAction, PlatformClient
 from bridge.platforms.errors import Permanent, RateLimited, StateConflict, TargetMissing
 from bridge.platforms.incident_io.client import IncidentIoClient
+from bridge.platforms.incident_io.limits import LIMITS as INCIDENT_IO_LIMITS
 from bridge.platforms.incident_io.models import Escalation, IncidentIoIncident
 from tests.clients.conftest import (
     ALERT_SOURCE_CONFIG_ID,
     ALERT_SOURCE_TOKEN,
     INCIDENT_IO_TOKEN,
     RecordingServer,
-    fast_bucket,
+    fast_limiter,
 )
 from tests.specs import load_spec, validate_query, validate_request
 
@@ -544,7 +545,10 @@ async def test_perform_send_alert_event_needs_a_configured_source(
 ) -> None:
     """Without an alert source configured, send_alert_event actions fail clearly."""
     bare = IncidentIoClient(
-        token=INCIDENT_IO_TOKEN, limiter=fast_bucket(), metrics=metrics, base_url=server.url
+        token=INCIDENT_IO_TOKEN,
+        limiter=fast_limiter(INCIDENT_IO_LIMITS),
+        metrics=metrics,
+        base_url=server.url,
     )
     with pytest.raises(InvalidAction, match="no alert source"):
         await bare.perform(

@@ -1,10 +1,14 @@
-"""The client-side token bucket: pacing, FIFO fairness, server pauses, per-key registry."""
+"""Client-side rate limits: the token bucket, quotas layered per endpoint class, priority
+classes, corrections from the servers' X-RateLimit headers and 429s, the per-key registry."""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -12,7 +16,21 @@ from aiohttp import web
 from bridge.metrics import Metrics
 from bridge.platforms.errors import RateLimited
 from bridge.platforms.incident_io.client import IncidentIoClient
-from bridge.platforms.ratelimit import DEFAULT_LIMITS, RateLimiters, TokenBucket, key_fingerprint
+from bridge.platforms.incident_io.limits import ESCALATION_CREATE, KEY
+from bridge.platforms.incident_io.limits import LIMITS as INCIDENT_IO_LIMITS
+from bridge.platforms.ratelimit import (
+    KeyLimiter,
+    Limit,
+    LocalQuota,
+    PriorityGate,
+    RateLimiters,
+    TokenBucket,
+    key_fingerprint,
+    parse_ratelimit_headers,
+    request_priority,
+)
+from bridge.platforms.rootly.limits import LIMITS as ROOTLY_LIMITS
+from bridge.platforms.rootly.limits import READS, WRITES
 from tests.clients.conftest import INCIDENT_IO_TOKEN, Recorded, RecordingServer, json_response
 
 
@@ -134,23 +152,260 @@ async def test_acquire_more_than_capacity_is_refused() -> None:
         await TokenBucket(1, 2).acquire(3)
 
 
-def test_registry_keeps_one_bucket_per_platform_and_key_with_defaults() -> None:
-    """Same key -> same bucket; other key or platform -> another; defaults follow the specs."""
+def test_limit_tokens_caps_the_bucket_at_what_the_server_says_remains() -> None:
+    """A server's X-RateLimit-Remaining below our tokens lowers them; above, changes nothing."""
+    bucket, _ = fake_bucket(rate=10, capacity=10)
+    bucket.limit_tokens(50)
+    assert bucket.tokens == pytest.approx(10)
+    bucket.limit_tokens(3)
+    assert bucket.tokens == pytest.approx(3)
+
+
+class SimTime:
+    """Simulated time for many concurrent waiters: `sleep` parks its caller until `run` moves
+    the clock to the caller's wake-up time. Nothing waits in real time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now + 1_700_000_000.0
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.now + seconds, next(self._order), wake))
+        await wake
+
+    async def run(self, *work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` concurrently to the end, moving the clock from timer to timer."""
+        tasks = [asyncio.create_task(w, name=f"sim-{n}") for n, w in enumerate(work)]
+        while not all(t.done() for t in tasks):
+            for _ in range(50):  # let every task that can run, run
+                await asyncio.sleep(0)
+            if self._timers:
+                at, _, wake = heapq.heappop(self._timers)
+                self.now = max(self.now, at)
+                if not wake.done():
+                    wake.set_result(None)
+            elif not all(t.done() for t in tasks):
+                raise AssertionError("waiters stuck with no timer to wake them")
+        for task in tasks:
+            task.result()
+
+    def limiter(self, sizes: dict[str, Limit]) -> KeyLimiter:
+        """An incident.io key's limiter on this clock."""
+        return RateLimiters(self.monotonic, wall_clock=self.wall, sleep=self.sleep).get(
+            INCIDENT_IO_LIMITS, "key", sizes
+        )
+
+
+def escalation_create_quota(limiter: KeyLimiter) -> tuple[str, ...]:
+    return limiter.counted_against("POST", "/v2/escalations")
+
+
+async def test_a_request_waits_for_every_quota_it_counts_against() -> None:
+    """Escalation creates are paced by their own 60/min quota (burst 2) inside the key's:
+    the first two go at once, then one a second, though the key would allow far more."""
+    sim = SimTime()
+    limiter = sim.limiter({KEY: Limit(1200, 20), ESCALATION_CREATE: Limit(60, 2)})
+    assert escalation_create_quota(limiter) == (ESCALATION_CREATE, KEY)
+    assert limiter.counted_against("post", "/v2/escalations/e1/actions/cancel") == (KEY,)
+    sent: list[float] = []
+
+    async def create() -> None:
+        await limiter.acquire(escalation_create_quota(limiter))
+        sent.append(sim.now - 1000.0)
+
+    await sim.run(*(create() for _ in range(5)))
+    assert sent == pytest.approx([0, 0, 1, 2, 3])
+
+
+async def test_a_slow_endpoint_class_does_not_hold_up_other_requests() -> None:
+    """While escalation creates queue for their 60/min quota, requests that count against
+    the key alone go at the key's rate: the narrow quota holds no slot of the wide one."""
+    sim = SimTime()
+    limiter = sim.limiter({KEY: Limit(600, 1), ESCALATION_CREATE: Limit(6, 1)})
+    creates: list[float] = []
+    cancels: list[float] = []
+
+    async def create() -> None:
+        await limiter.acquire(escalation_create_quota(limiter))
+        creates.append(sim.now - 1000.0)
+
+    async def cancel() -> None:
+        await limiter.acquire(limiter.counted_against("POST", "/v2/escalations/e/actions/cancel"))
+        cancels.append(sim.now - 1000.0)
+
+    await sim.run(*(create() for _ in range(3)), *(cancel() for _ in range(10)))
+    assert creates == pytest.approx([0, 10, 20])
+    # The key's 10/s is shared with the creates that reached it, never idle behind them.
+    assert max(cancels) == pytest.approx(1.0)
+
+
+async def test_page_stopping_request_waits_at_most_two_slots_behind_a_backlog() -> None:
+    """Ten update-class requests queue for a 1/s quota; a page-stopping one arriving after
+    them goes within two slots after the one being waited for (at most one other goes to
+    the oldest waiter), not after the whole backlog; the updates keep arrival order."""
+    sim = SimTime()
+    limiter = sim.limiter({KEY: Limit(60, 1), ESCALATION_CREATE: Limit(60, 1)})
+    order: list[tuple[str, float]] = []
+    key_only = limiter.counted_against("GET", "/v2/incidents/x")
+
+    async def request(name: str, rank: int, delay: float) -> None:
+        await sim.sleep(delay)
+        with request_priority(rank):
+            await limiter.acquire(key_only)
+        order.append((name, sim.now - 1000.0))
+
+    updates = [request(f"update-{n}", 2, 0) for n in range(10)]
+    await sim.run(*updates, request("page", 0, 2.5))
+    sent = dict(order)
+    # Arrived at 2.5 s: the slot at 3 s was being waited for, the one at 4 s may go to the
+    # oldest waiter, the one at 5 s at the latest is its own (the backlog ends at 10 s).
+    assert sent["page"] <= 5.0
+    assert [name for name, _ in order if name != "page"] == [f"update-{n}" for n in range(10)]
+    assert sent["update-9"] == pytest.approx(10.0)
+
+
+async def test_priority_gate_alternates_the_most_urgent_and_the_oldest_waiter() -> None:
+    """Waiters queued at a busy gate enter alternately by (class, arrival) and by arrival
+    alone; a cancelled waiter drops out and one cancelled as its turn came passes the gate
+    on."""
+    gate = PriorityGate()
+    entered: list[str] = []
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with gate.hold(1):
+            await release.wait()
+
+    async def waiter(name: str, rank: int) -> None:
+        async with gate.hold(rank):
+            entered.append(name)
+
+    first = asyncio.create_task(holder(), name="holder")
+    await asyncio.sleep(0)
+    tasks = [
+        asyncio.create_task(waiter(name, rank), name=name)
+        for name, rank in [("u1", 2), ("c1", 1), ("p1", 0), ("u2", 2), ("doomed", 0), ("p2", 0)]
+    ]
+    await asyncio.sleep(0)
+    assert gate.waiting == 6
+    tasks[4].cancel()
+    release.set()
+    await asyncio.gather(first, *tasks, return_exceptions=True)
+    assert entered == ["p1", "u1", "p2", "c1", "u2"]
+    assert gate.waiting == 0
+    async with gate.hold(2):  # free again
+        pass
+
+
+def test_ratelimit_headers_are_read_in_both_platforms_forms() -> None:
+    """incident.io's layered X-RateLimit-Limit names the binding quota first, with its
+    window in the policies after it; Rootly's carries one policy; a small reset is a delay."""
+    incident_io = parse_ratelimit_headers(
+        {
+            "X-RateLimit-Limit": "60, 1200;window=60, 60;window=60",
+            "X-RateLimit-Remaining": "7",
+            "X-RateLimit-Used": "53",
+            "X-RateLimit-Reset": "1700000100",
+        },
+        now=1_700_000_000.0,
+    )
+    assert incident_io is not None
+    assert (incident_io.limit, incident_io.window) == (60, 60)
+    assert (incident_io.remaining, incident_io.reset) == (7, 1_700_000_100)
+    rootly = parse_ratelimit_headers(
+        {"X-RateLimit-Limit": "1000, 1000;window=3600", "X-RateLimit-Remaining": "0",
+         "X-RateLimit-Reset": "30"},
+        now=1_700_000_000.0,
+    )  # fmt: skip
+    assert rootly is not None
+    assert (rootly.limit, rootly.window, rootly.remaining) == (1000, 3600, 0)
+    assert rootly.reset == 1_700_000_030
+    assert parse_ratelimit_headers({"Content-Type": "application/json"}, 0.0) is None
+
+
+async def test_remaining_corrects_the_binding_quota_and_zero_pauses_until_reset() -> None:
+    """The quota the headers name (60 of the escalation create's, not the key's 1200) holds
+    no more than the server says remains; a remaining of 0 pauses it until the reset."""
+    fake = FakeTime()
+    limiter = RateLimiters(fake.monotonic, wall_clock=fake.wall, sleep=fake.sleep).get(
+        INCIDENT_IO_LIMITS, "key", {KEY: Limit(1200, 20), ESCALATION_CREATE: Limit(60, 10)}
+    )
+    used = limiter.counted_against("POST", "/v2/escalations")
+    escalations = limiter.quotas[ESCALATION_CREATE]
+    key = limiter.quotas[KEY]
+    assert isinstance(escalations, LocalQuota) and isinstance(key, LocalQuota)
+    headers = {"X-RateLimit-Limit": "60, 1200;window=60, 60;window=60"}
+    await limiter.observe(used, {**headers, "X-RateLimit-Remaining": "2"})
+    assert escalations.bucket.tokens == pytest.approx(2)
+    assert key.bucket.tokens == pytest.approx(20)
+    reset = fake.wall() + 30
+    await limiter.observe(
+        used, {**headers, "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(reset))}
+    )
+    assert escalations.bucket.paused_for == pytest.approx(int(reset) - fake.wall())
+    assert key.bucket.paused_for == 0
+    # Without X-RateLimit-Limit, an answer to a request of one quota corrects that one.
+    await limiter.observe(
+        limiter.counted_against("GET", "/v2/alerts/a"), {"X-RateLimit-Remaining": "4"}
+    )
+    assert key.bucket.tokens == pytest.approx(4)
+
+
+async def test_a_429_pauses_the_quota_it_names_else_every_quota_of_the_request() -> None:
+    """A 429 naming the escalation create's quota leaves the key (and so cancels) running; a
+    429 that names none pauses every quota the request counted against."""
+    fake = FakeTime()
+    limiters = RateLimiters(fake.monotonic, wall_clock=fake.wall, sleep=fake.sleep)
+    limiter = limiters.get(INCIDENT_IO_LIMITS, "key")
+    used = limiter.counted_against("POST", "/v2/escalations")
+    named = {"X-RateLimit-Limit": "60, 1200;window=60, 60;window=60"}
+    await limiter.rate_limited(used, named, fake.wall() + 5)
+    escalations, key = limiter.quotas[ESCALATION_CREATE], limiter.quotas[KEY]
+    assert isinstance(escalations, LocalQuota) and isinstance(key, LocalQuota)
+    assert escalations.bucket.paused_for == pytest.approx(5)
+    assert key.bucket.paused_for == 0
+    await limiter.rate_limited(used, {}, fake.wall() + 8)
+    assert escalations.bucket.paused_for == pytest.approx(8)
+    assert key.bucket.paused_for == pytest.approx(8)
+
+
+def test_registry_keeps_one_limiter_per_platform_and_key_with_the_platforms_quotas() -> None:
+    """Same key -> same limiter; another key or platform -> another. Default sizes come
+    from each platform's table; given sizes replace them; the key itself is never held."""
     limiters = RateLimiters()
-    a = limiters.get("incident_io", "key-a")
-    assert limiters.get("incident_io", "key-a") is a
-    assert limiters.get("incident_io", "key-b") is not a
-    assert limiters.get("rootly", "key-a") is not a
-    assert (a.rate, a.capacity) == (20.0, 20.0)
-    rootly = limiters.get("rootly", "key-a")
-    assert (rootly.rate, rootly.capacity) == (50.0, 50.0)
-    custom = limiters.get("rootly", "key-c", rate_per_minute=600, burst=5)
-    assert (custom.rate, custom.capacity) == (10.0, 5.0)
-    assert DEFAULT_LIMITS["incident_io"] == (1200.0, 20.0)
+    a = limiters.get(INCIDENT_IO_LIMITS, "key-a")
+    assert limiters.get(INCIDENT_IO_LIMITS, "key-a") is a
+    assert limiters.get(INCIDENT_IO_LIMITS, "key-b") is not a
+    assert limiters.get(ROOTLY_LIMITS, "key-a") is not a
+    assert {name: q.limit for name, q in a.quotas.items()} == {
+        KEY: Limit(1200, 20),
+        ESCALATION_CREATE: Limit(60, 10),
+    }
+    rootly = limiters.get(ROOTLY_LIMITS, "key-c", {READS: Limit(600, 5)})
+    assert {name: q.limit for name, q in rootly.quotas.items()} == {
+        WRITES: Limit(3000, 50),
+        READS: Limit(600, 5),
+    }
+    assert rootly.counted_against("GET", "/v1/incidents/1") == (READS,)
+    assert rootly.counted_against("PUT", "/v1/incidents/1") == (WRITES,)
     assert len(limiters) == 4
-    # The registry never holds the key itself.
     assert "key-a" not in repr(vars(limiters))
     assert len(key_fingerprint("key-a")) == 16
+    with pytest.raises(ValueError, match="per_minute"):
+        Limit(0, 1)
+    with pytest.raises(ValueError, match="burst"):
+        Limit(1, 0.5)
 
 
 class BucketServer:
@@ -185,21 +440,21 @@ class BucketServer:
 @pytest.fixture
 async def paced_client(
     server: RecordingServer, metrics: Metrics
-) -> AsyncIterator[tuple[IncidentIoClient, TokenBucket]]:
-    bucket = TokenBucket(20, 20)
+) -> AsyncIterator[tuple[IncidentIoClient, KeyLimiter]]:
+    limiter = RateLimiters().get(INCIDENT_IO_LIMITS, INCIDENT_IO_TOKEN, {KEY: Limit(1200, 20)})
     client = IncidentIoClient(
-        token=INCIDENT_IO_TOKEN, limiter=bucket, metrics=metrics, base_url=server.url
+        token=INCIDENT_IO_TOKEN, limiter=limiter, metrics=metrics, base_url=server.url
     )
     await client.start()
     try:
-        yield client, bucket
+        yield client, limiter
     finally:
         await client.close()
 
 
 @pytest.mark.timeout(30)
 async def test_burst_of_100_through_20_per_second_earns_no_429(
-    server: RecordingServer, paced_client: tuple[IncidentIoClient, TokenBucket]
+    server: RecordingServer, paced_client: tuple[IncidentIoClient, KeyLimiter]
 ) -> None:
     """100 concurrent calls through a 20/s, capacity-20 limiter never trip a server bucket of
     the same size, and the limiter (not luck) is what paces them: >= (100 - 20) / 20 s."""
@@ -224,10 +479,13 @@ async def test_burst_of_100_through_20_per_second_earns_no_429(
 
 
 async def test_server_429_pauses_the_shared_bucket(
-    server: RecordingServer, paced_client: tuple[IncidentIoClient, TokenBucket]
+    server: RecordingServer, paced_client: tuple[IncidentIoClient, KeyLimiter]
 ) -> None:
     """One 429 with Retry-After pauses the key's bucket for every later caller."""
-    client, bucket = paced_client
+    client, limiter = paced_client
+    quota = limiter.quotas[KEY]
+    assert isinstance(quota, LocalQuota)
+    bucket = quota.bucket
     server.reply(429, {"type": "too_many_requests"}, {"Retry-After": "3"})
     with pytest.raises(RateLimited) as caught:
         await client.cancel_escalation("esc1")

@@ -15,7 +15,9 @@ from bridge.metrics import Metrics
 from bridge.platforms.errors import Permanent, Retryable, UpstreamError
 from bridge.platforms.http import parse_error, retry_at_from
 from bridge.platforms.incident_io.client import IncidentIoClient
+from bridge.platforms.incident_io.limits import LIMITS as INCIDENT_IO_LIMITS
 from bridge.platforms.rootly.client import RootlyClient
+from bridge.platforms.rootly.limits import LIMITS as ROOTLY_LIMITS
 from tests.clients.conftest import (
     ALERT_SOURCE_CONFIG_ID,
     ALERT_SOURCE_TOKEN,
@@ -24,7 +26,7 @@ from tests.clients.conftest import (
     Recorded,
     RecordingServer,
     counter_value,
-    fast_bucket,
+    fast_limiter,
 )
 
 NOW = 1_750_000_000.0
@@ -84,7 +86,7 @@ async def test_timeout_is_retryable_and_counted(server: RecordingServer, metrics
     server.handler(stall)
     client = RootlyClient(
         token=ROOTLY_TOKEN,
-        limiter=fast_bucket(),
+        limiter=fast_limiter(ROOTLY_LIMITS),
         metrics=metrics,
         base_url=server.url,
         total_timeout=0.2,
@@ -112,7 +114,7 @@ async def test_connection_refused_is_retryable_and_counted(metrics: Metrics) -> 
         port = probe.getsockname()[1]
     client = IncidentIoClient(
         token=INCIDENT_IO_TOKEN,
-        limiter=fast_bucket(),
+        limiter=fast_limiter(INCIDENT_IO_LIMITS),
         metrics=metrics,
         base_url=f"http://127.0.0.1:{port}",
     )
@@ -188,7 +190,7 @@ async def test_success_with_non_json_body_returns_none(
 
 async def test_client_used_before_start_is_a_clear_error(metrics: Metrics) -> None:
     """Calling a client before start() raises a RuntimeError saying so."""
-    client = RootlyClient(token=ROOTLY_TOKEN, limiter=fast_bucket(), metrics=metrics)
+    client = RootlyClient(token=ROOTLY_TOKEN, limiter=fast_limiter(ROOTLY_LIMITS), metrics=metrics)
     with pytest.raises(RuntimeError, match="before start"):
         await client.get_alert("a1")
     await client.close()
@@ -197,7 +199,7 @@ async def test_client_used_before_start_is_a_clear_error(metrics: Metrics) -> No
 def test_empty_token_is_refused(metrics: Metrics) -> None:
     """A client without a credential fails at construction, not at the first request."""
     with pytest.raises(ValueError, match="token"):
-        RootlyClient(token="", limiter=fast_bucket(), metrics=metrics)
+        RootlyClient(token="", limiter=fast_limiter(ROOTLY_LIMITS), metrics=metrics)
 
 
 @pytest.mark.parametrize(

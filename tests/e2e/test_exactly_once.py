@@ -112,12 +112,18 @@ async def test_burst_with_injected_5xx_and_429_completes_exactly_once(tmp_path: 
                 "backoff_base_seconds": 0.01,
                 "backoff_max_seconds": 0.2,
             },
-            "incident_io": {"rate_limit_per_minute": 100_000, "burst": 1000, "max_concurrency": 16},
+            "incident_io": {
+                "rate_limit_per_minute": 100_000,
+                "burst": 1000,
+                "max_concurrency": 16,
+                "endpoint_limits": {"escalation_create": {"per_minute": 100_000, "burst": 1000}},
+            },
         },
         sandbox_kwargs={
             "incident_io_rate_limit_per_minute": 600_000,
             "incident_io_refill_per_second": 10_000.0,
             "incident_io_bucket_capacity": 10_000,
+            "incident_io_escalation_create_per_minute": 600_000,
         },
     ) as stack:
         iio = stack.sandbox.incident_io

@@ -51,6 +51,7 @@ async def sandbox() -> AsyncIterator[Sandbox]:
         incident_io_rate_limit_per_minute=100_000,
         incident_io_refill_per_second=10_000.0,
         incident_io_bucket_capacity=100_000,
+        incident_io_escalation_create_per_minute=100_000,
     ) as sb:
         yield sb
 
@@ -61,7 +62,10 @@ def replica_overrides(
     """Config of a test replica (on top of the reliability harness's fast defaults)."""
     return {
         "rootly": FAST_LIMITS,
-        "incident_io": FAST_LIMITS,
+        "incident_io": {
+            **FAST_LIMITS,
+            "endpoint_limits": {"escalation_create": {"per_minute": 100_000, "burst": 10_000}},
+        },
         "scheduler": {"leader_check_seconds": 0.5, **(scheduler or {})},
         "logging": {"level": log_level},
     }

@@ -10,6 +10,7 @@ import pytest
 
 from bridge.sandbox import Sandbox
 from tests.reliability.harness import (
+    FAST_ESCALATIONS,
     BridgeProcess,
     Upstream,
     bridge_env,
@@ -27,7 +28,11 @@ BridgeFactory = Callable[..., BridgeProcess]
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
     """Both simulators on loopback, seeded, with webhook retries that outlast a restart."""
-    async with Sandbox(seed=12, webhook_retry_delays=SANDBOX_WEBHOOK_RETRIES) as sb:
+    async with Sandbox(
+        seed=12,
+        webhook_retry_delays=SANDBOX_WEBHOOK_RETRIES,
+        incident_io_escalation_create_per_minute=FAST_ESCALATIONS,
+    ) as sb:
         yield sb
 
 

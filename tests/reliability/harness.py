@@ -128,6 +128,10 @@ class Upstream:
         ]
 
 
+FAST_ESCALATIONS = 1200
+"""Escalation creates per minute the test sandboxes allow (incident.io allows 60)."""
+
+
 def new_admin_token() -> str:
     return "adm_" + secrets.token_urlsafe(32)
 
@@ -196,6 +200,11 @@ def write_config(
         },
         "scheduler": {"retry_sweep_seconds": 0.5},
         "logging": {"level": "info", "format": "json"},
+        # These suites page hundreds of incidents to test crashes, not pacing: escalation
+        # creates go at the key's rate (the sandbox allows as much, `FAST_ESCALATIONS`).
+        "incident_io": {
+            "endpoint_limits": {"escalation_create": {"per_minute": 1200, "burst": 20}}
+        },
     }
     config = _deep_merge(config, overrides or {})
     path = directory / "bridge.yaml"

@@ -11,10 +11,11 @@ About a minute per backend on a 2-core machine.
 
 Final state means: every Rootly incident has exactly one incident.io escalation (none lost,
 none doubled); those of cancelled and resolved incidents are no longer paging, those of
-open incidents still are (no wrong change); every Rootly alert opened at most one
-incident.io alert (never paged twice; none when its "resolved" landed before its "firing"
-could, which is then superseded), which is resolved (none still firing), and the
-escalation it paged is no longer paging; no action is dead-lettered.
+open incidents still are (no wrong change); every Rootly alert opened exactly one
+incident.io alert (never paged twice), which is resolved (none still firing), and the
+escalation it paged is no longer paging, or, resolved before its firing event could be
+delivered, none (its resolving event, page-stopping, went first and superseded the firing
+one); no action is dead-lettered.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bridge.events import LinkChange, Platform, ResultLink, thaw
+from bridge.operations import priority_of
 from bridge.platforms.states import compared
 from bridge.rules import RulesError, default_idempotency_key, evaluate, load_rules
 from tests.rules.builders import (
@@ -115,6 +116,7 @@ def test_rootly_alert_created_sends_firing_alert_event() -> None:
         "source_url": "https://app.datadoghq.com/monitors/1234",
         "metadata": {"rootly_alert_id": "alert-7f2e", "rootly_incident_ids": ["inc-4d1c"]},
     }
+    assert priority_of(action) == "create"
 
 
 def test_rootly_alert_without_optional_fields_leaves_them_out() -> None:
@@ -199,6 +201,10 @@ def test_rootly_incident_resolved_cancels_escalations_and_resolves_alerts() -> N
         "rootly-alert-al-1-resolved",
         "rootly-alert-al-2-resolved",
     ]
+    # Both stop pages: cancels are page-stopping by operation, the resolving alert events
+    # by the rule (a firing one is a create), so they pass backlogs of creates and updates.
+    assert [priority_of(a) for a in result.actions] == ["page"] * 5
+    assert [a.priority for a in result.actions] == [None] * 3 + ["page"] * 2
     assert thaw(resolved[0].params) == {
         "status": "resolved",
         "deduplication_key": "rootly-alert-al-1",

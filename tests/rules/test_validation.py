@@ -56,8 +56,14 @@ CASES = [
     pytest.param(
         GOOD_RULE.replace("      - do:", "      - paramz: {}\n        do:"),
         "config/rules.yaml:8: rule 'first': actions[0].paramz: unknown key 'paramz' (allowed: "
-        "do, params, target, for_each, when, idempotency_key, link_result)",
+        "do, params, target, for_each, when, idempotency_key, link_result, priority)",
         id="unknown-key",
+    ),
+    pytest.param(
+        GOOD_RULE.replace("      - do:", "      - priority: urgent\n        do:"),
+        "config/rules.yaml:8: rule 'first': actions[0].priority: Input should be 'page',"
+        " 'create' or 'update'",
+        id="bad-priority",
     ),
     pytest.param(
         GOOD_RULE.replace("incident_io.create_escalation", "rootly.frobnicate"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import aiohttp
@@ -302,6 +303,43 @@ async def test_rate_limit(http: aiohttp.ClientSession) -> None:
     assert limited.body["type"] == "too_many_requests"
     assert set(limited.body["rate_limit"]) == {"name", "limit", "remaining", "retry_after"}
     assert limited.body["errors"][0]["code"] == "too_many_requests"
+
+
+async def test_escalation_creates_have_a_limit_of_their_own_inside_the_keys(
+    http: aiohttp.ClientSession,
+) -> None:
+    """`POST /v2/escalations` counts against its own limit (here 3/min) and the key's: the
+    fourth create is refused with the escalation limit named, while other requests of the
+    key still pass. Every answer names the binding limit first in `X-RateLimit-Limit`, with
+    its remaining, used and reset, as incident.io documents."""
+    async with Sandbox(incident_io_escalation_create_per_minute=3) as sb:
+        url, key = sb.incident_io_url, sb.incident_io_api_key
+        path_id = sb.incident_io.default_escalation_path_id
+        creates = [
+            await call(
+                http,
+                "POST",
+                url + "/v2/escalations",
+                token=key,
+                body={"idempotency_key": f"k{n}", "title": "t", "escalation_path_id": path_id},
+            )
+            for n in range(4)
+        ]
+        listed = await call(http, "GET", url + "/v2/escalations", token=key)
+    assert [a.status for a in creates] == [201, 201, 201, 429]
+    assert creates[0].headers["X-RateLimit-Limit"] == "3, 1200;window=60, 3;window=60"
+    assert [a.headers["X-RateLimit-Remaining"] for a in creates] == ["2", "1", "0", "0"]
+    assert [a.headers["X-RateLimit-Used"] for a in creates[:3]] == ["1", "2", "3"]
+    now = time.time()
+    assert now < int(creates[2].headers["X-RateLimit-Reset"]) <= now + 21
+    limited = creates[3]
+    assert limited.body["rate_limit"]["name"] == "escalation create"
+    assert limited.body["rate_limit"]["limit"] == 3
+    assert 1 <= int(limited.headers["Retry-After"]) <= 20
+    assert listed.status == 200
+    assert listed.headers["X-RateLimit-Limit"] == "1200, 1200;window=60"
+    # The refused create took nothing from the key (which refills at 20/s meanwhile).
+    assert 1196 <= int(listed.headers["X-RateLimit-Remaining"]) < 1200
 
 
 async def test_list_escalations_by_exact_idempotency_key(

@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 from bridge.events import Action, ObjectRef
-from bridge.store.base import InboxCompletion, OutboxRow, StoreError
+from bridge.store.base import LEASE_LOST, InboxCompletion, OutboxRow, StoreError
 from bridge.store.store import SqlStore
 from tests.store.conftest import FakeClock, MakeStore
 from tests.store.factories import action, finish, inbox_event
@@ -61,7 +61,7 @@ async def test_a_later_cause_of_the_same_aspect_does_not_wait_for_a_retry(
     (claimed,) = await store.claim_outbox("w", 10, 60)
     assert await store.retry_action(claimed.id, "w", t0 + timedelta(minutes=1), "503", True)
     (cancel,) = await _queue(store, t0, [_op("k-cancel")], t0 + timedelta(seconds=1), 2)
-    (first,) = await store.claim_outbox("w", 10, 60)
+    (first,) = await store.claim_outbox("w", 10, 600)  # leased past the ack's retry
     assert first.id == cancel.id
     clock.advance(120)
     assert await store.claim_outbox("w", 10, 60) == []  # the cancel is in flight
@@ -148,3 +148,28 @@ async def test_replicas_never_claim_two_actions_of_one_object(
     )
     objects = [row.object_key for rows in held for row in rows]
     assert len(objects) == len(set(objects)) == 10
+
+
+async def test_an_action_whose_holder_died_does_not_block_the_earlier_cause_it_waits_for(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """A cancel claimed while an acknowledgement of the same escalation (caused earlier)
+    backed off, whose holder then died: once its lease expires it goes back to pending
+    (the attempt and the lost holder counted), the acknowledgement now due runs, then the
+    cancel. Left claimed, each would wait for the other forever."""
+    t0 = clock()
+    (ack,) = await _queue(store, t0, [_op("k-ack")], t0, 1)
+    (claimed,) = await store.claim_outbox("w", 10, 60)
+    assert await store.retry_action(claimed.id, "w", t0 + timedelta(seconds=30), "503", True)
+    (cancel,) = await _queue(store, t0, [_op("k-cancel")], t0 + timedelta(seconds=1), 2)
+    (first,) = await store.claim_outbox("dead", 10, 60)
+    assert first.id == cancel.id
+    clock.advance(61)  # the ack is due, the cancel's holder never renewed its lease
+    (retried,) = await store.claim_outbox("w", 10, 60)
+    assert retried.id == ack.id
+    lost = await store.get_action(cancel.id)
+    assert lost is not None
+    assert (lost.state, lost.attempts, lost.last_error) == ("pending", 1, LEASE_LOST + "dead")
+    assert await finish(store, ack.id, "w", "done", {})
+    (taken_over,) = await store.claim_outbox("w", 10, 60)
+    assert (taken_over.id, taken_over.attempts) == (cancel.id, 1)

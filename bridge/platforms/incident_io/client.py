@@ -35,7 +35,7 @@ from bridge.platforms.incident_io.models import (
     IncidentIoIncident,
     unwrap,
 )
-from bridge.platforms.ratelimit import TokenBucket
+from bridge.platforms.ratelimit import KeyLimiter
 
 DEFAULT_BASE_URL: Final = "https://api.incident.io"
 JSON: Final = "application/json"
@@ -116,12 +116,12 @@ class IncidentIoClient:
         self,
         *,
         token: str,
-        limiter: TokenBucket,
+        limiter: KeyLimiter,
         metrics: Metrics,
         base_url: str = DEFAULT_BASE_URL,
         alert_source_config_id: str | None = None,
         alert_source_token: str | None = None,
-        alert_source_limiter: TokenBucket | None = None,
+        alert_source_limiter: KeyLimiter | None = None,
         connect_timeout: float = 5.0,
         total_timeout: float = 30.0,
         user_agent: str = DEFAULT_USER_AGENT,

@@ -31,7 +31,7 @@ from bridge.platforms.http import (
     matches_any,
     parse_answer,
 )
-from bridge.platforms.ratelimit import TokenBucket
+from bridge.platforms.ratelimit import KeyLimiter
 from bridge.platforms.rootly.models import RootlyAlert, RootlyIncident
 
 DEFAULT_BASE_URL: Final = "https://api.rootly.com"
@@ -91,7 +91,7 @@ class RootlyClient:
         self,
         *,
         token: str,
-        limiter: TokenBucket,
+        limiter: KeyLimiter,
         metrics: Metrics,
         base_url: str = DEFAULT_BASE_URL,
         connect_timeout: float = 5.0,

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from bridge import __version__
 from bridge.events import OPERATIONS
+from bridge.store.base import OUTBOX_STATES
 
 # Every labelled counter starts at 0 for each combination of its known label values (the
 # tuples below, declared once). A series that first appears at 1 has no increase in
@@ -31,7 +32,6 @@ WEBHOOK_OUTCOMES = (
     "unavailable",
 )
 ACTION_OUTCOMES = ("done", "skipped", "retried", "rate_limited", "dead_lettered")
-OUTBOX_STATES = ("pending", "claimed", "done", "skipped", "dead")
 SOURCES = ("rootly", "incident_io")
 LINK_CHECK_OUTCOMES = ("in_step", "drift", "deferred")
 # Deliveries refused before storage carry no event type yet.

@@ -10,9 +10,7 @@ from typing import Any, Final
 
 from bridge import __version__
 from bridge.events import OBJECT_KINDS, PLATFORMS
-from bridge.store.base import EVENT_OUTCOMES
-
-OUTBOX_STATES: Final = ("pending", "claimed", "done", "skipped", "dead")
+from bridge.store.base import EVENT_OUTCOMES, OUTBOX_STATES
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -25,8 +25,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from bridge.clock import Clock, utcnow
 from bridge.config import SchedulerSettings
 from bridge.logging import Logger
-from bridge.metrics import OUTBOX_STATES, Metrics
-from bridge.store.base import Store, StoreError
+from bridge.metrics import Metrics
+from bridge.store.base import OUTBOX_STATES, Store, StoreError
 
 
 class Scheduler:

@@ -32,13 +32,12 @@ from bridge.logging import Logger
 from bridge.metrics import Metrics
 from bridge.pipeline.ingest import CLOSE_AFTER_ANSWER, CONTENT_ENCODINGS, Ingest, body_problem
 from bridge.platforms.webhooks import PayloadError, decode_json_object
-from bridge.store.base import LinkFilter, LinkRow, OutboxRow, Store, StoreError
+from bridge.store.base import OUTBOX_STATES, LinkFilter, LinkRow, OutboxRow, Store, StoreError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Every path, a decoded newline included (`.` would not match one, and such a request
 # would fall through to aiohttp's plain-text 404, without our JSON or the token check).
 CATCH_ALL = r"/{tail:[\s\S]*}"
-_OUTBOX_STATES = ("pending", "claimed", "done", "skipped", "dead")
 
 
 @dataclass
@@ -302,9 +301,9 @@ class AdminApi:
         states = None
         if raw_states:
             states = [s.strip() for s in raw_states.split(",")]
-            unknown = [s for s in states if s not in _OUTBOX_STATES]
+            unknown = [s for s in states if s not in OUTBOX_STATES]
             if unknown:
-                raise _bad_request(f"unknown state {unknown[0]!r}; use {', '.join(_OUTBOX_STATES)}")
+                raise _bad_request(f"unknown state {unknown[0]!r}; use {', '.join(OUTBOX_STATES)}")
         rows = await self._store.list_outbox(
             states,  # type: ignore[arg-type]
             _int_param(request, "limit", 100, 1, 1000),

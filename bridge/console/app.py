@@ -50,16 +50,15 @@ from bridge.platforms.webhooks import PayloadError
 from bridge.rules import RuleSet
 from bridge.store.base import (
     EVENT_OUTCOMES,
+    OUTBOX_STATES,
     EventObject,
     InboxRow,
     LinkFilter,
     OutboxRow,
-    OutboxState,
     Store,
     StoreError,
 )
 
-OUTBOX_STATES: Final[tuple[OutboxState, ...]] = ("pending", "claimed", "done", "skipped", "dead")
 MAX_FORM_BYTES: Final = 2 * 1024 * 1024
 PAGE: Final = 100
 PLATFORM_LABELS: Final[Mapping[str, str]] = {"rootly": "Rootly", "incident_io": "incident.io"}

@@ -27,6 +27,8 @@ from bridge.events import (
 
 InboxState = Literal["pending", "processed", "failed"]
 OutboxState = Literal["pending", "claimed", "done", "skipped", "dead"]
+OUTBOX_STATES: tuple[OutboxState, ...] = ("pending", "claimed", "done", "skipped", "dead")
+"""Every outbox state, in a row's life order (the gauges', the API's and the console's)."""
 
 # `last_error` of an action taken over from an expired lease, followed by the holder's name.
 # Its holder died or stalled without an outcome: the attempt counts, so an action that

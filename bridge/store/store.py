@@ -4,84 +4,56 @@ The statements are in `bridge.store.queries`; the drivers (`bridge.store.sqlite`
 `bridge.store.postgres`) run them. Times come from the injected clock (UTC), not the
 database's, so both backends and the tests agree on "now". Dead letters are outbox rows in
 state ``dead``, so a replay is a state change and the action keeps its history.
+
+`SqlStore` is assembled by concern: this module holds its lifecycle and the pipeline's
+write paths (the inbox, the outbox, pruning); the operators' reads are in
+`bridge.store.reads`, links, echo records and last seen states in `bridge.store.links`,
+and the coordination between replicas in `bridge.store.replicas`, all on the driver and
+clock of `bridge.store.access`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 import structlog
 
 from bridge.clock import Clock, utcnow
-from bridge.events import (
-    OBJECT_KINDS,
-    PLATFORMS,
-    ActionId,
-    DeliveryId,
-    InboxId,
-    LinkChange,
-    ObjectRef,
-    Platform,
-    freeze,
-)
+from bridge.events import ActionId, InboxId, LinkChange, ObjectRef, Platform
 from bridge.store import queries as q
 from bridge.store.base import (
     LEASE_LOST,
     ActionOutcome,
-    EventFilter,
     EventObject,
     InboxCompletion,
     InboxRow,
-    LinkFilter,
-    LinkRow,
     NewInboxEvent,
     OutboxRow,
-    OutboxState,
     PruneResult,
-    RateBucket,
-    SeenState,
-    StoreCounts,
     StoreError,
     StoreUnavailable,
 )
 from bridge.store.driver import Driver, Row, Sql, Tx
+from bridge.store.links import LinkQueries
 from bridge.store.postgres import PostgresDriver
-from bridge.store.rows import (
-    action_values,
-    encode_json,
-    event_object,
-    inbox_row,
-    link_kind,
-    link_row,
-    outbox_row,
-    pair_values,
-    pairs_json,
-    seen_state,
-)
+from bridge.store.reads import ReadQueries
+from bridge.store.replicas import ReplicaQueries
+from bridge.store.rows import action_values, encode_json, inbox_row, outbox_row, pair_values
 from bridge.store.schema import migrate
 from bridge.store.sqlite import SqliteDriver
 from bridge.store.urls import check_schema, parse_store_url
 
-OUTBOX_STATES = ("pending", "claimed", "done", "skipped", "dead")
 DROPPED: Final = {"skipped": "dropped", "detail": "dropped by an operator"}
 """The result of a dead letter an operator dropped."""
-# Open bounds of `search_events`' filters (timestamps are compared as values: no NULLs).
-_EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_LATEST: Final = datetime(9999, 1, 1, tzinfo=UTC)
-_NO_CURSOR: Final = 2**63 - 1
 _SAVEPOINT = Sql("SAVEPOINT completion")
 _ROLLBACK = Sql("ROLLBACK TO SAVEPOINT completion")
 _RELEASE = Sql("RELEASE SAVEPOINT completion")
 
 
-def _ref_rows(refs: Sequence[ObjectRef]) -> str:
-    return json.dumps([[r.platform, r.kind, r.id] for r in refs])
-
-
-class SqlStore:
+class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
     """The bridge's store on SQLite (embedded default) or PostgreSQL (several replicas).
 
     `url` is what the user configured (``sqlite:///data/bridge.db``,
@@ -111,12 +83,12 @@ class SqlStore:
         self._log = (logger or structlog.get_logger(__name__)).bind(
             store_backend=self.backend, store=self.url.display
         )
-        self._clock = clock
-        self.driver: Driver = (
+        driver: Driver = (
             SqliteDriver(self.url, logger=self._log, exclusive=exclusive, busy_timeout=busy_timeout)
             if self.backend == "sqlite"
             else PostgresDriver(self.url, schema=schema, pool_size=pool_size, logger=self._log)
         )
+        super().__init__(driver, clock)
         self.version: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -136,9 +108,6 @@ class SqlStore:
 
     async def ping(self) -> None:
         await self.driver.fetch(q.PING)
-
-    async def _rows(self, sql: Sql, **params: Any) -> list[Row]:
-        return await self.driver.fetch(sql, params)
 
     # -- inbox ----------------------------------------------------------------------------
     async def add_inbox(
@@ -339,76 +308,6 @@ class SqlStore:
 
         await self.driver.transact("recording a dispatch failure", work)
 
-    async def get_inbox(self, inbox_id: InboxId) -> InboxRow | None:
-        rows = await self._rows(q.GET_INBOX, id=inbox_id)
-        return inbox_row(rows[0]) if rows else None
-
-    async def find_inbox(self, source: Platform, delivery_id: DeliveryId) -> InboxRow | None:
-        rows = await self._rows(q.FIND_INBOX, source=source, delivery=delivery_id)
-        return inbox_row(rows[0]) if rows else None
-
-    async def actions_for_inbox(self, inbox_id: InboxId) -> list[OutboxRow]:
-        return [outbox_row(r) for r in await self._rows(q.INBOX_ACTIONS, id=inbox_id)]
-
-    # -- history ----------------------------------------------------------------------------
-    async def search_events(self, flt: EventFilter) -> list[InboxRow]:
-        rows = await self._rows(
-            q.SEARCH_EVENTS,
-            source=flt.source,
-            event_type=flt.event_type,
-            since=flt.since or _EARLIEST,
-            until=flt.until or _LATEST,
-            before=_NO_CURSOR if flt.before is None else flt.before,
-            outcome=flt.outcome,
-            object_id=flt.object_id,
-            object_platform=flt.object_platform,
-            object_kind=flt.object_kind,
-            limit=flt.limit,
-        )
-        return [inbox_row(r) for r in rows]
-
-    async def event_objects(self, inbox_ids: Sequence[InboxId]) -> dict[InboxId, list[EventObject]]:
-        found: dict[InboxId, list[EventObject]] = {}
-        if inbox_ids:
-            for row in await self._rows(q.EVENT_OBJECTS, ids=json.dumps(list(inbox_ids))):
-                found.setdefault(InboxId(row["inbox_id"]), []).append(event_object(row))
-        return found
-
-    async def events_naming(self, refs: Sequence[ObjectRef], limit: int) -> list[InboxRow]:
-        if not refs:
-            return []
-        rows = await self._rows(q.EVENTS_NAMING, refs=_ref_rows(refs), limit=limit)
-        return [inbox_row(r) for r in rows]
-
-    async def actions_on(
-        self, refs: Sequence[ObjectRef], inbox_ids: Sequence[InboxId], limit: int
-    ) -> list[OutboxRow]:
-        if not refs and not inbox_ids:
-            return []
-        rows = await self._rows(
-            q.ACTIONS_ON,
-            keys=json.dumps([str(r) for r in refs]),
-            ids=json.dumps(list(inbox_ids)),
-            limit=limit,
-        )
-        return [outbox_row(r) for r in rows]
-
-    async def find_objects(self, object_id: str) -> list[ObjectRef]:
-        found = {
-            ObjectRef(row["platform"], row["kind"], row["object_id"])
-            for row in await self._rows(q.OBJECTS_WITH_ID, id=object_id)
-        }
-        # Links are indexed by full ref on both sides: ask for every ref the ID can be.
-        candidates = [
-            ObjectRef(platform, kind, object_id) for platform in PLATFORMS for kind in OBJECT_KINDS
-        ]
-        for link in await self.linked(candidates):
-            found.update(ref for ref in (link.a, link.b) if ref.id == object_id)
-        return sorted(found)
-
-    async def dead_letters_by_rule(self) -> dict[str, int]:
-        return {row["rule"]: int(row["n"]) for row in await self._rows(q.DEAD_BY_RULE)}
-
     # -- outbox ---------------------------------------------------------------------------
     async def claim_outbox(
         self,
@@ -518,23 +417,6 @@ class SqlStore:
         updated = await self.driver.transact(doing, lambda tx: tx.execute(q.RELEASE_ACTION, params))
         return updated == 1
 
-    async def list_outbox(
-        self, states: Sequence[OutboxState] | None, limit: int, offset: int = 0
-    ) -> list[OutboxRow]:
-        """Oldest first (id order)."""
-        rows = await self._rows(
-            q.LIST_OUTBOX,
-            every_state=states is None,
-            states=json.dumps(list(states or ())),
-            limit=limit,
-            offset=offset,
-        )
-        return [outbox_row(r) for r in rows]
-
-    async def get_action(self, action_id: ActionId) -> OutboxRow | None:
-        rows = await self._rows(q.GET_ACTION, id=action_id)
-        return outbox_row(rows[0]) if rows else None
-
     async def settled_actions(self, object_key: str) -> list[OutboxRow]:
         return [outbox_row(r) for r in await self._rows(q.SETTLED_ACTIONS, key=object_key)]
 
@@ -551,104 +433,7 @@ class SqlStore:
             "dropping a dead letter", q.DROP_ACTION, id=action_id, result=encode_json(DROPPED)
         )
 
-    async def _write_one(self, doing: str, sql: Sql, **params: Any) -> bool:
-        params["now"] = self._clock()
-        return await self.driver.transact(doing, lambda tx: tx.execute(sql, params)) > 0
-
-    # -- links ----------------------------------------------------------------------------
-    async def add_link(self, a: ObjectRef, b: ObjectRef, created_by: str) -> bool:
-        values: dict[str, Any] = pair_values(a, b)
-        values |= {"now": self._clock(), "created_by": created_by}
-        rows = await self.driver.transact("adding a link", lambda tx: tx.fetch(q.ADD_LINK, values))
-        return bool(rows)
-
-    async def remove_link(self, a: ObjectRef, b: ObjectRef) -> bool:
-        values = pair_values(a, b)
-        removed = await self.driver.transact(
-            "removing a link", lambda tx: tx.execute(q.REMOVE_LINK, values)
-        )
-        return removed > 0
-
-    async def linked(self, refs: Sequence[ObjectRef]) -> list[LinkRow]:
-        if not refs:
-            return []
-        return [link_row(r) for r in await self._rows(q.LINKED, refs=_ref_rows(refs))]
-
-    async def list_links(self, flt: LinkFilter) -> list[LinkRow]:
-        """Links with a side matching every given field of `flt`, oldest first."""
-        rows = await self._rows(
-            q.LIST_LINKS,
-            platform=flt.platform,
-            kind=flt.kind,
-            external_id=flt.external_id,
-            limit=flt.limit,
-            offset=flt.offset,
-        )
-        return [link_row(r) for r in rows]
-
-    async def count_links(self) -> int:
-        return int((await self._rows(q.COUNT_LINKS))[0]["n"])
-
-    async def links_to_check(
-        self, now: datetime, checked_before: datetime, created_since: datetime, limit: int
-    ) -> list[LinkRow]:
-        rows = await self._rows(q.UNCHECKED_LINKS, now=now, limit=limit)
-        if len(rows) < limit:
-            rows += await self._rows(
-                q.LEAST_RECENTLY_CHECKED,
-                now=now,
-                stale=checked_before,
-                since=created_since,
-                limit=limit - len(rows),
-            )
-        return [link_row(r) for r in rows]
-
-    async def mark_links_checked(
-        self, pairs: Sequence[tuple[ObjectRef, ObjectRef]], now: datetime
-    ) -> None:
-        await self._mark(q.MARK_CHECKED, pairs, now=now)
-
-    async def defer_link_checks(
-        self, pairs: Sequence[tuple[ObjectRef, ObjectRef]], until: datetime
-    ) -> None:
-        await self._mark(q.DEFER_CHECK, pairs, until=until)
-
-    async def _mark(
-        self, sql: Sql, pairs: Sequence[tuple[ObjectRef, ObjectRef]], **params: Any
-    ) -> None:
-        if pairs:
-            params["pairs"] = pairs_json(pairs)
-            await self.driver.transact("recording link checks", lambda tx: tx.execute(sql, params))
-
-    # -- echo guard -----------------------------------------------------------------------
-    async def find_echo(self, ref: ObjectRef | str, change: str, now: datetime) -> bool:
-        return bool(await self._rows(q.FIND_ECHO, ref=str(ref), change=change, now=now))
-
-    # -- last state seen ------------------------------------------------------------------
-    async def last_seen(self, refs: Sequence[ObjectRef]) -> list[SeenState]:
-        if not refs:
-            return []
-        return [seen_state(r) for r in await self._rows(q.LAST_SEEN, refs=_ref_rows(refs))]
-
     # -- housekeeping ---------------------------------------------------------------------
-    async def counts(self) -> StoreCounts:
-        by_state = dict.fromkeys(OUTBOX_STATES, 0)
-        for row in await self._rows(q.OUTBOX_BY_STATE):
-            by_state[row["state"]] = int(row["n"])
-        by_kind: dict[str, int] = {}
-        for row in await self._rows(q.LINKS_BY_KIND):
-            label = link_kind(
-                f"{row['a_platform']}:{row['a_kind']}", f"{row['b_platform']}:{row['b_kind']}"
-            )
-            by_kind[label] = by_kind.get(label, 0) + int(row["n"])
-        pending = (await self._rows(q.INBOX_PENDING))[0]["n"]
-        return StoreCounts(
-            outbox_by_state=freeze(by_state),
-            dead_letters=by_state["dead"],
-            links_by_kind=freeze(by_kind),
-            inbox_pending=int(pending),
-        )
-
     async def prune(
         self, inbox_before: datetime, outbox_before: datetime, now: datetime
     ) -> PruneResult:
@@ -660,55 +445,3 @@ class SqlStore:
             return PruneResult(inbox=inbox, outbox=outbox, echoes=echoes, links=0, states=states)
 
         return await self.driver.transact("pruning old rows", work)
-
-    # -- coordination between replicas ----------------------------------------------------
-    async def reserve_rate_slot(
-        self, bucket: RateBucket, now: float, interval: float, burst: float
-    ) -> float:
-        params = {
-            "platform": bucket.platform,
-            "key": bucket.key_fingerprint,
-            "endpoint_class": bucket.endpoint_class,
-            "now": now,
-            "interval": interval,
-        }
-        rows = await self.driver.transact(
-            "reserving a rate-limit slot", lambda tx: tx.fetch(q.RESERVE_RATE, params)
-        )
-        return max(now, float(rows[0]["tat"]) - burst * interval)
-
-    async def raise_rate_floor(self, bucket: RateBucket, floor: float) -> None:
-        params = {
-            "platform": bucket.platform,
-            "key": bucket.key_fingerprint,
-            "endpoint_class": bucket.endpoint_class,
-            "floor": floor,
-        }
-        await self.driver.transact(
-            "pausing a shared rate limit", lambda tx: tx.execute(q.RAISE_RATE, params)
-        )
-
-    async def heartbeat(self, instance: str, now: datetime, live_since: datetime) -> int:
-        async def work(tx: Tx) -> int:
-            await tx.execute(q.HEARTBEAT, {"instance": instance, "now": now})
-            await tx.execute(q.FORGET_REPLICAS, {"since": live_since})
-            return int((await tx.fetch(q.COUNT_REPLICAS))[0]["n"])
-
-        return await self.driver.transact("recording a heartbeat", work)
-
-    async def leave(self, instance: str) -> None:
-        await self.driver.transact(
-            "leaving the replicas", lambda tx: tx.execute(q.LEAVE, {"instance": instance})
-        )
-
-    async def try_acquire_leadership(self) -> bool:
-        return await self.driver.try_lead()
-
-    async def release_leadership(self) -> None:
-        await self.driver.release_lead()
-
-    async def notify_work(self) -> None:
-        await self.driver.notify()
-
-    async def listen_work(self, callback: Callable[[], None]) -> None:
-        await self.driver.listen(callback)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from bridge.events import (
     Action,
@@ -27,7 +27,7 @@ from bridge.events import (
 
 InboxState = Literal["pending", "processed", "failed"]
 OutboxState = Literal["pending", "claimed", "done", "skipped", "dead"]
-OUTBOX_STATES: tuple[OutboxState, ...] = ("pending", "claimed", "done", "skipped", "dead")
+OUTBOX_STATES: tuple[OutboxState, ...] = get_args(OutboxState)
 """Every outbox state, in a row's life order (the gauges', the API's and the console's)."""
 
 # `last_error` of an action taken over from an expired lease, followed by the holder's name.
@@ -229,9 +229,7 @@ class LinkFilter:
 
 
 EventOutcome = Literal["pending", "actions", "no_match", "echo", "stale", "ignored", "error"]
-EVENT_OUTCOMES: tuple[EventOutcome, ...] = (
-    "pending", "actions", "no_match", "echo", "stale", "ignored", "error",
-)  # fmt: skip
+EVENT_OUTCOMES: tuple[EventOutcome, ...] = get_args(EventOutcome)
 """What became of an event: not dispatched yet, then the dispatch result of
 ``bridge_events_dispatched_total{result}`` (``error``: failed for good)."""
 

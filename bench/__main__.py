@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -94,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     scale = QUICK if args.quick else FULL
     names = args.only or list(BENCHMARKS)
     started = time.monotonic()
+    # SIGTERM (`timeout`, `kill`) unwinds like Ctrl-C, so each benchmark's `finally` stops
+    # the bridges, servers and generators it started instead of leaving them running to
+    # skew the next run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     figures, crashed = asyncio.run(run_all(names, scale))
     print(f"\n== summary ({scale.name}, {time.monotonic() - started:.0f} s)")
     for figure in figures:

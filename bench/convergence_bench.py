@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Figure, Scale, free_port, spawn_bridge, stop_process, wait_http_ok
+from bench.store_bench import quiet_logger
 from bridge.sandbox import Sandbox
 from bridge.sandbox.stack import DEFAULT_RULES, sandbox_overrides, sandbox_rule_env
 
@@ -147,7 +148,10 @@ async def _run(faults: bool) -> tuple[float, list[str], int]:
     # Escalation creates at the key's rate (incident.io allows 60/min): the workload pages
     # 150 incidents to measure convergence, not pacing; the chaos test shares it.
     async with Sandbox(
-        seed=12, webhook_retry_delays=retries, incident_io_escalation_create_per_minute=1200
+        seed=12,
+        webhook_retry_delays=retries,
+        incident_io_escalation_create_per_minute=1200,
+        logger=quiet_logger(),
     ) as sim:
         with tempfile.TemporaryDirectory(prefix="bench-convergence-") as tmp:
             port = free_port()

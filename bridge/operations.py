@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from bridge.events import PRIORITIES, Action, Operation, Platform, Priority
+from bridge.events import PRIORITIES, Action, IdempotencyKey, Operation, Platform, Priority
 
 # `update_incident.data.attributes` in Rootly's official spec (additionalProperties: false).
 ROOTLY_INCIDENT_ATTRIBUTES: Final = frozenset(
@@ -217,6 +217,22 @@ def keyed_object(operation: Operation, key: Any) -> str:
     if len(text) > 250:  # the column's bound; a long templated key is kept whole in a hash
         text = f"{operation}:sha256:{hashlib.sha256(text.encode()).hexdigest()}"
     return text
+
+
+def repair(action: Action, cause: str) -> Action:
+    """`action` as a repair decided by `cause` (a link check's delivery): under an outbox
+    key of its own, so it runs even though the action it repeats was done under the rule's
+    key (a resolve that landed before a late "firing" opened the alert again). A create
+    keeps its key: the key is what keeps it from creating twice (incident.io dedupes
+    escalations by it; for the rest the outbox is the only guard)."""
+    spec = OPERATIONS[action.operation]
+    if spec.target is None and spec.keyed_by is None:
+        return action
+    digest = hashlib.sha256(cause.encode()).hexdigest()[:16]
+    key = f"{action.idempotency_key}~repair:{digest}"
+    if len(key) > 250:
+        key = f"sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return replace(action, idempotency_key=IdempotencyKey(key))
 
 
 def priority_of(action: Action) -> Priority:

@@ -13,8 +13,10 @@ incident.io alert and page again. The bridge instead orders the actions on each 
   and it need not wait behind the earlier one's retries (a cancel does not wait for an
   acknowledgement still retrying a 503).
 - **Superseded, not applied.** When an action's turn comes and a later-caused action on its
-  object that set the same aspect is already finished, it is skipped with the reason; so
-  is a second action of a terminal operation (cancelling an escalation already cancelled).
+  object that sets the same aspect is finished or was tried (what it sent may have landed
+  upstream, even if the answer timed out: a "firing" sent after it would page again), it
+  is skipped with the reason; so is a second action of a terminal operation (cancelling an
+  escalation already cancelled).
 
 The store applies the first two rules when it claims (`bridge.store.queries`); `superseded`
 is the third, applied by the executor just before it calls the platform.
@@ -57,7 +59,8 @@ def cause_order(row: OutboxRow) -> tuple[datetime, int]:
 
 
 def superseded(row: OutboxRow, settled: Sequence[OutboxRow]) -> str | None:
-    """Why `row` must not run given the finished actions on its object, or None."""
+    """Why `row` must not run given the actions on its object that finished or were tried
+    (`Store.attempted_actions`), or None."""
     if row.object_key is None:
         return None
     mine = cause_order(row)

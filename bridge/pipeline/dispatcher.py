@@ -38,6 +38,7 @@ from bridge.clock import Clock, utcnow
 from bridge.events import Event, InboxId, ObjectKind, ObjectRef, Platform, freeze, thaw
 from bridge.logging import Logger
 from bridge.metrics import LabelledCounters, Metrics
+from bridge.operations import repair
 from bridge.pipeline.batching import GroupCommit
 from bridge.pipeline.echo import EchoGuard
 from bridge.pipeline.leases import LeaseKeeper
@@ -465,12 +466,16 @@ class Dispatcher:
             if waiting:
                 trace["waiting"] = waiting
         result = "actions" if evaluation.actions else "no_match"
+        actions = evaluation.actions
+        if is_check:
+            # Repairs: the actions they repeat may be done under the same rule keys.
+            actions = tuple(repair(action, row.delivery_id) for action in actions)
         await self._complete(
             row,
             event,
             result,
             trace,
-            evaluation.actions,
+            actions,
             evaluation.link_changes,
             seen=_seen(event),
         )

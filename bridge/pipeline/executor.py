@@ -292,7 +292,7 @@ class Executor:
             )
             return
         if row.object_key is not None:
-            moot = superseded(row, await self._store.settled_actions(row.object_key))
+            moot = superseded(row, await self._store.attempted_actions(row.object_key))
             if moot is not None:
                 await self._finish(
                     row, "skipped", {"skipped": "superseded", "detail": moot}, [], []

@@ -393,8 +393,9 @@ class Store(Protocol):
         final state and result, its link changes, its echo records. True if recorded, False
         if its owner no longer held the lease (that one changes nothing)."""
 
-    async def settled_actions(self, object_key: str) -> list[OutboxRow]:
-        """The finished (done or skipped) actions on `object_key`, oldest cause first."""
+    async def attempted_actions(self, object_key: str) -> list[OutboxRow]:
+        """The actions on `object_key` that finished (done or skipped) or were tried at
+        least once (what they sent may have landed, even after a timeout or a 5xx)."""
 
     async def creating(self, refs: Sequence[ObjectRef]) -> list[OutboxRow]:
         """Unfinished actions whose result will be linked to one of `refs` (what an action

@@ -189,8 +189,10 @@ LIST_OUTBOX: Final = Sql(
     "SELECT * FROM outbox WHERE :every_state OR state IN (SELECT value FROM"
     " {json_values}(:states)) ORDER BY id LIMIT :limit OFFSET :offset"
 )
-SETTLED_ACTIONS: Final = Sql(
-    "SELECT * FROM outbox WHERE object_key = :key AND state IN ('done', 'skipped') ORDER BY id"
+# Finished, or tried at least once: a request that timed out or failed may have landed.
+ATTEMPTED_ACTIONS: Final = Sql(
+    "SELECT * FROM outbox WHERE object_key = :key"
+    " AND (state IN ('done', 'skipped') OR attempts > 0) ORDER BY id"
 )
 CREATING: Final = Sql(
     "SELECT * FROM outbox WHERE result_to IN (SELECT value FROM {json_values}(:refs))"

@@ -417,8 +417,8 @@ class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
         updated = await self.driver.transact(doing, lambda tx: tx.execute(q.RELEASE_ACTION, params))
         return updated == 1
 
-    async def settled_actions(self, object_key: str) -> list[OutboxRow]:
-        return [outbox_row(r) for r in await self._rows(q.SETTLED_ACTIONS, key=object_key)]
+    async def attempted_actions(self, object_key: str) -> list[OutboxRow]:
+        return [outbox_row(r) for r in await self._rows(q.ATTEMPTED_ACTIONS, key=object_key)]
 
     async def creating(self, refs: Sequence[ObjectRef]) -> list[OutboxRow]:
         rows = await self._rows(q.CREATING, refs=json.dumps([str(r) for r in refs]))

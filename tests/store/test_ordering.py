@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 from bridge.events import Action, ObjectRef
+from bridge.ordering import superseded
 from bridge.store.base import LEASE_LOST, InboxCompletion, OutboxRow, StoreError
 from bridge.store.store import SqlStore
 from tests.store.conftest import FakeClock, MakeStore
@@ -173,3 +174,41 @@ async def test_an_action_whose_holder_died_does_not_block_the_earlier_cause_it_w
     assert await finish(store, ack.id, "w", "done", {})
     (taken_over,) = await store.claim_outbox("w", 10, 60)
     assert (taken_over.id, taken_over.attempts) == (cancel.id, 1)
+
+
+async def test_a_later_cause_that_was_tried_makes_an_earlier_one_moot(
+    store: SqlStore, clock: FakeClock
+) -> None:
+    """A "firing" alert event backing off is overtaken by its "resolved" (caused later),
+    whose request times out: the resolve may have landed, so when the firing's turn comes
+    it is superseded instead of opening a second incident.io alert. A resolve only rate
+    limited before it was sent (no attempt counted) supersedes nothing."""
+    t0 = clock()
+
+    def event(key: str, status: str) -> Action:
+        return action(
+            key,
+            operation="incident_io.send_alert_event",
+            target=None,
+            params={"title": "t", "status": status, "deduplication_key": "rootly-alert-a"},
+        )
+
+    (firing,) = await _queue(store, t0, [event("k-firing", "firing")], t0, 1)
+    (claimed,) = await store.claim_outbox("w", 10, 60)
+    assert await store.retry_action(claimed.id, "w", t0 + timedelta(minutes=1), "503", True)
+    later = t0 + timedelta(seconds=1)
+    (resolved,) = await _queue(store, t0, [event("k-resolved", "resolved")], later, 2)
+    (first,) = await store.claim_outbox("w", 10, 60)
+    assert first.id == resolved.id
+    assert await store.retry_action(resolved.id, "w", t0, "429", False)
+    assert firing.object_key is not None
+    assert superseded(firing, await store.attempted_actions(firing.object_key)) is None
+
+    (again,) = await store.claim_outbox("w", 10, 60)  # the rate limit is over
+    assert again.id == resolved.id
+    assert await store.retry_action(resolved.id, "w", t0 + timedelta(minutes=5), "timeout", True)
+    clock.advance(90)
+    (turn,) = await store.claim_outbox("w", 10, 60)
+    assert turn.id == firing.id
+    reason = superseded(turn, await store.attempted_actions(firing.object_key))
+    assert reason is not None and f"action {resolved.id}" in reason

@@ -62,16 +62,21 @@ def state_event(
 def satisfied(action: Action, states: Mapping[ObjectRef, Mapping[str, Any] | None]) -> bool | None:
     """True if `action` would change nothing given the current `states`; None if unknown."""
     if action.operation == "incident_io.send_alert_event":
+        # Every alert under the key: a late "firing" can open a second one beside a
+        # resolved one, and it alone may still page.
         key = action.params.get("deduplication_key")
-        for ref, state in states.items():
-            if (
-                ref.type_key == "incident_io:alert"
-                and state
-                and state.get("deduplication_key") == key
-            ):
-                wanted = "resolved" if action.params.get("status") == "resolved" else "firing"
-                return state.get("status") == wanted
-        return None
+        statuses = [
+            state.get("status")
+            for ref, state in states.items()
+            if ref.type_key == "incident_io:alert"
+            and state
+            and state.get("deduplication_key") == key
+        ]
+        if not statuses:
+            return None
+        if action.params.get("status") == "resolved":
+            return all(status == "resolved" for status in statuses)
+        return "firing" in statuses
     state = states.get(action.target) if action.target is not None else None
     if state is None:
         return None

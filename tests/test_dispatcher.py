@@ -358,3 +358,42 @@ async def test_an_event_is_dispatched_max_attempts_times_then_failed(
         await bridge.stop()
     assert row is not None
     assert (row.state, row.attempts) == ("failed", 2)
+
+
+async def test_a_link_check_repeats_an_action_whose_rule_key_is_spent(tmp_path: Path) -> None:
+    """A rule with a fixed idempotency key has acted on an incident; a link check later
+    finds the same action still needed (what it did was undone upstream) and decides it
+    again. The repair is queued under a key of its own, not dropped as a duplicate of the
+    spent one, and a webhook delivered twice still collapses into one action."""
+    rules = RULES.replace(
+        '        for_each: {linked: "incident_io:escalation"}\n',
+        '        for_each: {linked: "incident_io:escalation"}\n'
+        '        idempotency_key: "cancel-{{ incident.id }}"\n',
+    )
+    settings = bridge_settings(tmp_path, rules=rules, executor={"poll_interval_seconds": 0.05})
+    link = {"id": "inc-1", "status": "started", "escalation_id": "esc-1"}
+    cancelled = {"id": "inc-1", "status": "cancelled"}
+    check = rootly_event(
+        "check:rootly:incident:inc-1:cancelled:0123", "incident.cancelled", cancelled
+    )
+    events = [
+        rootly_event("upd-1", "incident.updated", link),
+        rootly_event("cxl-1", "incident.cancelled", cancelled),
+        rootly_event("cxl-1-again", "incident.cancelled", cancelled),
+        check,
+    ]
+    assert None not in await store_events(settings.store.url, events)
+
+    bridge = Bridge(settings, env={}, registry=CollectorRegistry())
+    bridge.executor.stop()  # no platform behind this bridge: keep actions in the outbox
+    await bridge.start()
+    try:
+        await all_dispatched(bridge)
+        actions = await bridge.store.list_outbox(None, 100)
+    finally:
+        await bridge.stop()
+    keys = sorted(str(row.action.idempotency_key) for row in actions)
+    assert len(keys) == 2, keys
+    assert keys[0] == "cancel-inc-1"
+    assert keys[1].startswith("cancel-inc-1~repair:")
+    assert {str(row.action.target) for row in actions} == {"incident_io:escalation:esc-1"}

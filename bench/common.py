@@ -24,9 +24,12 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from bridge.sandbox import Sandbox
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 # What `asyncpg.connect` raises for a server that is down, refuses or rejects us.
@@ -389,6 +392,34 @@ async def paced(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(start_one(i), name=f"{name}-{i}"))
     await asyncio.gather(*tasks)
+
+
+def sandbox_bridge_env(
+    sim: Sandbox, port: int, store_url: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a `bridge serve` process wired to `sim`: this process's own
+    without ``BRIDGE_`` variables, the default rules (not reloaded), warnings as JSON, the
+    simulators' URLs and credentials, then `extra` (full variable names)."""
+    from bridge.sandbox.stack import DEFAULT_RULES, sandbox_overrides, sandbox_rule_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_SERVER__HOST="127.0.0.1",
+        BRIDGE_SERVER__PORT=str(port),
+        BRIDGE_STORE__URL=store_url,
+        BRIDGE_RULES_FILE=str(DEFAULT_RULES),
+        BRIDGE_RULES__RELOAD="false",
+        BRIDGE_LOGGING__LEVEL="warning",
+        BRIDGE_LOGGING__FORMAT="json",
+        **sandbox_rule_env(sim),
+    )
+    for group, values in sandbox_overrides(sim).items():
+        for key, value in values.items():
+            env[f"BRIDGE_{group.upper()}__{key.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+    env.update(extra or {})
+    return env
 
 
 def spawn_bridge(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[bytes], IO[bytes]]:

@@ -13,7 +13,6 @@ action.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import subprocess
 import tempfile
@@ -23,10 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import Figure, Scale, free_port, spawn_bridge, stop_process, wait_http_ok
+from bench.common import (
+    Figure,
+    Scale,
+    free_port,
+    sandbox_bridge_env,
+    spawn_bridge,
+    stop_process,
+    wait_http_ok,
+)
 from bench.store_bench import quiet_logger
 from bridge.sandbox import Sandbox
-from bridge.sandbox.stack import DEFAULT_RULES, sandbox_overrides, sandbox_rule_env
 
 INCIDENTS = 150
 ALERTS = 50
@@ -155,24 +161,17 @@ async def _run(faults: bool) -> tuple[float, list[str], int]:
     ) as sim:
         with tempfile.TemporaryDirectory(prefix="bench-convergence-") as tmp:
             port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-            env.update(
-                BRIDGE_SERVER__HOST="127.0.0.1",
-                BRIDGE_SERVER__PORT=str(port),
-                BRIDGE_STORE__URL=f"sqlite:///{Path(tmp) / 'bridge.db'}",
-                BRIDGE_RULES_FILE=str(DEFAULT_RULES),
-                BRIDGE_LOGGING__LEVEL="warning",
-                BRIDGE_ROOTLY__REQUEST_TIMEOUT_SECONDS="2",
-                BRIDGE_INCIDENT_IO__REQUEST_TIMEOUT_SECONDS="2",
-                BRIDGE_INCIDENT_IO__ENDPOINT_LIMITS__ESCALATION_CREATE__PER_MINUTE="1200",
-                BRIDGE_INCIDENT_IO__ENDPOINT_LIMITS__ESCALATION_CREATE__BURST="20",
-                **sandbox_rule_env(sim),
+            env = sandbox_bridge_env(
+                sim,
+                port,
+                f"sqlite:///{Path(tmp) / 'bridge.db'}",
+                {
+                    "BRIDGE_ROOTLY__REQUEST_TIMEOUT_SECONDS": "2",
+                    "BRIDGE_INCIDENT_IO__REQUEST_TIMEOUT_SECONDS": "2",
+                    "BRIDGE_INCIDENT_IO__ENDPOINT_LIMITS__ESCALATION_CREATE__PER_MINUTE": "1200",
+                    "BRIDGE_INCIDENT_IO__ENDPOINT_LIMITS__ESCALATION_CREATE__BURST": "20",
+                },
             )
-            for group, values in sandbox_overrides(sim).items():
-                for key, value in values.items():
-                    env[f"BRIDGE_{group.upper()}__{key.upper()}"] = (
-                        str(value).lower() if isinstance(value, bool) else str(value)
-                    )
             url = f"http://127.0.0.1:{port}"
             procs: list[subprocess.Popen[bytes]] = []
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +40,7 @@ from bench.common import (
     percentile,
     ratio,
     rootly_alert_created,
+    sandbox_bridge_env,
     spawn_bridge,
     stop_process,
     wait_http_ok,
@@ -48,7 +48,7 @@ from bench.common import (
 from bench.store_bench import quiet_logger
 from bridge.platforms.rootly.webhook import sign as sign_rootly
 from bridge.sandbox import Sandbox
-from bridge.sandbox.stack import DEFAULT_RULES, SandboxStack, sandbox_overrides, sandbox_rule_env
+from bridge.sandbox.stack import SandboxStack
 
 ALERT_PATH = "/v2/alert_events/http/*"
 
@@ -97,24 +97,9 @@ async def bridge_beside_sandbox(
     async with Sandbox(logger=quiet_logger(), **sandbox_kwargs) as sim:
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
             port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-            env.update(
-                BRIDGE_SERVER__HOST="127.0.0.1",
-                BRIDGE_SERVER__PORT=str(port),
-                BRIDGE_STORE__URL=f"sqlite:///{Path(tmp) / 'bridge.db'}",
-                BRIDGE_RULES_FILE=str(DEFAULT_RULES),
-                BRIDGE_RULES__RELOAD="false",
-                BRIDGE_LOGGING__LEVEL="warning",
-                BRIDGE_LOGGING__FORMAT="json",
-                BRIDGE_EXECUTOR__POLL_INTERVAL_SECONDS="0.2",
-                **sandbox_rule_env(sim),
-            )
-            for group, values in sandbox_overrides(sim).items():
-                for key, value in values.items():
-                    env[f"BRIDGE_{group.upper()}__{key.upper()}"] = (
-                        str(value).lower() if isinstance(value, bool) else str(value)
-                    )
-            env.update(env_overrides)
+            store_url = f"sqlite:///{Path(tmp) / 'bridge.db'}"
+            extra = {"BRIDGE_EXECUTOR__POLL_INTERVAL_SECONDS": "0.2", **env_overrides}
+            env = sandbox_bridge_env(sim, port, store_url, extra)
             proc, log = spawn_bridge(env, Path(tmp))
             url = f"http://127.0.0.1:{port}"
             try:
@@ -124,6 +109,26 @@ async def bridge_beside_sandbox(
             finally:
                 stop_process(proc)
                 log.close()
+
+
+async def queue_alert_actions(n: int, run: str, store_url: str) -> None:
+    """Fill the store at `store_url` with `n` incident.io alert-event actions: Rootly
+    `alert.created` webhooks into a bridge whose incident.io side is disabled, so rule 2's
+    actions pile up in the outbox; returns once every webhook is dispatched. A drain is
+    then limited by neither how fast webhooks arrive nor how fast they dispatch."""
+    async with stack({"incident_io": {"enabled": False}}, {}, store_url=store_url) as running:
+        sim = running.sandbox
+        target = f"{running.url}/webhooks/rootly"
+        semaphore = asyncio.Semaphore(32)
+        async with aiohttp.ClientSession() as session:
+
+            async def send(i: int) -> None:
+                body, headers, _ = alert_webhook(sim.rootly_webhook_secret, i, run)
+                async with semaphore, session.post(target, data=body, headers=headers) as answer:
+                    await answer.read()
+
+            await asyncio.gather(*(send(i) for i in range(n)))
+        await _wait_dispatched(running, timeout=120)
 
 
 async def _wait_dispatched(running: SandboxStack, timeout: float) -> None:
@@ -265,24 +270,7 @@ async def drain(scale: Scale, progress: Callable[[str], None] = print) -> list[F
     progress(f"drain: {params}; theoretical minimum {theoretical:.2f} s")
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'bridge.db'}"
-        # Phase 1: incident.io disabled, so rule 2's actions pile up in the outbox (the
-        # burst); the drain is then not limited by how fast webhooks arrive or dispatch.
-        async with stack({"incident_io": {"enabled": False}}, {}, store_url=url) as running:
-            sim = running.sandbox
-            target = f"{running.url}/webhooks/rootly"
-            semaphore = asyncio.Semaphore(32)
-            async with aiohttp.ClientSession() as session:
-
-                async def send(i: int) -> None:
-                    body, headers, _ = alert_webhook(sim.rootly_webhook_secret, i, "drain")
-                    async with (
-                        semaphore,
-                        session.post(target, data=body, headers=headers) as response,
-                    ):
-                        await response.read()
-
-                await asyncio.gather(*(send(i) for i in range(n)))
-            await _wait_dispatched(running, timeout=120)
+        await queue_alert_actions(n, "drain", url)  # phase 1: the backlog
         # Phase 2: the same store with incident.io enabled: the executor drains the backlog.
         async with stack(overrides, sandbox_kwargs, store_url=url) as running:
             await _wait_calls(running.sandbox, n, timeout=theoretical * 3 + 30)

@@ -23,7 +23,6 @@ priority run uses incident.io's real 20/s.
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,17 +39,17 @@ from bench.common import (
     percentile,
     pg_reachable,
     ratio,
+    sandbox_bridge_env,
     skipped,
     spawn_bridge,
     stop_process,
     wait_http_ok,
 )
-from bench.pipeline_bench import ALERT_PATH, _wait_dispatched, alert_webhook, stack
+from bench.pipeline_bench import ALERT_PATH, queue_alert_actions, stack
 from bench.store_bench import quiet_logger
 from bridge.events import Action, DeliveryId, IdempotencyKey, ObjectRef, RuleName
 from bridge.sandbox import Sandbox
 from bridge.sandbox.common import RecordedRequest
-from bridge.sandbox.stack import DEFAULT_RULES, sandbox_overrides, sandbox_rule_env
 from bridge.store.base import InboxCompletion, NewInboxEvent
 
 KEY_RATE = 20.0  # incident.io: 1200/min per key
@@ -162,26 +161,16 @@ def _drain_figures(
 
 
 def _replica_env(sim: Sandbox, store_url: str, port: int, rate: float) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(
-        BRIDGE_SERVER__HOST="127.0.0.1",
-        BRIDGE_SERVER__PORT=str(port),
-        BRIDGE_STORE__URL=store_url,
-        BRIDGE_RULES_FILE=str(DEFAULT_RULES),
-        BRIDGE_RULES__RELOAD="false",
-        BRIDGE_LOGGING__LEVEL="warning",
-        BRIDGE_LOGGING__FORMAT="json",
-        BRIDGE_EXECUTOR__POLL_INTERVAL_SECONDS="0.2",
-        BRIDGE_INCIDENT_IO__RATE_LIMIT_PER_MINUTE=str(int(rate * 60)),
-        BRIDGE_INCIDENT_IO__BURST=str(int(KEY_BURST)),
-        **sandbox_rule_env(sim),
+    return sandbox_bridge_env(
+        sim,
+        port,
+        store_url,
+        {
+            "BRIDGE_EXECUTOR__POLL_INTERVAL_SECONDS": "0.2",
+            "BRIDGE_INCIDENT_IO__RATE_LIMIT_PER_MINUTE": str(int(rate * 60)),
+            "BRIDGE_INCIDENT_IO__BURST": str(int(KEY_BURST)),
+        },
     )
-    for group, values in sandbox_overrides(sim).items():
-        for key, value in values.items():
-            env[f"BRIDGE_{group.upper()}__{key.upper()}"] = (
-                str(value).lower() if isinstance(value, bool) else str(value)
-            )
-    return env
 
 
 async def replicas(scale: Scale, progress: Callable[[str], None] = print) -> list[Figure]:
@@ -198,23 +187,7 @@ async def replicas(scale: Scale, progress: Callable[[str], None] = print) -> lis
     )
     progress(f"replicas: {params}; theoretical minimum {theoretical:.2f} s")
     async with fresh_pg_database() as url:
-        # Phase 1: incident.io disabled, so rule 2's actions pile up in the outbox.
-        async with stack({"incident_io": {"enabled": False}}, {}, store_url=url) as running:
-            sim = running.sandbox
-            target = f"{running.url}/webhooks/rootly"
-            semaphore = asyncio.Semaphore(32)
-            async with aiohttp.ClientSession() as session:
-
-                async def send(i: int) -> None:
-                    body, headers, _ = alert_webhook(sim.rootly_webhook_secret, i, "replicas")
-                    async with (
-                        semaphore,
-                        session.post(target, data=body, headers=headers) as response,
-                    ):
-                        await response.read()
-
-                await asyncio.gather(*(send(i) for i in range(n)))
-            await _wait_dispatched(running, timeout=120)
+        await queue_alert_actions(n, "replicas", url)  # phase 1: the backlog
         # Phase 2: `count` bridge processes with incident.io enabled drain it together.
         async with Sandbox(
             logger=quiet_logger(),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +21,7 @@ from bridge.config import Settings, load_settings
 from bridge.platforms.incident_io import webhook as incident_io_webhook
 from bridge.platforms.rootly import webhook as rootly_webhook
 
+ROOT = Path(__file__).resolve().parents[1]
 ROOTLY_SECRET = "rootly-signing-secret-for-tests"
 INCIDENT_IO_SECRET = "whsec_" + base64.b64encode(b"incident-io-signing-key-tests").decode()
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
@@ -35,6 +38,24 @@ def _quiet_structlog() -> None:
     """Each test starts from structlog's defaults (a test that configured logging must not
     leak its stream into the next one)."""
     structlog.reset_defaults()
+
+
+async def bridge_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run the real `python -m bridge ARGS` from the project root in `env` (bounded at a
+    minute, the event loop free meanwhile): its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 def rootly_delivery(

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import sys
 from pathlib import Path
 
 import aiohttp
 
 from bridge.app import Bridge
-from tests.conftest import rootly_delivery
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-async def _cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+from tests.conftest import bridge_cli, rootly_delivery
 
 
 async def test_backup_of_a_running_bridge_holds_every_stored_delivery(
@@ -47,7 +27,7 @@ async def test_backup_of_a_running_bridge_holds_every_stored_delivery(
     env = {"PATH": "/usr/bin:/bin", "BRIDGE_STORE__URL": bridge.settings.store.url}
     backups = tmp_path / "backups"
     backups.mkdir()
-    code, out, err = await _cli("db", "backup", str(backups), env=env)
+    code, out, err = await bridge_cli("db", "backup", str(backups), env=env)
     assert code == 0, err
     [copy] = list(backups.iterdir())
     assert copy.name.startswith("bridge-") and str(copy) in out
@@ -69,21 +49,21 @@ async def test_backup_of_a_running_bridge_holds_every_stored_delivery(
         database.close()
     assert not [p for p in backups.iterdir() if p.name.endswith(".partial")]
 
-    code, _, err = await _cli("db", "backup", str(copy), env=env)
+    code, _, err = await bridge_cli("db", "backup", str(copy), env=env)
     assert (code, "exists" in err, "Traceback" in err) == (1, True, False)
 
 
 async def test_backup_refuses_postgresql_and_a_missing_store(tmp_path: Path) -> None:
     """PostgreSQL: exit 2 pointing at pg_dump; a SQLite file that does not exist: exit 1;
     one line each, no traceback."""
-    code, _, err = await _cli(
+    code, _, err = await bridge_cli(
         "db",
         "backup",
         str(tmp_path / "b.db"),
         env={"BRIDGE_STORE__URL": "postgresql://bridge@127.0.0.1:5432/bridge"},
     )
     assert code == 2 and "pg_dump" in err and "Traceback" not in err
-    code, _, err = await _cli(
+    code, _, err = await bridge_cli(
         "db",
         "backup",
         str(tmp_path / "b.db"),

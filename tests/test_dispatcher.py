@@ -13,9 +13,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bridge.app import Bridge
+from bridge.config import Settings
 from bridge.events import DeliveryId, Event, InboxId
 from bridge.pipeline import dispatcher as dispatcher_module
-from bridge.store.base import EventFilter, InboxRow, NewInboxEvent, StoreUnavailable
+from bridge.store.base import EventFilter, InboxRow, NewInboxEvent, OutboxRow, StoreUnavailable
 from bridge.store.sqlite import encode_time
 from bridge.store.store import SqlStore
 from tests.conftest import bridge_settings
@@ -41,6 +42,20 @@ async def all_dispatched(bridge: Bridge) -> None:
         if (await bridge.store.counts()).inbox_pending == 0:
             return
         await asyncio.sleep(0.05)
+
+
+async def queued_actions(settings: Settings, events: Sequence[NewInboxEvent]) -> list[OutboxRow]:
+    """Store `events`, dispatch them all with the executor stopped (no platform behind
+    this bridge), and return the actions they left in the outbox."""
+    assert None not in await store_events(settings.store.url, events)
+    bridge = Bridge(settings, env={}, registry=CollectorRegistry())
+    bridge.executor.stop()
+    await bridge.start()
+    try:
+        await all_dispatched(bridge)
+        return await bridge.store.list_outbox(None, 100)
+    finally:
+        await bridge.stop()
 
 
 async def dispatched_row(bridge: Bridge, inbox_id: InboxId) -> InboxRow | None:
@@ -77,16 +92,7 @@ async def test_events_about_one_object_keep_their_order_in_one_batch(tmp_path: P
     for n in range(8):
         data = {"id": f"inc-{n}", "status": "cancelled"}
         events.append(rootly_event(f"cxl-{n}", "incident.cancelled", data))
-    assert None not in await store_events(settings.store.url, events)
-
-    bridge = Bridge(settings, env={}, registry=CollectorRegistry())
-    bridge.executor.stop()  # no platform behind this bridge: keep actions in the outbox
-    await bridge.start()
-    try:
-        await all_dispatched(bridge)
-        actions = await bridge.store.list_outbox(None, 100)
-    finally:
-        await bridge.stop()
+    actions = await queued_actions(settings, events)
     targets = sorted(str(row.action.target) for row in actions)
     assert targets == sorted(f"incident_io:escalation:esc-{n}" for n in range(8))
 
@@ -382,16 +388,7 @@ async def test_a_link_check_repeats_an_action_whose_rule_key_is_spent(tmp_path: 
         rootly_event("cxl-1-again", "incident.cancelled", cancelled),
         check,
     ]
-    assert None not in await store_events(settings.store.url, events)
-
-    bridge = Bridge(settings, env={}, registry=CollectorRegistry())
-    bridge.executor.stop()  # no platform behind this bridge: keep actions in the outbox
-    await bridge.start()
-    try:
-        await all_dispatched(bridge)
-        actions = await bridge.store.list_outbox(None, 100)
-    finally:
-        await bridge.stop()
+    actions = await queued_actions(settings, events)
     keys = sorted(str(row.action.idempotency_key) for row in actions)
     assert len(keys) == 2, keys
     assert keys[0] == "cancel-inc-1"

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from bridge.sandbox import Sandbox
 from bridge.sandbox.stack import DEFAULT_RULES
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import bridge_cli
 
 
 @pytest.fixture
@@ -44,19 +40,7 @@ def healthy_env(sandbox: Sandbox) -> dict[str, str]:
 
 async def doctor(env: dict[str, str]) -> tuple[int, str, str]:
     """Run `bridge doctor` (the sandbox keeps serving meanwhile)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
-        "doctor",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await bridge_cli("doctor", env=env)
 
 
 def lines(out: str, level: str) -> list[str]:

@@ -11,10 +11,8 @@ incident afterwards cancels both escalations: without adoption both would page o
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,8 @@ import aiohttp
 
 from bridge.events import ObjectRef
 from bridge.sandbox.stack import SandboxStack
+from tests.conftest import bridge_cli
 from tests.specs import load_spec, validate_query, validate_request
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def adopt(stack: SandboxStack, store_url: str, *args: str) -> tuple[int, str, str]:
@@ -41,20 +38,7 @@ async def adopt(stack: SandboxStack, store_url: str, *args: str) -> tuple[int, s
             "BRIDGE_INCIDENT_IO__API_KEY": sandbox.incident_io_api_key,
         }
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
-        "adopt",
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await bridge_cli("adopt", *args, env=env)
 
 
 async def make_escalation(stack: SandboxStack, key: str, title: str) -> str:

@@ -63,7 +63,7 @@ from bench.loadgen import LoadResult, raw_request, run_python, run_wrk, write_re
 from bench.store_bench import quiet_logger
 from bridge.platforms.incident_io.webhook import sign as sign_incident_io
 from bridge.platforms.rootly.webhook import sign as sign_rootly
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from bridge.store.urls import parse_store_url
 
 P = ParamSpec("P")
@@ -230,7 +230,7 @@ async def wait_dispatched(url: str, timeout: float = 40.0) -> int:
 
     Returns how many were still pending when `timeout` ran out (0: all dispatched).
     """
-    store = SqlStore(url, pool_size=1, logger=quiet_logger())
+    store = Store(url, pool_size=1, logger=quiet_logger())
     await store.open()
     try:
         deadline = time.monotonic() + timeout

@@ -35,7 +35,7 @@ from bridge.events import BY_ADOPT, InvalidRef, ObjectRef
 from bridge.platforms.incident_io.client import IncidentIoClient
 from bridge.platforms.incident_io.models import Escalation
 from bridge.platforms.rootly.client import RootlyClient
-from bridge.store.base import Store
+from bridge.store.store import Store
 
 INCIDENT_KEY_PREFIX: Final = "rootly-incident-"
 ALERT_KEY_PREFIX: Final = "rootly-alert-"

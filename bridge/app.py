@@ -48,8 +48,8 @@ from bridge.platforms.rootly.client import RootlyClient
 from bridge.platforms.rootly.limits import LIMITS as ROOTLY_LIMITS
 from bridge.scheduler import Scheduler
 from bridge.secrets import SecretRotation
-from bridge.store.base import Store, StoreError
-from bridge.store.store import SqlStore
+from bridge.store.base import StoreError
+from bridge.store.store import Store
 from bridge.tasks import Supervisor
 from bridge.web import AdminApi, BridgeRunner, Readiness, build_app
 
@@ -133,7 +133,7 @@ class Bridge:
         )
         self.metrics = create_metrics(registry or CollectorRegistry())
         self.supervisor = Supervisor(self.log)
-        self.store: Store = SqlStore(
+        self.store: Store = Store(
             settings.store.url,
             pool_size=settings.store.pool_size,
             logger=self.log.bind(component="store"),

@@ -168,10 +168,10 @@ def _print_json(data: Any) -> None:
 
 async def _with_store(args: argparse.Namespace, job: Callable[[Any], Awaitable[int]]) -> int:
     from bridge.store.base import StoreError
-    from bridge.store.store import SqlStore
+    from bridge.store.store import Store
 
     settings = _load(args, require_secrets=False)
-    store = SqlStore(settings.store.url, pool_size=settings.store.pool_size)
+    store = Store(settings.store.url, pool_size=settings.store.pool_size)
     try:
         await store.open()
         return await job(store)

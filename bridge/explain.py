@@ -15,7 +15,7 @@ from bridge.pipeline.dispatcher import PARSERS
 from bridge.platforms.catalog import catalog, sniff_source
 from bridge.platforms.webhooks import PayloadError
 from bridge.rules import LinkGraph, RuleSet, evaluate, refs_to_resolve
-from bridge.store.base import Store
+from bridge.store.store import Store
 
 
 def parse_event(source: Platform, body: bytes, name: str, *, cli: bool = True) -> Event:

@@ -27,8 +27,8 @@ from bridge.store.base import (
     InboxRow,
     LinkRow,
     OutboxRow,
-    Store,
 )
+from bridge.store.store import Store
 
 MAX_LIMIT: Final = 500
 DEFAULT_LIMIT: Final = 50

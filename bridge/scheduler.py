@@ -26,7 +26,8 @@ from bridge.clock import Clock, utcnow
 from bridge.config import SchedulerSettings
 from bridge.logging import Logger
 from bridge.metrics import Metrics
-from bridge.store.base import OUTBOX_STATES, Store, StoreError
+from bridge.store.base import OUTBOX_STATES, StoreError
+from bridge.store.store import Store
 
 
 class Scheduler:

@@ -32,7 +32,8 @@ from bridge.logging import Logger
 from bridge.metrics import Metrics
 from bridge.pipeline.ingest import CLOSE_AFTER_ANSWER, CONTENT_ENCODINGS, Ingest, body_problem
 from bridge.platforms.webhooks import PayloadError, decode_json_object
-from bridge.store.base import OUTBOX_STATES, LinkFilter, LinkRow, OutboxRow, Store, StoreError
+from bridge.store.base import OUTBOX_STATES, LinkFilter, LinkRow, OutboxRow, StoreError
+from bridge.store.store import Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Every path, a decoded newline included (`.` would not match one, and such a request

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests import specs
 from tests.conftest import SECRET_ENV
 from tests.store.factories import action, complete, delivery
@@ -465,7 +465,7 @@ def test_dlq_show_shows_dead_letters_only(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/dlq.db"
 
     async def one_dead_letter() -> tuple[int, int]:
-        store = SqlStore(url)
+        store = Store(url)
         await store.open()
         try:
             (inbox_id,) = await store.add_inbox([delivery("d-1", datetime.now(UTC))])

@@ -18,7 +18,7 @@ from bridge.events import DeliveryId, Event, InboxId
 from bridge.pipeline import dispatcher as dispatcher_module
 from bridge.store.base import EventFilter, InboxRow, NewInboxEvent, OutboxRow, StoreUnavailable
 from bridge.store.sqlite import encode_time
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.conftest import bridge_settings
 
 RULES = """\
@@ -211,7 +211,7 @@ async def store_events(
     url: str, events: Sequence[NewInboxEvent], owner: str | None = None
 ) -> list[InboxId | None]:
     """`add_inbox` on the store at `url` (before the bridge under test opens it)."""
-    store = SqlStore(url)
+    store = Store(url)
     await store.open()
     try:
         return await store.add_inbox(events, owner=owner)
@@ -220,7 +220,7 @@ async def store_events(
 
 
 async def stored_row(url: str, inbox_id: InboxId) -> InboxRow:
-    store = SqlStore(url)
+    store = Store(url)
     await store.open()
     try:
         row = await store.get_inbox(inbox_id)

@@ -27,7 +27,7 @@ from bridge.metrics import create_metrics
 from bridge.pipeline.executor import Executor
 from bridge.platforms.errors import Retryable
 from bridge.store.base import LEASE_LOST, NewInboxEvent, OutboxRow
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from bridge.tasks import Supervisor
 from tests.store.factories import complete
 
@@ -57,7 +57,7 @@ class FlakyClient:
         return {"id": ref.id}
 
 
-async def queue_cancel_action(store: SqlStore) -> None:
+async def queue_cancel_action(store: Store) -> None:
     """Store one Rootly cancellation whose decision is one incident.io cancel action."""
     received = datetime.now(UTC)
     (inbox_id,) = await store.add_inbox(
@@ -75,7 +75,7 @@ async def queue_cancel_action(store: SqlStore) -> None:
 
 
 def build_executor(
-    store: SqlStore, client: FlakyClient, settings: ExecutorSettings, supervisor: Supervisor
+    store: Store, client: FlakyClient, settings: ExecutorSettings, supervisor: Supervisor
 ) -> Executor:
     """An executor owned by "tester" with `client` as its only (incident.io) platform."""
     return Executor(
@@ -97,12 +97,12 @@ async def running_executor(
     settings: ExecutorSettings,
     *,
     clock: Callable[[], datetime] = utcnow,
-    before_start: Callable[[SqlStore], Awaitable[None]] | None = None,
-) -> AsyncIterator[SqlStore]:
+    before_start: Callable[[Store], Awaitable[None]] | None = None,
+) -> AsyncIterator[Store]:
     """A real SQLite store (on `clock`) holding one cancel action, and an executor loop
     working on it with `client`, started after `before_start(store)`; stopped (loop, group
     commit, store) on exit."""
-    store = SqlStore(f"sqlite:///{tmp_path}/x.db", clock=clock)
+    store = Store(f"sqlite:///{tmp_path}/x.db", clock=clock)
     await store.open()
     supervisor = Supervisor(get_logger("test"))
     executor = build_executor(store, client, settings, supervisor)
@@ -120,7 +120,7 @@ async def running_executor(
         await store.close()
 
 
-async def done_actions(store: SqlStore) -> list[OutboxRow]:
+async def done_actions(store: Store) -> list[OutboxRow]:
     for _ in range(200):
         rows = await store.list_outbox(["done"], 10)
         if rows:
@@ -227,7 +227,7 @@ async def test_action_whose_holders_keep_dying_is_dead_lettered_not_tried_again(
     now = [datetime.now(UTC)]
     lease = ExecutorSettings().lease_seconds
 
-    async def two_holders_die(store: SqlStore) -> None:
+    async def two_holders_die(store: Store) -> None:
         for holder in ("crashed-1", "crashed-2", "crashed-3"):
             assert len(await store.claim_outbox(holder, 1, lease)) == 1
             now[0] += timedelta(seconds=lease + 1)
@@ -284,7 +284,7 @@ async def test_stop_during_a_claim_does_not_hand_back_an_action_still_running(
     finishes it, once."""
     now = [datetime.now(UTC)]
     settings = ExecutorSettings(poll_interval_seconds=0.05)
-    store = SqlStore(f"sqlite:///{tmp_path}/x.db", clock=lambda: now[0])
+    store = Store(f"sqlite:///{tmp_path}/x.db", clock=lambda: now[0])
     await store.open()
     supervisor = Supervisor(get_logger("test"))
     client = SlowClient()

@@ -39,7 +39,7 @@ from bridge.metrics import create_metrics
 from bridge.pipeline.executor import Executor
 from bridge.platforms.errors import RateLimited, Retryable
 from bridge.store.base import InboxCompletion, OutboxRow, StoreError
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from bridge.tasks import Supervisor
 from tests.store.conftest import FakeClock
 from tests.store.factories import delivery
@@ -183,7 +183,7 @@ async def _run(
 ) -> FakePlatform:
     clock = FakeClock()
     start = clock()
-    store = SqlStore(f"sqlite:///{tmp}/bridge.db", clock=clock)
+    store = Store(f"sqlite:///{tmp}/bridge.db", clock=clock)
     await store.open()
     platform = FakePlatform(outcomes, clock)
     supervisor = Supervisor(get_logger("test"))
@@ -243,7 +243,7 @@ async def _run(
     return platform
 
 
-async def _arrive(store: SqlStore, cause: Cause, start: datetime) -> None:
+async def _arrive(store: Store, cause: Cause, start: datetime) -> None:
     (inbox_id,) = await store.add_inbox([delivery(f"d-{cause.number}", datetime.now(UTC))])
     assert inbox_id is not None
     (result,) = await store.complete_inboxes(
@@ -256,6 +256,6 @@ async def _arrive(store: SqlStore, cause: Cause, start: datetime) -> None:
     assert not isinstance(result, StoreError)
 
 
-async def _settled(store: SqlStore) -> bool:
+async def _settled(store: Store) -> bool:
     counts = await store.counts()
     return not (counts.outbox_by_state["pending"] or counts.outbox_by_state["claimed"])

@@ -55,9 +55,9 @@ from bridge.store.base import (
     InboxRow,
     LinkFilter,
     OutboxRow,
-    Store,
     StoreError,
 )
+from bridge.store.store import Store
 
 MAX_FORM_BYTES: Final = 2 * 1024 * 1024
 PAGE: Final = 100

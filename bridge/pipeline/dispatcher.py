@@ -57,9 +57,9 @@ from bridge.store.base import (
     InboxRow,
     OutboxRow,
     SeenState,
-    Store,
     StoreError,
 )
+from bridge.store.store import Store
 from bridge.tasks import Supervisor
 
 

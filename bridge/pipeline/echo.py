@@ -20,7 +20,8 @@ from datetime import datetime, timedelta
 
 from bridge.events import Action, ActionResult, Event, ObjectRef, Operation
 from bridge.operations import keyed_object, object_key
-from bridge.store.base import EchoRecord, Store
+from bridge.store.base import EchoRecord
+from bridge.store.store import Store
 
 _ROOTLY_STATUS_EVENTS = {
     "incident.cancelled": "status=cancelled",

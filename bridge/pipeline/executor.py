@@ -73,7 +73,8 @@ from bridge.platforms.errors import (
     UpstreamError,
 )
 from bridge.platforms.ratelimit import request_priority
-from bridge.store.base import ActionOutcome, EchoRecord, OutboxRow, Store, StoreError
+from bridge.store.base import ActionOutcome, EchoRecord, OutboxRow, StoreError
+from bridge.store.store import Store
 from bridge.tasks import Supervisor
 
 

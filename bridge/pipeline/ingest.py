@@ -31,7 +31,8 @@ from bridge.platforms.incident_io import webhook as incident_io_webhook
 from bridge.platforms.rootly import webhook as rootly_webhook
 from bridge.platforms.webhooks import Envelope, PayloadError, SignatureError, decode_json_object
 from bridge.rules import RuleSet
-from bridge.store.base import InboxRow, NewInboxEvent, Store, StoreError
+from bridge.store.base import InboxRow, NewInboxEvent, StoreError
+from bridge.store.store import Store
 from bridge.tasks import Supervisor
 
 Outcome = Literal["accepted", "duplicate", "ignored"]

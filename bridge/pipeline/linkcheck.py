@@ -47,7 +47,8 @@ from bridge.platforms.ratelimit import DEFAULT_RANK, TokenBucket, request_priori
 from bridge.platforms.states import STATE_MODELS
 from bridge.platforms.webhooks import EventParser, PayloadError
 from bridge.rules import LinkGraph, RuleSet, evaluate
-from bridge.store.base import LinkRow, NewInboxEvent, Store, StoreError
+from bridge.store.base import LinkRow, NewInboxEvent, StoreError
+from bridge.store.store import Store
 
 MAX_COMPONENT: Final = 24
 """Most objects read for one check (a Rootly incident with its alerts and escalations)."""

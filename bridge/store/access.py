@@ -1,6 +1,6 @@
-"""`StoreAccess`: what every part of `SqlStore` shares, the driver, the clock and row helpers.
+"""`StoreAccess`: what every part of `Store` shares, the driver, the clock and row helpers.
 
-`SqlStore` is assembled from parts by concern (`reads`, `links`, `replicas`, and the write
+`Store` is assembled from parts by concern (`reads`, `links`, `replicas`, and the write
 paths in `store`). Every part runs its statements through one driver and reads "now" from
 one injected clock, so this base class holds both, with the few helpers they all use to
 fetch rows, write one row and pass object refs to a statement.

@@ -240,21 +240,22 @@ REMOVE_LINK: Final = Sql("DELETE FROM links WHERE " + _PAIR)
 _REFS: Final = "SELECT value ->> 0, value ->> 1, value ->> 2 FROM {json_rows}(:refs)"
 # Each side through its own index: PostgreSQL plans `a IN (...) OR b IN (...)` as a scan
 # of every link (about 0.5 s a lookup with 1,000,000 links; `bench --only store`).
-LINKED: Final = Sql(
+_LINKED: Final = (
     f"SELECT * FROM links WHERE id IN (SELECT id FROM links WHERE (a_platform, a_kind, a_id)"
     f" IN ({_REFS}) UNION ALL SELECT id FROM links WHERE (b_platform, b_kind, b_id)"
     f" IN ({_REFS})) ORDER BY id"
 )
+LINKED: Final = Sql(_LINKED)
+# The operators' search by ID: `refs` holds every ref the ID can be (no index leads with it).
+LINKED_PAGE: Final = Sql(_LINKED + " LIMIT :limit OFFSET :offset")
 _SIDE: Final = (
     "((CAST(:platform AS TEXT) IS NULL OR {s}_platform = :platform)"
-    " AND (CAST(:kind AS TEXT) IS NULL OR {s}_kind = :kind)"
-    " AND (CAST(:external_id AS TEXT) IS NULL OR {s}_id = :external_id))"
+    " AND (CAST(:kind AS TEXT) IS NULL OR {s}_kind = :kind))"
 )
 LIST_LINKS: Final = Sql(
     "SELECT * FROM links WHERE " + _SIDE.replace("{s}", "a") + " OR "
     + _SIDE.replace("{s}", "b") + " ORDER BY id LIMIT :limit OFFSET :offset"
 )  # fmt: skip
-COUNT_LINKS: Final = Sql("SELECT count(*) AS n FROM links")
 UNCHECKED_LINKS: Final = Sql(
     "SELECT * FROM links WHERE checked_at IS NULL"
     " AND (check_after IS NULL OR check_after <= :now) ORDER BY id LIMIT :limit"

@@ -50,6 +50,8 @@ class ReadQueries(StoreAccess):
 
     # -- history --------------------------------------------------------------------------
     async def search_events(self, flt: EventFilter) -> list[InboxRow]:
+        """Events matching every given field of `flt`, newest (highest ID) first. Events
+        settled at ingest name no objects: they are found by the other fields."""
         rows = await self._rows(
             q.SEARCH_EVENTS,
             source=flt.source,
@@ -66,6 +68,7 @@ class ReadQueries(StoreAccess):
         return [inbox_row(r) for r in rows]
 
     async def event_objects(self, inbox_ids: Sequence[InboxId]) -> dict[InboxId, list[EventObject]]:
+        """The objects each of `inbox_ids` names (subject first)."""
         found: dict[InboxId, list[EventObject]] = {}
         if inbox_ids:
             for row in await self._rows(q.EVENT_OBJECTS, ids=json.dumps(list(inbox_ids))):
@@ -73,6 +76,7 @@ class ReadQueries(StoreAccess):
         return found
 
     async def events_naming(self, refs: Sequence[ObjectRef], limit: int) -> list[InboxRow]:
+        """The newest `limit` events that name any of `refs`, newest first."""
         if not refs:
             return []
         rows = await self._rows(q.EVENTS_NAMING, refs=ref_rows(refs), limit=limit)
@@ -81,6 +85,8 @@ class ReadQueries(StoreAccess):
     async def actions_on(
         self, refs: Sequence[ObjectRef], inbox_ids: Sequence[InboxId], limit: int
     ) -> list[OutboxRow]:
+        """The newest `limit` actions that change one of `refs`, create what is linked to
+        one of them, or were caused by one of `inbox_ids`; newest first."""
         if not refs and not inbox_ids:
             return []
         rows = await self._rows(
@@ -92,6 +98,7 @@ class ReadQueries(StoreAccess):
         return [outbox_row(r) for r in rows]
 
     async def dead_letters_by_rule(self) -> dict[str, int]:
+        """How many dead letters each rule's actions left."""
         return {row["rule"]: int(row["n"]) for row in await self._rows(q.DEAD_BY_RULE)}
 
     # -- outbox ---------------------------------------------------------------------------

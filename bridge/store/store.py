@@ -1,11 +1,11 @@
-"""`SqlStore`: the `Store` protocol, its semantics written once over either driver.
+"""`Store`: the bridge's one store, its semantics written once over either driver.
 
 The statements are in `bridge.store.queries`; the drivers (`bridge.store.sqlite`,
 `bridge.store.postgres`) run them. Times come from the injected clock (UTC), not the
 database's, so both backends and the tests agree on "now". Dead letters are outbox rows in
 state ``dead``, so a replay is a state change and the action keeps its history.
 
-`SqlStore` is assembled by concern: this module holds its lifecycle and the pipeline's
+`Store` is assembled by concern: this module holds its lifecycle and the pipeline's
 write paths (the inbox, the outbox, pruning); the operators' reads are in
 `bridge.store.reads`, links, echo records and last seen states in `bridge.store.links`,
 and the coordination between replicas in `bridge.store.replicas`, all on the driver and
@@ -53,7 +53,7 @@ _ROLLBACK = Sql("ROLLBACK TO SAVEPOINT completion")
 _RELEASE = Sql("RELEASE SAVEPOINT completion")
 
 
-class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
+class Store(ReadQueries, LinkQueries, ReplicaQueries):
     """The bridge's store on SQLite (embedded default) or PostgreSQL (several replicas).
 
     `url` is what the user configured (``sqlite:///data/bridge.db``,
@@ -107,6 +107,7 @@ class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
         self._log.info("store.closed")
 
     async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless a trivial query succeeds."""
         await self.driver.fetch(q.PING)
 
     # -- inbox ----------------------------------------------------------------------------
@@ -116,6 +117,14 @@ class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
         owner: str | None = None,
         lease_seconds: float = 60.0,
     ) -> list[InboxId | None]:
+        """Persist deliveries in one transaction (group commit).
+
+        Returns, per event, its new ID, or None when (source, delivery_id) was already stored.
+        With `owner`, new rows are stored already claimed by it (lease, one attempt), for a
+        process that dispatches what it receives without a claim round. An event with a
+        `settled_trace` is stored processed (at the store's now) with that trace instead,
+        unclaimed, with no attempt counted.
+        """
         if not events:
             return []
         now = self._clock()
@@ -167,6 +176,7 @@ class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
     async def renew_inbox(
         self, owner: str, inbox_ids: Sequence[InboxId], lease_seconds: float
     ) -> list[InboxId]:
+        """`renew_actions` for inbox events `owner` still holds (pending, leased to it)."""
         renewed = await self._renew(q.RENEW_INBOX, owner, inbox_ids, lease_seconds)
         return [InboxId(i) for i in renewed]
 
@@ -186,6 +196,18 @@ class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
     async def complete_inboxes(
         self, completions: Sequence[InboxCompletion]
     ) -> list[list[OutboxRow] | StoreError]:
+        """Record dispatch decisions in one transaction, so one commit serves several events.
+        Per completion: insert its actions into the outbox (an idempotency key already
+        present is skipped, not an error), apply its link changes in order (adding an
+        existing link or removing a missing one is a no-op), store the trace and mark the
+        event processed, and record its `seen` states as the last seen of their objects
+        (replacing earlier ones). With an `owner`, each new action that may run now (see
+        `bridge.ordering`) is inserted claimed by it and returned in full, so the
+        dispatching process runs it without a claim round; the others are returned too,
+        pending. Each completion is all-or-nothing on its own: one that fails (processed
+        elsewhere, unknown, cannot be stored) gets its StoreError in its place and leaves
+        nothing, without undoing the others. Raises StoreError only if the batch failed as
+        a whole."""
         if not completions:
             return []
         now = self._clock()
@@ -293,6 +315,8 @@ class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
         retry_at: datetime | None,
         objects: Sequence[EventObject] = (),
     ) -> None:
+        """Record a dispatch failure; with `retry_at` the event stays pending until then.
+        `objects`: those the event names, when it could be parsed (found by object)."""
         now = self._clock()
         params = {
             "id": inbox_id,
@@ -318,6 +342,14 @@ class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
         *,
         oldest_first: bool = False,
     ) -> list[OutboxRow]:
+        """Claim due rows (pending with next_attempt_at <= now, or claimed with an expired
+        lease) that may run now (`bridge.ordering`), most urgent first (in turn order), or
+        with `oldest_first` in the order they were decided. PostgreSQL: FOR UPDATE SKIP
+        LOCKED, so replicas never claim the same row. A row whose lease expired is taken
+        over: first back to pending, counting one attempt, with `last_error` set to
+        `LEASE_LOST` + the lost holder (so it waits for earlier causes on its object like
+        any other, instead of blocking them as if in flight), then claimed when it may run;
+        failed attempts are otherwise counted by `retry_action`."""
         now = self._clock()
         if limit <= 0 or not await self._rows(q.OUTBOX_ANY_DUE, now=now, platform=platform):
             return []
@@ -341,10 +373,16 @@ class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
     async def renew_actions(
         self, owner: str, action_ids: Sequence[ActionId], lease_seconds: float
     ) -> list[ActionId]:
+        """Extend to now + `lease_seconds` the leases `owner` still holds among `action_ids`
+        (a holder alive but slow, waiting out a rate-limit pause, is not taken over);
+        returns those IDs. An action finished or taken over meanwhile is left alone."""
         renewed = await self._renew(q.RENEW_ACTIONS, owner, action_ids, lease_seconds)
         return [ActionId(i) for i in renewed]
 
     async def finish_actions(self, outcomes: Sequence[ActionOutcome]) -> list[bool]:
+        """Record outcomes in ONE transaction (group commit). Per outcome, all or nothing: the
+        final state and result, its link changes, its echo records. True if recorded, False
+        if its owner no longer held the lease (that one changes nothing)."""
         if not outcomes:
             return []
         now = self._clock()
@@ -391,6 +429,8 @@ class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
     async def dead_letter(
         self, action_id: ActionId, owner: str, error: str, *, count_attempt: bool = True
     ) -> bool:
+        """To state ``dead``; counts the failed attempt that led here unless `count_attempt`
+        is false (an action given up on before trying it again)."""
         return await self._release(action_id, owner, "dead", error, count_attempt, None)
 
     async def _release(
@@ -418,17 +458,25 @@ class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
         return updated == 1
 
     async def attempted_actions(self, object_key: str) -> list[OutboxRow]:
+        """The actions on `object_key` that finished (done or skipped) or were tried at
+        least once (what they sent may have landed, even after a timeout or a 5xx)."""
         return [outbox_row(r) for r in await self._rows(q.ATTEMPTED_ACTIONS, key=object_key)]
 
     async def creating(self, refs: Sequence[ObjectRef]) -> list[OutboxRow]:
+        """Unfinished actions whose result will be linked to one of `refs` (what an action
+        on those objects' linked counterparts waits for)."""
         rows = await self._rows(q.CREATING, refs=json.dumps([str(r) for r in refs]))
         return [outbox_row(r) for r in rows]
 
     async def replay_action(self, action_id: ActionId) -> bool:
-        """Dead letter back to pending, due now, attempts reset."""
+        """Dead letter back to pending, due now, with a fresh budget of attempts (`attempts`
+        keeps counting; `last_error` still describes the latest attempt until the next one).
+        False if it is not dead."""
         return await self._write_one("replaying a dead letter", q.REPLAY_ACTION, id=action_id)
 
     async def drop_action(self, action_id: ActionId) -> bool:
+        """Dead letter to skipped, its result saying an operator dropped it. False if it is
+        not dead."""
         return await self._write_one(
             "dropping a dead letter", q.DROP_ACTION, id=action_id, result=encode_json(DROPPED)
         )
@@ -437,6 +485,10 @@ class SqlStore(ReadQueries, LinkQueries, ReplicaQueries):
     async def prune(
         self, inbox_before: datetime, outbox_before: datetime, now: datetime
     ) -> PruneResult:
+        """Delete processed inbox rows and finished (done/skipped) outbox rows older than the
+        cut-offs, expired echo records, and the last seen states of objects no longer
+        linked that were recorded before `inbox_before`. Dead letters and links are kept."""
+
         async def work(tx: Tx) -> PruneResult:
             outbox = await tx.execute(q.PRUNE_OUTBOX, {"before": outbox_before})
             inbox = await tx.execute(q.PRUNE_INBOX, {"before": inbox_before})

@@ -12,7 +12,7 @@ from bridge.events import DeliveryId
 from bridge.sandbox.stack import SandboxStack
 from bridge.store.base import InboxRow, OutboxRow
 from bridge.store.driver import Sql
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 
 
 async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -23,12 +23,12 @@ async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def _store(stack: SandboxStack) -> SqlStore:
-    assert stack.bridge is not None and isinstance(stack.bridge.store, SqlStore)
+def _store(stack: SandboxStack) -> Store:
+    assert stack.bridge is not None and isinstance(stack.bridge.store, Store)
     return stack.bridge.store
 
 
-async def _inbox(store: SqlStore, where: str) -> list[InboxRow]:
+async def _inbox(store: Store, where: str) -> list[InboxRow]:
     rows = await store.driver.fetch(Sql(f"SELECT id FROM inbox WHERE {where} ORDER BY id"))
     found = [await store.get_inbox(row["id"]) for row in rows]
     return [row for row in found if row is not None]

@@ -10,11 +10,11 @@ from bridge.logging import get_logger
 from bridge.metrics import create_metrics
 from bridge.platforms.ratelimit import RateLimiters
 from bridge.scheduler import Scheduler
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.store.conftest import FakeClock, MakeStore
 
 
-def replica(store: SqlStore, name: str, clock: FakeClock, limiters: RateLimiters) -> Scheduler:
+def replica(store: Store, name: str, clock: FakeClock, limiters: RateLimiters) -> Scheduler:
     """A replica's scheduler (not started: the test runs its leadership job)."""
     return Scheduler(
         store=store,

@@ -27,7 +27,7 @@ async def check(stack: SandboxStack) -> int:
 async def synthetic(stack: SandboxStack) -> list[str]:
     """The delivery IDs of the synthetic deliveries the checker wrote, oldest first."""
     assert stack.bridge is not None
-    rows = await stack.bridge.store.driver.fetch(  # type: ignore[attr-defined]
+    rows = await stack.bridge.store.driver.fetch(
         Sql("SELECT delivery_id FROM inbox WHERE delivery_id LIKE 'check:%' ORDER BY id")
     )
     return [str(row["delivery_id"]) for row in rows]

@@ -22,9 +22,17 @@ from bridge.logging import get_logger
 from bridge.metrics import create_metrics
 from bridge.scheduler import Scheduler
 from bridge.store.base import EchoRecord
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.store.conftest import FakeClock
-from tests.store.factories import IIO_ESC, IIO_INC, ROOTLY_INC, action, complete, delivery
+from tests.store.factories import (
+    IIO_ESC,
+    IIO_INC,
+    ROOTLY_INC,
+    action,
+    complete,
+    delivery,
+    link_count,
+)
 from tests.store.factories import finish as finish_one
 
 KEEP_INBOX_HOURS = 24.0
@@ -32,7 +40,7 @@ KEEP_OUTBOX_HOURS = 48.0
 
 
 @pytest.fixture
-def scheduler(store: SqlStore) -> Scheduler:
+def scheduler(store: Store) -> Scheduler:
     """A scheduler on `store` (not started: the test calls its job directly)."""
     log = get_logger("test.ha.retention")
     settings = SchedulerSettings(
@@ -48,7 +56,7 @@ def scheduler(store: SqlStore) -> Scheduler:
 
 
 async def processed(
-    store: SqlStore, delivery_id: str, at: datetime, keys: list[str]
+    store: Store, delivery_id: str, at: datetime, keys: list[str]
 ) -> list[ActionId]:
     """A delivery stored and dispatched at `at` into actions with `keys`."""
     (inbox_id,) = await store.add_inbox([delivery(delivery_id, at)])
@@ -57,7 +65,7 @@ async def processed(
 
 
 async def finish(
-    store: SqlStore,
+    store: Store,
     ids: list[ActionId],
     state: Literal["done", "skipped", "dead"],
     echoes: Sequence[EchoRecord] = (),
@@ -75,7 +83,7 @@ async def finish(
 
 
 async def test_prune_removes_only_old_finished_rows(
-    store: SqlStore,
+    store: Store,
     clock: FakeClock,
     scheduler: Scheduler,
 ) -> None:
@@ -142,13 +150,13 @@ async def test_prune_removes_only_old_finished_rows(
     ):
         kept_action = await store.get_action(kept_id)
         assert kept_action is not None and kept_action.state == state, (kept_id, state)
-    assert await store.count_links() == 1
+    assert await link_count(store) == 1
     assert await store.find_echo(IIO_INC, "status=live", now)
     assert not await store.find_echo(IIO_INC, "status=expired", now - timedelta(hours=1))
     assert await scheduler.prune() == "inbox=0 outbox=0 echoes=0 states=0"
 
 
-async def test_periodic_jobs_are_counted_not_logged_at_info(store: SqlStore) -> None:
+async def test_periodic_jobs_are_counted_not_logged_at_info(store: Store) -> None:
     """Jobs that run every few seconds forever (gauges here) leave no `job.done` line in an
     info log: each run is counted in bridge_scheduler_job_runs_total, and logged at debug."""
     metrics = create_metrics(CollectorRegistry())

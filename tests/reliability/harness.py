@@ -12,7 +12,7 @@ What the reliability tests share and nothing else:
 - `SignedSender`: signs deliveries with the product's own `sign` functions and retries
   like Rootly / Svix (same delivery ID, fresh timestamp and signature per attempt, backoff),
   recording every attempt's answer;
-- `store_snapshot`: opens the store with `SqlStore` after the bridge stopped.
+- `store_snapshot`: opens the store with `Store` after the bridge stopped.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from bridge.platforms.incident_io import webhook as incident_io_webhook
 from bridge.platforms.rootly import webhook as rootly_webhook
 from bridge.sandbox import Sandbox
 from bridge.store.base import OutboxRow
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = REPO_ROOT / "config" / "rules.yaml"
@@ -586,7 +586,7 @@ class SignedSender:
 
 @dataclass(frozen=True)
 class StoreSnapshot:
-    """The store's state as `SqlStore` reports it, read after the bridge stopped."""
+    """The store's state as `Store` reports it, read after the bridge stopped."""
 
     outbox_by_state: Mapping[str, int]
     inbox_pending: int
@@ -599,10 +599,10 @@ class StoreSnapshot:
 async def store_snapshot(
     url: str, delivery_ids: Iterable[tuple[Source, str]] = ()
 ) -> StoreSnapshot:
-    """Open the store with `SqlStore` and read counts, dead letters, links and deliveries."""
+    """Open the store with `Store` and read counts, dead letters, links and deliveries."""
     from bridge.store.base import LinkFilter
 
-    store = SqlStore(url, pool_size=2)
+    store = Store(url, pool_size=2)
     await store.open()
     try:
         counts = await store.counts()

@@ -1,7 +1,7 @@
 """Fixtures for the store tests: every store test runs on SQLite and on PostgreSQL.
 
 `target` names a fresh database (an SQLite file in `tmp_path`, or a fresh PostgreSQL
-schema); `make_store` opens more `SqlStore`s on it (separate pools, like replicas) and
+schema); `make_store` opens more `Store`s on it (separate pools, like replicas) and
 closes them all afterwards; `store` is the usual single one. All of them share a
 `FakeClock`, so leases and expiry are tested by moving time, not by sleeping.
 """
@@ -20,11 +20,11 @@ import structlog
 from bridge.store.driver import Driver, Sql, Tx
 from bridge.store.postgres import PostgresDriver
 from bridge.store.sqlite import SqliteDriver
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from bridge.store.urls import parse_store_url
 from tests.pg import fresh_schema, pg_url
 
-MakeStore = Callable[..., Awaitable[SqlStore]]
+MakeStore = Callable[..., Awaitable[Store]]
 
 
 class FakeClock:
@@ -96,9 +96,9 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def _opener(target: Target, clock: FakeClock, opened: list[SqlStore]) -> MakeStore:
-    async def make(**kwargs: Any) -> SqlStore:
-        store = SqlStore(target.url, schema=target.schema, clock=clock, **kwargs)
+def _opener(target: Target, clock: FakeClock, opened: list[Store]) -> MakeStore:
+    async def make(**kwargs: Any) -> Store:
+        store = Store(target.url, schema=target.schema, clock=clock, **kwargs)
         opened.append(store)
         await store.open()
         return store
@@ -108,7 +108,7 @@ def _opener(target: Target, clock: FakeClock, opened: list[SqlStore]) -> MakeSto
 
 @pytest.fixture
 async def make_store(target: Target, clock: FakeClock) -> AsyncIterator[MakeStore]:
-    opened: list[SqlStore] = []
+    opened: list[Store] = []
     yield _opener(target, clock, opened)
     for store in opened:
         await store.close()
@@ -116,12 +116,12 @@ async def make_store(target: Target, clock: FakeClock) -> AsyncIterator[MakeStor
 
 @pytest.fixture
 async def make_pg_store(pg_target: Target, clock: FakeClock) -> AsyncIterator[MakeStore]:
-    opened: list[SqlStore] = []
+    opened: list[Store] = []
     yield _opener(pg_target, clock, opened)
     for store in opened:
         await store.close()
 
 
 @pytest.fixture
-async def store(make_store: MakeStore) -> SqlStore:
+async def store(make_store: MakeStore) -> Store:
     return await make_store()

@@ -20,15 +20,8 @@ from bridge.events import (
     RuleName,
     freeze,
 )
-from bridge.store.base import (
-    ActionOutcome,
-    EchoRecord,
-    InboxCompletion,
-    NewInboxEvent,
-    Store,
-    StoreError,
-)
-from bridge.store.store import SqlStore
+from bridge.store.base import ActionOutcome, EchoRecord, InboxCompletion, NewInboxEvent, StoreError
+from bridge.store.store import Store
 
 ROOTLY_INC = ObjectRef.parse("rootly:incident:r-1")
 IIO_INC = ObjectRef.parse("incident_io:incident:i-1")
@@ -71,14 +64,14 @@ def delivery(
     )
 
 
-async def inbox_event(store: SqlStore, at: datetime, delivery_id: str = "d-1") -> InboxId:
+async def inbox_event(store: Store, at: datetime, delivery_id: str = "d-1") -> InboxId:
     (inbox_id,) = await store.add_inbox([delivery(delivery_id, at)])
     assert inbox_id is not None
     return inbox_id
 
 
 async def queue_actions(
-    store: SqlStore, at: datetime, keys: Sequence[str], delivery_id: str = "d-1"
+    store: Store, at: datetime, keys: Sequence[str], delivery_id: str = "d-1"
 ) -> list[ActionId]:
     """Store one delivery and dispatch it into outbox actions with the given keys."""
     inbox_id = await inbox_event(store, at, delivery_id)
@@ -114,3 +107,8 @@ async def finish(
     outcome = ActionOutcome(action_id, owner, state, result, link_changes, echoes)
     (recorded,) = await store.finish_actions([outcome])
     return recorded
+
+
+async def link_count(store: Store) -> int:
+    """How many links the store holds (the sum of its `bridge_links` gauge's kinds)."""
+    return sum((await store.counts()).links_by_kind.values())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 
 
-async def test_single_instance_is_leader_and_notify_is_safe(store: SqlStore) -> None:
+async def test_single_instance_is_leader_and_notify_is_safe(store: Store) -> None:
     """A lone store is leader (SQLite always; PostgreSQL via the lock), re-entrantly;
     notify/listen never fail; release and close are idempotent."""
     calls: list[int] = []

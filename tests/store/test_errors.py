@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from bridge.store.base import StoreError, StoreUnavailable
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.pg import pg_connect, pg_url
+from tests.store.factories import link_count
 
 
 @pytest.mark.parametrize(
@@ -32,7 +33,7 @@ from tests.pg import pg_connect, pg_url
 def test_bad_url_names_supported_schemes(url: str, expected: str) -> None:
     """An unsupported or malformed URL is refused up front, saying what is supported."""
     with pytest.raises(StoreError) as info:
-        SqlStore(url)
+        Store(url)
     message = str(info.value)
     assert expected in message
     assert "hunter2" not in message
@@ -43,9 +44,9 @@ def test_bad_url_names_supported_schemes(url: str, expected: str) -> None:
 def test_bad_schema_arguments() -> None:
     """A schema with SQLite, or a schema name unsafe for DDL, is refused."""
     with pytest.raises(StoreError, match="PostgreSQL only"):
-        SqlStore("sqlite:///x.db", schema="s")
+        Store("sqlite:///x.db", schema="s")
     with pytest.raises(StoreError, match="schema name"):
-        SqlStore(pg_url(), schema='x"; DROP TABLE links; --')
+        Store(pg_url(), schema='x"; DROP TABLE links; --')
 
 
 @contextlib.contextmanager
@@ -88,7 +89,7 @@ async def test_sqlite_readonly_directory(readonly_dir: Path) -> None:
     """A database file that cannot be created in a read-only directory (or below it) gives a
     StoreError with the path and the reason."""
     for path in (readonly_dir / "bridge.db", readonly_dir / "sub" / "bridge.db"):
-        store = SqlStore(f"sqlite:///{path}")
+        store = Store(f"sqlite:///{path}")
         with unprivileged(), pytest.raises(StoreError) as info:
             await store.open()
         message = str(info.value)
@@ -103,7 +104,7 @@ def test_failed_sqlite_open_leaves_no_thread_behind(readonly_dir: Path) -> None:
         loop = asyncio.new_event_loop()
         try:
             with unprivileged(), pytest.raises(StoreError, match="unable to open"):
-                loop.run_until_complete(SqlStore(f"sqlite:///{readonly_dir / 'x.db'}").open())
+                loop.run_until_complete(Store(f"sqlite:///{readonly_dir / 'x.db'}").open())
         finally:
             loop.close()
     assert [t.name for t in threading.enumerate() if t.name.startswith("store.")] == []
@@ -114,21 +115,21 @@ async def test_second_exclusive_store_on_one_file_is_refused(tmp_path: Path) -> 
     serve`), a second exclusive open is refused naming the file and the holder's PID, and
     succeeds once the first is closed. Stores opened without it (CLI commands) still work."""
     url = f"sqlite:///{tmp_path / 'bridge.db'}"
-    first = SqlStore(url, exclusive=True)
+    first = Store(url, exclusive=True)
     await first.open()
     try:
         with pytest.raises(StoreError) as info:
-            await SqlStore(url, exclusive=True).open()
+            await Store(url, exclusive=True).open()
         message = str(info.value)
         assert str(tmp_path / "bridge.db") in message
         assert f"PID {os.getpid()}" in message
-        reader = SqlStore(url)
+        reader = Store(url)
         await reader.open()
-        assert await reader.count_links() == 0
+        assert await link_count(reader) == 0
         await reader.close()
     finally:
         await first.close()
-    again = SqlStore(url, exclusive=True)
+    again = Store(url, exclusive=True)
     await again.open()
     await again.close()
 
@@ -136,7 +137,7 @@ async def test_second_exclusive_store_on_one_file_is_refused(tmp_path: Path) -> 
 async def test_exclusive_store_in_a_readonly_directory(readonly_dir: Path) -> None:
     """Where the lock file cannot be created the error says so and asks whether the
     directory is writable."""
-    store = SqlStore(f"sqlite:///{readonly_dir / 'bridge.db'}", exclusive=True)
+    store = Store(f"sqlite:///{readonly_dir / 'bridge.db'}", exclusive=True)
     with unprivileged(), pytest.raises(StoreError) as info:
         await store.open()
     assert f"is {readonly_dir} writable?" in str(info.value)
@@ -146,12 +147,12 @@ async def test_sqlite_readonly_file(readonly_dir: Path) -> None:
     """An existing database the bridge may not write is refused with path and reason."""
     _set_modes(readonly_dir, 0o755)
     path = readonly_dir / "bridge.db"
-    store = SqlStore(f"sqlite:///{path}")
+    store = Store(f"sqlite:///{path}")
     await store.open()
     await store.close()
     _set_modes(path, 0o444)
     _set_modes(readonly_dir, 0o555)
-    store = SqlStore(f"sqlite:///{path}")
+    store = Store(f"sqlite:///{path}")
     with unprivileged(), pytest.raises(StoreError) as info:
         await store.open()
     assert str(path) in str(info.value)
@@ -163,7 +164,7 @@ async def test_sqlite_corrupt_file(tmp_path: Path) -> None:
     path = tmp_path / "bridge.db"
     path.write_bytes(b"definitely not sqlite " * 200)
     with pytest.raises(StoreError) as info:
-        await SqlStore(f"sqlite:///{path}").open()
+        await Store(f"sqlite:///{path}").open()
     assert str(path) in str(info.value)
     assert "file is not a database" in str(info.value)
 
@@ -173,7 +174,7 @@ async def test_sqlite_parent_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     path = tmp_path / "afile" / "bridge.db"
     with pytest.raises(StoreError, match="cannot create directory") as info:
-        await SqlStore(f"sqlite:///{path}").open()
+        await Store(f"sqlite:///{path}").open()
     assert str(tmp_path / "afile") in str(info.value)
 
 
@@ -181,7 +182,7 @@ async def test_postgres_unreachable_is_unavailable_without_password() -> None:
     """Nothing listening: StoreUnavailable naming host and port, the password scrubbed."""
     url = "postgresql://bridge:hunter2@127.0.0.1:1/bridge"
     with pytest.raises(StoreUnavailable) as info:
-        await SqlStore(url).open()
+        await Store(url).open()
     message = str(info.value)
     assert "127.0.0.1:1" in message
     assert "hunter2" not in message
@@ -194,4 +195,4 @@ async def test_postgres_unknown_database_is_unavailable() -> None:
     await conn.close()
     url = pg_url().rsplit("/", 1)[0] + "/bridge_no_such_db"
     with pytest.raises(StoreUnavailable, match="bridge_no_such_db"):
-        await SqlStore(url).open()
+        await Store(url).open()

@@ -10,7 +10,7 @@ from bridge.events import DeliveryId, InboxId, LinkChange, ObjectRef, ResultLink
 from bridge.store.base import EventFilter, EventObject, InboxCompletion, NewInboxEvent, StoreError
 from bridge.store.driver import Sql, Tx
 from bridge.store.schema import MIGRATIONS
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.store.conftest import FakeClock, MakeStore, Target
 from tests.store.factories import IIO_ESC, ROOTLY_INC, action, delivery, finish
 
@@ -19,7 +19,7 @@ IIO_ALERT = ObjectRef.parse("incident_io:alert:shared-id")
 
 
 async def dispatched(
-    store: SqlStore,
+    store: Store,
     clock: FakeClock,
     delivery_id: str,
     objects: list[EventObject],
@@ -54,7 +54,7 @@ def subject(ref: ObjectRef) -> EventObject:
 
 
 async def test_events_are_found_by_ref_or_by_bare_id_newest_first(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """An event recorded with the objects it names is found by any of them: by full ref
     (that object only) or by bare ID (the objects with that ID on either platform), newest
@@ -82,9 +82,7 @@ async def test_events_are_found_by_ref_or_by_bare_id_newest_first(
     assert named[second] == [subject(IIO_ALERT)]
 
 
-async def test_event_search_filters_and_pages_with_a_cursor(
-    store: SqlStore, clock: FakeClock
-) -> None:
+async def test_event_search_filters_and_pages_with_a_cursor(store: Store, clock: FakeClock) -> None:
     """Source, type, outcome (pending, error, or the dispatcher's result) and the time window
     each narrow the search; `before` pages through the rest, newest first."""
     start = clock()
@@ -119,7 +117,7 @@ async def test_event_search_filters_and_pages_with_a_cursor(
     assert await found(limit=2, before=ids[0]) == []
 
 
-async def test_a_failed_dispatch_records_the_objects_too(store: SqlStore, clock: FakeClock) -> None:
+async def test_a_failed_dispatch_records_the_objects_too(store: Store, clock: FakeClock) -> None:
     """An event whose dispatch failed (retried later, or for good) is found by the objects
     it names: that is when an operator looks for it."""
     (inbox_id,) = await store.add_inbox([delivery("d-1", clock())])
@@ -131,7 +129,7 @@ async def test_a_failed_dispatch_records_the_objects_too(store: SqlStore, clock:
     ]
 
 
-async def test_timeline_reads_events_actions_and_objects(store: SqlStore, clock: FakeClock) -> None:
+async def test_timeline_reads_events_actions_and_objects(store: Store, clock: FakeClock) -> None:
     """events_naming finds the events naming any of a set of objects; actions_on the actions
     that change one of them (target), create what is linked to one (result link), or were
     caused by given events; find_objects every object with an ID, from events and links."""
@@ -159,7 +157,7 @@ async def test_timeline_reads_events_actions_and_objects(store: SqlStore, clock:
 
 
 async def test_actions_creating_a_linked_object_are_on_the_timeline(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """An action whose result is linked to an object (the escalation a Rootly incident
     opens) is found from that object before it has a target of its own."""
@@ -176,7 +174,7 @@ async def test_actions_creating_a_linked_object_are_on_the_timeline(
     ]
 
 
-async def test_event_objects_go_with_their_event(store: SqlStore, clock: FakeClock) -> None:
+async def test_event_objects_go_with_their_event(store: Store, clock: FakeClock) -> None:
     """Pruning an old event deletes the objects recorded for it (nothing dangles)."""
     await dispatched(store, clock, "d-1", [subject(ROOTLY_INC)])
     clock.advance(3600)
@@ -186,7 +184,7 @@ async def test_event_objects_go_with_their_event(store: SqlStore, clock: FakeClo
     assert await store.find_objects(ROOTLY_INC.id) == []
 
 
-async def test_dead_letters_are_counted_per_rule(store: SqlStore, clock: FakeClock) -> None:
+async def test_dead_letters_are_counted_per_rule(store: Store, clock: FakeClock) -> None:
     """dead_letters_by_rule counts the dead actions of each rule, nothing else."""
     await dispatched(store, clock, "d-1", [], actions=[action("a"), action("b")])
     claimed = await store.claim_outbox("w", 10, 30)
@@ -239,7 +237,7 @@ async def test_links_made_before_migration_3_get_one_vocabulary(
     ]
 
 
-async def test_link_changes_and_objects_are_one_decision(store: SqlStore, clock: FakeClock) -> None:
+async def test_link_changes_and_objects_are_one_decision(store: Store, clock: FakeClock) -> None:
     """A completion that cannot be recorded leaves neither its links nor its objects."""
     inbox_id = InboxId(999_999)
     (result,) = await store.complete_inboxes(
@@ -258,9 +256,7 @@ async def test_link_changes_and_objects_are_one_decision(store: SqlStore, clock:
     assert await store.find_objects(ROOTLY_INC.id) == []
 
 
-async def test_every_object_is_recorded_once_however_many(
-    store: SqlStore, clock: FakeClock
-) -> None:
+async def test_every_object_is_recorded_once_however_many(store: Store, clock: FakeClock) -> None:
     """An event naming more objects than one statement takes records them all; recording
     them again (a dispatch retried after a failure) adds nothing."""
     alerts = [EventObject(ObjectRef("rootly", "alert", f"a-{n}"), "related") for n in range(19)]

@@ -6,12 +6,12 @@ from datetime import timedelta
 
 from bridge.events import LinkChange
 from bridge.store.base import EchoRecord
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.store.conftest import FakeClock
-from tests.store.factories import IIO_INC, ROOTLY_INC, delivery, finish, queue_actions
+from tests.store.factories import IIO_INC, ROOTLY_INC, delivery, finish, link_count, queue_actions
 
 
-async def test_find_echo_respects_expiry(store: SqlStore, clock: FakeClock) -> None:
+async def test_find_echo_respects_expiry(store: Store, clock: FakeClock) -> None:
     """An echo record matches its (ref, change) until it expires, and nothing else."""
     (action_id,) = await queue_actions(store, clock(), ["k-1"])
     await store.claim_outbox("w", 1, 10)
@@ -25,7 +25,7 @@ async def test_find_echo_respects_expiry(store: SqlStore, clock: FakeClock) -> N
     assert not await store.find_echo(ROOTLY_INC, "status=resolved", expires)
 
 
-async def test_counts(store: SqlStore, clock: FakeClock) -> None:
+async def test_counts(store: Store, clock: FakeClock) -> None:
     """counts() reports every outbox state (zeros included), dead letters, pending inbox."""
     await queue_actions(store, clock(), ["k-1", "k-2"])
     await store.add_inbox([delivery("waiting", clock())])
@@ -44,7 +44,7 @@ async def test_counts(store: SqlStore, clock: FakeClock) -> None:
 
 
 async def test_prune_keeps_dead_letters_links_and_recent_rows(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """prune deletes old processed inbox rows, old finished actions and expired echoes;
     dead letters (their inbox reference cleared), links and recent rows stay."""
@@ -75,6 +75,6 @@ async def test_prune_keeps_dead_letters_links_and_recent_rows(
     assert dead.state == "dead"
     assert dead.inbox_id is None
     assert await store.get_action(recent_id) is not None
-    assert await store.count_links() == 1
+    assert await link_count(store) == 1
     again = await store.prune(inbox_before=cutoff, outbox_before=cutoff, now=clock())
     assert (again.inbox, again.outbox, again.echoes) == (0, 0, 0)

@@ -10,12 +10,20 @@ import pytest
 
 from bridge.events import DeliveryId, InboxId, LinkChange, freeze
 from bridge.store.base import InboxCompletion, StoredTrace, StoreError
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.store.conftest import FakeClock, MakeStore
-from tests.store.factories import IIO_INC, ROOTLY_INC, action, complete, delivery, inbox_event
+from tests.store.factories import (
+    IIO_INC,
+    ROOTLY_INC,
+    action,
+    complete,
+    delivery,
+    inbox_event,
+    link_count,
+)
 
 
-async def test_delivery_id_is_unique_per_source(store: SqlStore, clock: FakeClock) -> None:
+async def test_delivery_id_is_unique_per_source(store: Store, clock: FakeClock) -> None:
     """The same delivery ID twice from one source is stored once; from the other source it
     is a different delivery."""
     (first,) = await store.add_inbox([delivery("d-1", clock())])
@@ -30,7 +38,7 @@ async def test_delivery_id_is_unique_per_source(store: SqlStore, clock: FakeCloc
     assert row.body == b"{}"
 
 
-async def test_batch_with_duplicates(store: SqlStore, clock: FakeClock) -> None:
+async def test_batch_with_duplicates(store: Store, clock: FakeClock) -> None:
     """One batch: duplicates of stored rows and repeats within the batch get None (the
     first occurrence wins) while the rest of the batch is stored."""
     await store.add_inbox([delivery("old", clock())])
@@ -56,7 +64,7 @@ async def test_batch_with_duplicates(store: SqlStore, clock: FakeClock) -> None:
 
 
 async def test_large_batches_map_each_id_to_its_own_delivery(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """Batches larger than one INSERT statement (SQLite splits them into chunks) answer, for
     each delivery in the order given, the ID of its own row, with and without duplicates
@@ -84,7 +92,7 @@ async def test_large_batches_map_each_id_to_its_own_delivery(
         assert (row.delivery_id, row.body) == (event.delivery_id, event.body)
 
 
-async def test_claim_lease_and_expiry(store: SqlStore, clock: FakeClock) -> None:
+async def test_claim_lease_and_expiry(store: Store, clock: FakeClock) -> None:
     """Claims come in arrival order with a lease; leased rows are not claimable until the
     lease expires (a crashed dispatcher), and every claim counts an attempt."""
     ids = await store.add_inbox([delivery(f"d-{i}", clock()) for i in range(3)])
@@ -101,7 +109,7 @@ async def test_claim_lease_and_expiry(store: SqlStore, clock: FakeClock) -> None
 
 
 async def test_renewed_inbox_lease_keeps_an_event_from_being_claimed_again(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """A holder that renews keeps its events past the first lease's end: no other claim,
     no attempt counted. Renewal touches only what `owner` still holds: not another owner's
@@ -128,7 +136,7 @@ async def test_renewed_inbox_lease_keeps_an_event_from_being_claimed_again(
     assert await store.renew_inbox("w1", [], lease_seconds=10) == []
 
 
-async def test_fail_inbox_with_and_without_retry(store: SqlStore, clock: FakeClock) -> None:
+async def test_fail_inbox_with_and_without_retry(store: Store, clock: FakeClock) -> None:
     """A failure with retry_at keeps the event pending until then; without, it is failed."""
     retried, failed = await store.add_inbox([delivery("r", clock()), delivery("f", clock())])
     assert retried is not None
@@ -149,7 +157,7 @@ async def test_fail_inbox_with_and_without_retry(store: SqlStore, clock: FakeClo
     assert (await store.counts()).inbox_pending == 1
 
 
-async def test_complete_inbox_records_everything(store: SqlStore, clock: FakeClock) -> None:
+async def test_complete_inbox_records_everything(store: Store, clock: FakeClock) -> None:
     """Actions, links, trace and the processed mark are stored together; an idempotency key
     already in the outbox is skipped, not an error; every Action field round-trips."""
     inbox_id = await inbox_event(store, clock())
@@ -178,7 +186,7 @@ async def test_complete_inbox_records_everything(store: SqlStore, clock: FakeClo
     assert actions[0].action == full
     assert actions[0].event_received_at == clock()
     assert actions[0].inbox_id == inbox_id
-    assert await store.count_links() == 1
+    assert await link_count(store) == 1
 
     later = await inbox_event(store, clock(), "d-2")
     (only,) = await complete(store, later, [action("k-1"), action("k-3")], [], {})
@@ -189,7 +197,7 @@ async def test_complete_inbox_records_everything(store: SqlStore, clock: FakeClo
 
 @pytest.mark.parametrize("poison", ["trace", "action"])
 async def test_complete_inbox_is_all_or_nothing(
-    store: SqlStore, clock: FakeClock, poison: str
+    store: Store, clock: FakeClock, poison: str
 ) -> None:
     """A failure mid-transaction (an unserialisable trace after the outbox rows and links
     were written, or an unserialisable action) leaves no rows, no links, event pending."""
@@ -206,21 +214,21 @@ async def test_complete_inbox_is_all_or_nothing(
             bad if poison == "trace" else {},
         )
     assert await store.list_outbox(None, 10) == []
-    assert await store.count_links() == 0
+    assert await link_count(store) == 0
     row = await store.get_inbox(inbox_id)
     assert row is not None
     assert row.state == "pending"
     assert row.trace is None
 
 
-async def test_complete_unknown_inbox_event(store: SqlStore) -> None:
+async def test_complete_unknown_inbox_event(store: Store) -> None:
     """Completing an inbox ID that does not exist is a StoreError and stores nothing."""
     with pytest.raises(StoreError, match="does not exist"):
         await complete(store, InboxId(424242), [action("k")], [], {})
     assert await store.list_outbox(None, 10) == []
 
 
-async def test_times_are_utc_whatever_zone_goes_in(store: SqlStore, clock: FakeClock) -> None:
+async def test_times_are_utc_whatever_zone_goes_in(store: Store, clock: FakeClock) -> None:
     """An aware non-UTC time comes back as the same instant in UTC; naive times are refused."""
     plus2 = timezone(timedelta(hours=2))
     local = datetime(2030, 6, 1, 14, 0, tzinfo=plus2)
@@ -235,7 +243,7 @@ async def test_times_are_utc_whatever_zone_goes_in(store: SqlStore, clock: FakeC
 
 
 async def test_an_event_is_completed_once_and_never_reopened(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """A second completion of an already processed event (a dispatcher whose lease ran out
     under it) fails and records nothing; failing it afterwards does not make it pending."""
@@ -246,16 +254,14 @@ async def test_an_event_is_completed_once_and_never_reopened(
             store, inbox_id, [action("k-2")], [LinkChange("add", ROOTLY_INC, IIO_INC, "rule")], {}
         )
     assert [a.action.idempotency_key for a in await store.actions_for_inbox(inbox_id)] == ["k-1"]
-    assert await store.count_links() == 0
+    assert await link_count(store) == 0
     await store.fail_inbox(inbox_id, "late failure from a stale dispatcher", clock())
     row = await store.get_inbox(inbox_id)
     assert row is not None
     assert (row.state, row.error, row.trace) == ("processed", None, freeze({"first": True}))
 
 
-async def test_a_batch_of_completions_fails_one_event_alone(
-    store: SqlStore, clock: FakeClock
-) -> None:
+async def test_a_batch_of_completions_fails_one_event_alone(store: Store, clock: FakeClock) -> None:
     """`complete_inboxes` records several decisions in one transaction; an event that was
     already processed, one that does not exist and one whose trace cannot be stored each get
     their error in place, leave nothing behind, and do not undo the others."""
@@ -287,7 +293,7 @@ async def test_a_batch_of_completions_fails_one_event_alone(
     assert [(r.state, r.lease_owner) for r in ok_last] == [("claimed", "me")]
     keys = sorted(r.action.idempotency_key for r in await store.list_outbox(None, 10))
     assert keys == ["k-1", "k-5"]
-    assert await store.count_links() == 1
+    assert await link_count(store) == 1
     states = {i: (await store.get_inbox(i)) for i in (first, done, poisoned, last)}
     assert {i: row.state for i, row in states.items() if row is not None} == {
         first: "processed",
@@ -301,7 +307,7 @@ async def test_a_batch_of_completions_fails_one_event_alone(
 
 
 async def test_settled_event_is_stored_processed_and_never_claimed(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """An event stored with a settled trace is processed at once, with that trace and no
     attempt; it is never claimed, while the unsettled event of the same batch is pending."""
@@ -321,9 +327,7 @@ async def test_settled_event_is_stored_processed_and_never_claimed(
     assert (await store.counts()).inbox_pending == 1
 
 
-async def test_settled_event_is_not_claimed_for_the_owner(
-    store: SqlStore, clock: FakeClock
-) -> None:
+async def test_settled_event_is_not_claimed_for_the_owner(store: Store, clock: FakeClock) -> None:
     """Stored with an owner (ingest's local hand-off), a settled event is still processed,
     unleased, while the unsettled one is claimed by that owner."""
     trace = StoredTrace.of({"skipped": "no rule"})
@@ -343,7 +347,7 @@ async def test_settled_event_is_not_claimed_for_the_owner(
     assert [r.id for r in await store.claim_inbox("w2", 10, 30)] == [owned_id]
 
 
-async def test_a_batch_keeps_arrival_order(store: SqlStore, clock: FakeClock) -> None:
+async def test_a_batch_keeps_arrival_order(store: Store, clock: FakeClock) -> None:
     """Deliveries stored in one batch get IDs in the order they arrived (the dispatcher
     works in ID order), not in the order of their delivery IDs."""
     names = ["d-zz", "d-aa", "d-mm", "d-bb"]

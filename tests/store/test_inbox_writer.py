@@ -12,7 +12,7 @@ from bridge.logging import get_logger
 from bridge.pipeline.batching import WriteRefused
 from bridge.pipeline.ingest import InboxWriter
 from bridge.store.base import InboxRow, StoredTrace
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from bridge.tasks import Supervisor
 from tests.store.conftest import FakeClock
 from tests.store.factories import delivery
@@ -35,7 +35,7 @@ class RecordingDispatcher:
 
 
 async def write_together(
-    store: SqlStore, clock: FakeClock, room: int, settled: Sequence[bool]
+    store: Store, clock: FakeClock, room: int, settled: Sequence[bool]
 ) -> tuple[RecordingDispatcher, list[int], list[str | None]]:
     """Write one event per flag concurrently (one batch); return the fake, how often the
     dispatcher was woken, and each event's stored state."""
@@ -59,7 +59,7 @@ async def write_together(
     return dispatcher, woken, states
 
 
-async def test_only_unsettled_rows_are_handed_over(store: SqlStore, clock: FakeClock) -> None:
+async def test_only_unsettled_rows_are_handed_over(store: Store, clock: FakeClock) -> None:
     """In a batch of settled and unsettled events, with room for the unsettled ones only
     (less than the batch), the unsettled ones are stored leased and handed over, the
     settled ones stored processed and not handed over; the dispatcher is woken."""
@@ -70,7 +70,7 @@ async def test_only_unsettled_rows_are_handed_over(store: SqlStore, clock: FakeC
 
 
 async def test_batch_of_settled_events_neither_hands_over_nor_wakes(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """A batch holding only settled events gives the dispatcher nothing and does not wake
     it: there is nothing to dispatch."""
@@ -80,7 +80,7 @@ async def test_batch_of_settled_events_neither_hands_over_nor_wakes(
     assert woken == []
 
 
-async def test_an_event_the_store_refuses_fails_alone(store: SqlStore, clock: FakeClock) -> None:
+async def test_an_event_the_store_refuses_fails_alone(store: Store, clock: FakeClock) -> None:
     """30 storable deliveries and one the store refuses (a lone surrogate in its delivery
     ID, which neither SQLite nor PostgreSQL can encode) written at the same time, so in one
     group commit: every storable one is stored, handed to the dispatcher and gets its ID;

@@ -10,8 +10,9 @@ import pytest
 from bridge.store.base import SchemaTooNew, StoreError
 from bridge.store.driver import Sql, Tx
 from bridge.store.schema import HEAD, MIGRATIONS
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.store.conftest import MakeStore, Target
+from tests.store.factories import link_count
 
 
 async def _columns(target: Target) -> dict[str, set[str]]:
@@ -91,10 +92,10 @@ async def test_alembic_era_database_is_adopted(make_store: MakeStore, target: Ta
     assert store.version == HEAD
     adopted = await _columns(target)
     assert "alembic_version" not in adopted
-    assert await store.count_links() == 1
+    assert await link_count(store) == 1
     fresh = Target(target.backend, target.url.replace("bridge.db", "fresh.db"), None)
     if target.backend == "sqlite":
-        fresh_store = SqlStore(fresh.url)
+        fresh_store = Store(fresh.url)
         await fresh_store.open()
         await fresh_store.close()
         assert await _columns(fresh) == adopted
@@ -123,6 +124,6 @@ async def test_unknown_alembic_revision_is_refused(make_store: MakeStore, target
 
 async def test_unopened_store_is_a_clear_error(target: Target) -> None:
     """Using a store that was never opened is a clear StoreError, not an AttributeError."""
-    store = SqlStore(target.url, schema=target.schema)
+    store = Store(target.url, schema=target.schema)
     with pytest.raises(StoreError, match="is not open"):
         await store.ping()

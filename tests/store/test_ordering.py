@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from bridge.events import Action, ObjectRef
 from bridge.ordering import superseded
 from bridge.store.base import LEASE_LOST, InboxCompletion, OutboxRow, StoreError
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.store.conftest import FakeClock, MakeStore
 from tests.store.factories import action, finish, inbox_event
 
@@ -17,7 +17,7 @@ ESC = ObjectRef.parse("incident_io:escalation:e-1")
 
 
 async def _queue(
-    store: SqlStore, at: datetime, actions: list[Action], cause_at: datetime, n: int
+    store: Store, at: datetime, actions: list[Action], cause_at: datetime, n: int
 ) -> list[OutboxRow]:
     inbox_id = await inbox_event(store, at, f"d-{n}")
     (rows,) = await store.complete_inboxes(
@@ -33,7 +33,7 @@ def _op(key: str) -> Action:
 
 
 async def test_one_object_runs_in_cause_order_whatever_the_arrival(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """An update caused later but stored first waits for one caused earlier on the same
     object that sets another aspect: the claim hands out the earlier cause first, and the
@@ -53,7 +53,7 @@ async def test_one_object_runs_in_cause_order_whatever_the_arrival(
 
 
 async def test_a_later_cause_of_the_same_aspect_does_not_wait_for_a_retry(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """An acknowledgement retrying a 503 (due in a minute) does not hold up a cancel of
     the same escalation caused later: both set its status, the later cause wins anyway."""
@@ -72,7 +72,7 @@ async def test_a_later_cause_of_the_same_aspect_does_not_wait_for_a_retry(
 
 
 async def test_due_earlier_cause_of_the_same_aspect_goes_first(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """Two actions on one object both due: only the earlier cause is claimed, even in one
     claim of many rows, so two never run at once."""
@@ -83,9 +83,7 @@ async def test_due_earlier_cause_of_the_same_aspect_goes_first(
     assert [r.id for r in claimed] == [rows[1].id]
 
 
-async def test_fast_path_inserts_claimed_only_what_may_run(
-    store: SqlStore, clock: FakeClock
-) -> None:
+async def test_fast_path_inserts_claimed_only_what_may_run(store: Store, clock: FakeClock) -> None:
     """The dispatcher's fast path (an owner on the completion) gets a new action claimed
     only when nothing else on its object is in flight; otherwise it is stored pending and
     runs after."""
@@ -104,7 +102,7 @@ async def test_fast_path_inserts_claimed_only_what_may_run(
     assert [(r.state, r.lease_owner) for r in rows] == [("pending", None)]
 
 
-async def test_alert_events_of_one_deduplication_key_share_an_object(store: SqlStore) -> None:
+async def test_alert_events_of_one_deduplication_key_share_an_object(store: Store) -> None:
     """Firing and resolved events of one alert (different idempotency keys) are one object,
     keyed by their deduplication key; another alert's are another."""
 
@@ -152,7 +150,7 @@ async def test_replicas_never_claim_two_actions_of_one_object(
 
 
 async def test_an_action_whose_holder_died_does_not_block_the_earlier_cause_it_waits_for(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """A cancel claimed while an acknowledgement of the same escalation (caused earlier)
     backed off, whose holder then died: once its lease expires it goes back to pending
@@ -177,7 +175,7 @@ async def test_an_action_whose_holder_died_does_not_block_the_earlier_cause_it_w
 
 
 async def test_a_later_cause_that_was_tried_makes_an_earlier_one_moot(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """A "firing" alert event backing off is overtaken by its "resolved" (caused later),
     whose request times out: the resolve may have landed, so when the firing's turn comes

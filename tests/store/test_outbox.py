@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from bridge.events import ActionId, LinkChange
 from bridge.store.base import LEASE_LOST, EchoRecord
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.store.conftest import FakeClock
 from tests.store.factories import (
     IIO_INC,
@@ -17,11 +17,12 @@ from tests.store.factories import (
     complete,
     finish,
     inbox_event,
+    link_count,
     queue_actions,
 )
 
 
-async def test_claim_lease_and_expired_lease_reclaim(store: SqlStore, clock: FakeClock) -> None:
+async def test_claim_lease_and_expired_lease_reclaim(store: Store, clock: FakeClock) -> None:
     """Due rows are claimed oldest first with a lease; a claimed row is invisible to other
     claimers until its lease expires, then another worker takes it over."""
     ids = await queue_actions(store, clock(), ["k-1", "k-2", "k-3"])
@@ -39,7 +40,7 @@ async def test_claim_lease_and_expired_lease_reclaim(store: SqlStore, clock: Fak
 
 
 async def test_takeover_from_an_expired_lease_counts_an_attempt(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """A claim of a pending row counts nothing; taking a row over from an expired lease (its
     holder died or stalled without an outcome) counts one attempt and records whose lease
@@ -65,7 +66,7 @@ async def test_takeover_from_an_expired_lease_counts_an_attempt(
 
 
 async def test_renewed_lease_keeps_an_action_from_being_taken_over(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """A holder that renews keeps its actions past the first lease's end: no takeover, no
     attempt counted. Renewal touches only what `owner` still holds: not another owner's
@@ -92,7 +93,7 @@ async def test_renewed_lease_keeps_an_action_from_being_taken_over(
     assert await store.renew_actions("w1", [], lease_seconds=10) == []
 
 
-async def test_claim_by_platform(store: SqlStore, clock: FakeClock) -> None:
+async def test_claim_by_platform(store: Store, clock: FakeClock) -> None:
     """A claimer for one platform only gets that platform's actions."""
     inbox_id = await inbox_event(store, clock())
     rootly_id, iio_id = await complete(
@@ -109,7 +110,7 @@ async def test_claim_by_platform(store: SqlStore, clock: FakeClock) -> None:
     assert row.id == rootly_id
 
 
-async def test_finish_checks_owner_and_records_outcome(store: SqlStore, clock: FakeClock) -> None:
+async def test_finish_checks_owner_and_records_outcome(store: Store, clock: FakeClock) -> None:
     """Only the lease holder may finish; finishing stores state, result, links and echo
     records together; a worker whose lease was taken over is refused."""
     (action_id,) = await queue_actions(store, clock(), ["k-1"])
@@ -117,7 +118,7 @@ async def test_finish_checks_owner_and_records_outcome(store: SqlStore, clock: F
     echo = EchoRecord(ROOTLY_INC, "status=cancelled", clock() + timedelta(seconds=60))
     link = LinkChange("add", ROOTLY_INC, IIO_INC, "rule")
     assert not await finish(store, action_id, "intruder", "done", {}, [link], [echo])
-    assert await store.count_links() == 0
+    assert await link_count(store) == 0
 
     clock.advance(11)
     await store.claim_outbox("w2", 1, 10)
@@ -129,12 +130,12 @@ async def test_finish_checks_owner_and_records_outcome(store: SqlStore, clock: F
     assert row.result == {"id": "x"}
     assert row.finished_at == clock()
     assert row.lease_owner is None
-    assert await store.count_links() == 1
+    assert await link_count(store) == 1
     assert await store.find_echo(ROOTLY_INC, "status=cancelled", clock())
     assert not await finish(store, action_id, "w2", "done", {}, [], [])
 
 
-async def test_retry_counts_attempts_only_when_asked(store: SqlStore, clock: FakeClock) -> None:
+async def test_retry_counts_attempts_only_when_asked(store: Store, clock: FakeClock) -> None:
     """A retry returns the row to pending at the given time; rate-limit retries do not
     count an attempt; the owner check applies."""
     (action_id,) = await queue_actions(store, clock(), ["k-1"])
@@ -152,7 +153,7 @@ async def test_retry_counts_attempts_only_when_asked(store: SqlStore, clock: Fak
     assert row.last_error == "429"
 
 
-async def test_dead_letter_replay_and_drop(store: SqlStore, clock: FakeClock) -> None:
+async def test_dead_letter_replay_and_drop(store: Store, clock: FakeClock) -> None:
     """Dead letters are outbox rows in state 'dead': counted, replayable (due now, with a
     fresh budget: `attempts` keeps counting and `attempts_before_replay` marks where the
     budget restarts; `last_error` still describes the latest attempt) and droppable (the
@@ -185,7 +186,7 @@ async def test_dead_letter_replay_and_drop(store: SqlStore, clock: FakeClock) ->
     assert (await store.counts()).dead_letters == 0
 
 
-async def test_list_outbox_filters_and_pages(store: SqlStore, clock: FakeClock) -> None:
+async def test_list_outbox_filters_and_pages(store: Store, clock: FakeClock) -> None:
     """list_outbox filters by state and pages in id order."""
     ids = await queue_actions(store, clock(), ["k-1", "k-2", "k-3"])
     await store.claim_outbox("w", 1, 10)
@@ -194,7 +195,7 @@ async def test_list_outbox_filters_and_pages(store: SqlStore, clock: FakeClock) 
     assert await store.get_action(ActionId(999_999)) is None
 
 
-async def test_concurrent_claimers_in_one_process(store: SqlStore, clock: FakeClock) -> None:
+async def test_concurrent_claimers_in_one_process(store: Store, clock: FakeClock) -> None:
     """Eight claimers sharing one store never claim the same row (SQLite: serialised writes;
     PostgreSQL: SKIP LOCKED)."""
     keys = [f"k-{i}" for i in range(200)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from bridge.events import Action, ObjectKind, ObjectRef, Operation, Priority, RuleName
 from bridge.events import IdempotencyKey as Key
 from bridge.store.base import InboxCompletion
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.store.conftest import FakeClock
 from tests.store.factories import finish, inbox_event
 
@@ -26,12 +26,12 @@ def act(key: str, operation: Operation, priority: Priority | None = None) -> Act
     )
 
 
-async def decide(store: SqlStore, clock: FakeClock, delivery: str, *actions: Action) -> None:
+async def decide(store: Store, clock: FakeClock, delivery: str, *actions: Action) -> None:
     inbox_id = await inbox_event(store, clock(), delivery)
     await store.complete_inboxes([InboxCompletion(inbox_id, actions, [], {}, priority_age=AGE)])
 
 
-async def take_one(store: SqlStore) -> str:
+async def take_one(store: Store) -> str:
     """Claim the next action and finish it; its idempotency key."""
     (row,) = await store.claim_outbox("w", 1, 60, "incident_io")
     assert await finish(store, row.id, "w", "done", {})
@@ -39,7 +39,7 @@ async def take_one(store: SqlStore) -> str:
 
 
 async def test_claims_take_page_stopping_actions_before_creates_before_updates(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """Updates and creates decided first, a cancel decided last: one at a time, the claim
     hands out the cancel, then the creates, then the updates, each class in arrival order."""
@@ -60,7 +60,7 @@ async def test_claims_take_page_stopping_actions_before_creates_before_updates(
 
 
 async def test_a_rule_priority_overrides_the_operations_and_survives_the_store(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """An edit a rule marks `page` goes before a plain cancel decided after it; read back,
     the action carries the rule's class and the row the class it was taken by."""
@@ -78,7 +78,7 @@ async def test_a_rule_priority_overrides_the_operations_and_survives_the_store(
 
 
 async def test_an_action_waiting_one_age_counts_one_class_more_urgent(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """Lower classes are not starved: an update decided more than one priority age before a
     create goes before it, and one decided two ages before a cancel goes before that."""
@@ -108,7 +108,7 @@ def alert_event(key: str, status: str, priority: Priority | None = None) -> Acti
 
 
 async def test_an_urgent_action_passes_its_turn_to_earlier_causes_on_its_object(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """A resolving alert event (page) decided after its firing one (create) does not
     overtake it: the firing event inherits the urgent turn and goes first, ahead of an
@@ -122,7 +122,7 @@ async def test_an_urgent_action_passes_its_turn_to_earlier_causes_on_its_object(
 
 
 async def test_an_oldest_first_claim_takes_the_action_decided_first(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """Claims the executor alternates with: oldest first takes the update decided first,
     the usual claim the cancel decided after it."""
@@ -135,7 +135,7 @@ async def test_an_oldest_first_claim_takes_the_action_decided_first(
 
 
 async def test_an_action_in_flight_inherits_the_turn_for_its_retry(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """A firing alert event in flight when its resolving one is decided takes that urgent
     turn too, for when it fails and comes back: its retry is not a priority age behind."""

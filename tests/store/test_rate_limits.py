@@ -10,7 +10,7 @@ import structlog
 
 from bridge.platforms.ratelimit import SHARED_RETRY_SECONDS, Limit, SharedQuota
 from bridge.store.base import RateBucket
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.store.conftest import FakeClock, MakeStore
 
 BUCKET = RateBucket("incident_io", "0123456789abcdef", "key")
@@ -35,7 +35,7 @@ class FakeTime:
         await asyncio.sleep(0)
 
 
-def replica(store: SqlStore, time: FakeTime, limit: Limit, replicas: int = 1) -> SharedQuota:
+def replica(store: Store, time: FakeTime, limit: Limit, replicas: int = 1) -> SharedQuota:
     return SharedQuota(
         store,
         BUCKET,
@@ -77,7 +77,7 @@ async def test_a_pause_or_correction_one_replica_hears_holds_every_replica(
     assert await b.acquire() == pytest.approx(1)
 
 
-async def test_store_reserves_slots_in_one_statement_per_request(store: SqlStore) -> None:
+async def test_store_reserves_slots_in_one_statement_per_request(store: Store) -> None:
     """The store's GCRA: a new quota starts full, `burst` slots come at once, then one per
     interval; raising the floor puts the next slot after it."""
     now = 1_900_000_000.0

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from bridge.events import ActionId
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from bridge.store.urls import LOCK_NAMESPACE, lock_keys
 from tests.pg import pg_connect
 from tests.store.conftest import FakeClock, MakeStore, Target
@@ -26,7 +26,7 @@ async def test_four_replicas_claim_each_row_exactly_once(
     ids = await queue_actions(stores[0], clock(), [f"k-{i}" for i in range(1000)])
     assert len(ids) == 1000
 
-    async def replica(store: SqlStore, name: str) -> list[ActionId]:
+    async def replica(store: Store, name: str) -> list[ActionId]:
         got: list[ActionId] = []
         for _ in range(1000):  # bounded; ends when the outbox is drained
             rows = await store.claim_outbox(name, 10, 60)
@@ -84,7 +84,7 @@ async def test_leadership_lost_with_its_connection(
     assert await leader.try_acquire_leadership()
 
 
-async def _listening(store: SqlStore, calls: asyncio.Queue[None]) -> asyncio.Task[None]:
+async def _listening(store: Store, calls: asyncio.Queue[None]) -> asyncio.Task[None]:
     """`store.listen_work` running, its connect-time call already received."""
     task = asyncio.create_task(store.listen_work(lambda: calls.put_nowait(None)))
     await asyncio.wait_for(calls.get(), timeout=10)

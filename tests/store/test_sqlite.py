@@ -27,7 +27,7 @@ from structlog.testing import capture_logs
 from bridge.events import DeliveryId, ObjectRef
 from bridge.store.base import NewInboxEvent, StoreError, StoreUnavailable
 from bridge.store.sqlite import SqliteDriver, encode_time
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 
 
 def _delivery(n: int, body: bytes = b"{}") -> NewInboxEvent:
@@ -44,7 +44,7 @@ def _delivery(n: int, body: bytes = b"{}") -> NewInboxEvent:
 async def db_path(tmp_path: Path) -> Path:
     """A migrated, otherwise unused SQLite database."""
     path = tmp_path / "bridge.db"
-    store = SqlStore(f"sqlite:///{path}")
+    store = Store(f"sqlite:///{path}")
     await store.open()
     await store.close()
     return path
@@ -64,8 +64,8 @@ def other_process_lock(db_path: Path) -> Iterator[sqlite3.Connection]:
 @contextlib.asynccontextmanager
 async def _store(
     path: Path, busy_timeout: float = 5.0, wal_limit_bytes: int | None = None
-) -> AsyncIterator[SqlStore]:
-    store = SqlStore(f"sqlite:///{path}", busy_timeout=busy_timeout)
+) -> AsyncIterator[Store]:
+    store = Store(f"sqlite:///{path}", busy_timeout=busy_timeout)
     if wal_limit_bytes is not None:
         store.driver = SqliteDriver(
             store.url, logger=structlog.get_logger("test"), wal_limit_bytes=wal_limit_bytes
@@ -195,7 +195,7 @@ async def test_other_processes_still_see_the_store_open_after_a_rewind(db_path: 
     assert _count(db_path) == written + 1
 
 
-async def _write_until_rewound(direct: SqlStore, logs: Sequence[Mapping[str, Any]]) -> int:
+async def _write_until_rewound(direct: Store, logs: Sequence[Mapping[str, Any]]) -> int:
     """Write 10 kB rows back to back until a WAL rewind is reported (and 20 more rows after
     it); returns how many were written. Bounded: fails after 5,000 rows (50 MB)."""
     body = b"x" * 10_000

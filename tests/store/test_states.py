@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from bridge.events import LinkChange, ObjectRef
 from bridge.store.base import InboxCompletion, SeenState, StoreError
-from bridge.store.store import SqlStore
+from bridge.store.store import Store
 from tests.store.conftest import FakeClock
 from tests.store.factories import IIO_ESC, ROOTLY_INC, action, delivery, inbox_event
 
@@ -15,7 +15,7 @@ ALERT = ObjectRef.parse("rootly:alert:al-1")
 
 
 async def test_a_decision_records_the_states_it_saw_and_the_next_replaces_them(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """`complete_inboxes` records each completion's seen states (JSON kept as written, the
     store's now as `seen_at`); a later event's state replaces the object's row; objects
@@ -42,7 +42,7 @@ async def test_a_decision_records_the_states_it_saw_and_the_next_replaces_them(
 
 
 async def test_a_decision_that_cannot_be_recorded_records_no_state(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """The state goes in the decision's transaction: an event completed twice (its second
     decision refused) leaves the first decision's state, not the second's."""
@@ -60,7 +60,7 @@ async def test_a_decision_that_cannot_be_recorded_records_no_state(
 
 
 async def test_prune_drops_the_states_of_objects_no_longer_linked(
-    store: SqlStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     """Old states of unlinked objects go; a linked object's state stays however old, and
     so does a recent one (its links may not be recorded yet)."""

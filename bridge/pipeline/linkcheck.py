@@ -150,7 +150,15 @@ class LinkChecker:
         if busy is not None:
             busy |= objects
         states: dict[ObjectRef, Mapping[str, Any] | None] = {}
+        # When each read began: what it returns is that object's state as of then at the
+        # earliest, so that is when a drift found in it happened (its actions' cause).
+        # Stamped when the check ends, a Rootly incident read acknowledged just before a
+        # person cancelled it would count as acknowledged after the cancellation: the
+        # repair's escalation ack would supersede the cancel, and the page would never be
+        # called off.
+        read_at: dict[ObjectRef, datetime] = {}
         for ref in sorted(objects):
+            read_at[ref] = self._clock()
             try:
                 states[ref] = await self._read(ref, budgeted=link.checked_at is not None)
             except UpstreamError as exc:
@@ -159,19 +167,18 @@ class LinkChecker:
                 self._metrics.link_checks.labels("deferred").inc()
                 self._log.info("checks.read_failed", ref=str(ref), error=str(exc))
                 return 0
-        now = self._clock()
         graph = LinkGraph(pairs)
         drifts = [
             drift
             for ref, state in states.items()
             if state is not None
-            for drift in [self._drift(ref, state, states, graph, now)]
+            for drift in [self._drift(ref, state, states, graph, read_at[ref])]
             if drift is not None
         ]
         written = 0
         for drift in drifts:
-            written += await self._write(drift, states[drift.ref], link, now)
-        await self._store.mark_links_checked(sorted(pairs), now)
+            written += await self._write(drift, states[drift.ref], link, read_at[drift.ref])
+        await self._store.mark_links_checked(sorted(pairs), self._clock())
         self._metrics.link_checks.labels("drift" if drifts else "in_step").inc()
         return written
 
@@ -221,11 +228,12 @@ class LinkChecker:
         state: Mapping[str, Any],
         states: Mapping[ObjectRef, Mapping[str, Any] | None],
         graph: LinkGraph,
-        now: datetime,
+        read_at: datetime,
     ) -> Drift | None:
-        """What the rules would still do about `ref`'s current state, if anything."""
+        """What the rules would still do about `ref`'s state as read at `read_at`, if
+        anything."""
         model = STATE_MODELS[ref.platform]
-        announced = model.state_event(ref, state, "check", now)
+        announced = model.state_event(ref, state, "check", read_at)
         if announced is None:
             return None
         event_type, body = announced
@@ -233,7 +241,7 @@ class LinkChecker:
         rules = self._rules()
         if event is None or not rules.triggered_by(event):
             return None
-        evaluation = evaluate(rules, event, graph, now)
+        evaluation = evaluate(rules, event, graph, read_at)
         needs = [
             f"{action.operation} {action.target or action.params.get('deduplication_key', '')}"
             for action in evaluation.actions
@@ -258,10 +266,10 @@ class LinkChecker:
             return None
 
     async def _write(
-        self, drift: Drift, state: Mapping[str, Any] | None, link: LinkRow, now: datetime
+        self, drift: Drift, state: Mapping[str, Any] | None, link: LinkRow, read_at: datetime
     ) -> int:
         model = STATE_MODELS[drift.ref.platform]
-        announced = model.state_event(drift.ref, state or {}, drift.delivery_id, now)
+        announced = model.state_event(drift.ref, state or {}, drift.delivery_id, read_at)
         assert announced is not None
         _event_type, body = announced
         # Read by the dispatcher into the trace: why this delivery exists.
@@ -276,7 +284,7 @@ class LinkChecker:
                 delivery_id=DeliveryId(drift.delivery_id),
                 event_type=drift.event_type,
                 body=json.dumps(body, separators=(",", ":")).encode(),
-                received_at=now,
+                received_at=self._clock(),
             )
         )
         if new_id is None:

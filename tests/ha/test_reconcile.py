@@ -9,6 +9,9 @@ delivery's ID names the object, its state and what it needs.
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 from bridge.events import DeliveryId, ObjectRef
 from bridge.sandbox.common import Faults
 from bridge.sandbox.stack import SandboxStack
@@ -106,6 +109,38 @@ async def test_dropped_ack_is_healed_into_one_rootly_alert_acknowledgement(
     assert await check(stack) == 0
     await stack.settle()
     assert len(rootly.calls("POST", ack_path)) == 1
+
+
+async def test_a_drift_is_dated_when_its_object_was_read(stack: SandboxStack) -> None:
+    """A check's synthetic delivery announces the state it read as of the moment the read
+    began, and its actions are caused then: before the platform answered (the simulator
+    records the request as it answers), never when the check finished. Dated later, a
+    check that read an incident acknowledged just before a person cancelled it would count
+    as caused after the cancellation, and its ack would supersede the cancel."""
+    rootly, iio = stack.sandbox.rootly, stack.sandbox.incident_io
+    alert = await rootly.create_alert("Error rate above 5%")
+    await stack.settle()
+    await check(stack)
+    drop_webhooks(rootly.faults, True)
+    await rootly.resolve_alert(alert["id"])
+    drop_webhooks(rootly.faults, False)
+    await stack.settle()
+
+    stack.advance_checks()
+    assert await check(stack) == 1
+    await stack.settle()
+    assert stack.bridge is not None
+    (delivery,) = await synthetic(stack)
+    row = await stack.bridge.store.find_inbox("rootly", DeliveryId(delivery))
+    assert row is not None
+    stamped = datetime.fromisoformat(json.loads(row.body)["event"]["issued_at"])
+    read = rootly.calls("GET", f"/v1/alerts/{alert['id']}")[-1]
+    answered = datetime.fromtimestamp(read.at, UTC) + stack.clock.offset
+    assert stamped < answered
+    (action,) = await stack.bridge.store.actions_for_inbox(row.id)
+    assert action.action.operation == "incident_io.send_alert_event"
+    assert action.cause_at == stamped
+    assert {a["status"] for a in iio.state()["alerts"]} == {"resolved"}
 
 
 async def test_new_links_are_checked_before_many_older_ones(stack: SandboxStack) -> None:

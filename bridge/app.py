@@ -170,6 +170,10 @@ class Bridge:
             owner=self.instance_id,
             supervisor=self.supervisor,
             clock=clock,
+            in_doubt={
+                "rootly": settings.rootly.in_doubt(),
+                "incident_io": settings.incident_io.in_doubt(),
+            },
         )
         # How often each rule fired lately (the console's rules page).
         self.rule_stats = RuleStats()

@@ -153,6 +153,21 @@ class _PlatformSettings(_Group):
     connect_timeout_seconds: float = Field(5.0, gt=0, le=120, description="TCP connect timeout.")
     request_timeout_seconds: float = Field(15.0, gt=0, le=600, description="Whole-request timeout.")
     max_concurrency: int = Field(8, ge=1, le=256, description="Actions in flight at once.")
+    in_doubt_seconds: float | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description="After a request timed out or lost its connection mid-way (the platform"
+        " may still apply it), how long other actions on its object wait, so it cannot land"
+        " after a newer one (a late alert 'firing' after its 'resolved'); unset: as long as"
+        " request_timeout_seconds.",
+    )
+
+    def in_doubt(self) -> float:
+        """Seconds an action's object stays held after a request of it went unanswered."""
+        return (
+            self.request_timeout_seconds if self.in_doubt_seconds is None else self.in_doubt_seconds
+        )
 
     def webhook_secrets(self) -> list[str]:
         if self.webhook_secret is None:

@@ -7,7 +7,9 @@ incident.io alert and page again. The bridge instead orders the actions on each 
 (`bridge.operations.object_key`) by when their causes happened:
 
 - **Never two at once.** While an action on an object is in flight, no other action on that
-  object starts (the first may yet land upstream, even after a timeout).
+  object starts. Nor while a request of one went unanswered (timed out, or its connection
+  dropped mid-way) less than the platform's `in_doubt_seconds` ago: the platform may still
+  apply it, and a "firing" that lands after the "resolved" sent behind it pages again.
 - **In cause order.** An action waits for every earlier-caused action on its object, unless
   it sets the same aspect (`bridge.operations.aspect`): then the later cause wins anyway,
   and it need not wait behind the earlier one's retries (a cancel does not wait for an

@@ -105,6 +105,7 @@ class Executor:
         supervisor: Supervisor,
         rng: random.Random | None = None,
         clock: Clock = utcnow,
+        in_doubt: Mapping[Platform, float] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -115,6 +116,8 @@ class Executor:
         self._clients = clients
         self._settings = settings
         self._concurrency = concurrency
+        # Seconds an object stays held after a request on it went unanswered, per platform.
+        self._in_doubt: Mapping[Platform, float] = in_doubt or {}
         self._metrics = metrics
         self._log = logger
         self._owner = owner
@@ -315,7 +318,7 @@ class Executor:
             log.info("action.rate_limited", retry_at=retry_at.isoformat())
             return
         except Retryable as exc:
-            await self._retry_or_dead(row, str(exc), log)
+            await self._retry_or_dead(row, str(exc), log, in_doubt=exc.in_doubt)
             return
         except (TargetMissing, StateConflict) as exc:
             reason = "target_missing" if isinstance(exc, TargetMissing) else "state_conflict"
@@ -370,22 +373,41 @@ class Executor:
         *,
         gave_up: bool = False,
         count_attempt: bool = True,
+        in_doubt_until: datetime | None = None,
     ) -> None:
         """Dead-letter `row` for `error` (stored as "gave up after N attempts: ..." when the
         attempts ran out), counted in the metrics and logged as `action.dead_lettered`."""
         stored = f"gave up after {attempts} attempts: {error}" if gave_up else error
-        await self._store.dead_letter(row.id, self._owner, stored, count_attempt=count_attempt)
+        await self._store.dead_letter(
+            row.id,
+            self._owner,
+            stored,
+            count_attempt=count_attempt,
+            in_doubt_until=in_doubt_until,
+        )
         self._metrics.actions.labels(row.action.platform, row.action.name, "dead_lettered").inc()
         log.error("action.dead_lettered", error=error, attempts=attempts)
 
-    async def _retry_or_dead(self, row: OutboxRow, error: str, log: Logger) -> None:
+    async def _retry_or_dead(
+        self, row: OutboxRow, error: str, log: Logger, *, in_doubt: bool = False
+    ) -> None:
+        """Retry `row` after a back-off, or dead-letter it when its attempts ran out. With
+        `in_doubt` (its request went unanswered and may still land), its object is held
+        for the platform's `in_doubt_seconds` from now."""
         labels = (row.action.platform, row.action.name)
         attempts = row.attempts + 1
+        now = self._clock()
+        held = self._in_doubt.get(row.action.platform, 0.0) if in_doubt else 0.0
+        until = now + timedelta(seconds=held) if held > 0 else None
+        if until is not None:
+            log.info("action.in_doubt", held_until=until.isoformat())
         if row.attempts_since_replay + 1 >= self._settings.max_attempts:
-            await self._dead_letter(row, error, log, attempts, gave_up=True)
+            await self._dead_letter(row, error, log, attempts, gave_up=True, in_doubt_until=until)
             return
         delay = self._backoff(row.attempts_since_replay)
-        retry_at = self._clock() + timedelta(seconds=delay)
-        await self._store.retry_action(row.id, self._owner, retry_at, error, count_attempt=True)
+        retry_at = now + timedelta(seconds=delay)
+        await self._store.retry_action(
+            row.id, self._owner, retry_at, error, count_attempt=True, in_doubt_until=until
+        )
         self._metrics.actions.labels(*labels, "retried").inc()
         log.warning("action.retry", error=error, attempts=attempts, retry_in=round(delay, 3))

@@ -42,6 +42,15 @@ class UpstreamError(Exception):
 class Retryable(UpstreamError):
     """5xx, timeout or connection failure: try again with backoff."""
 
+    in_doubt = False
+
+
+class InDoubt(Retryable):
+    """The request went out and no answer came back (a timeout, a connection dropped
+    mid-request): the platform may still apply it later. A 5xx is an answer."""
+
+    in_doubt = True
+
 
 class RateLimited(UpstreamError):
     """429: try again at `retry_at` (unix seconds), not counted as a failed attempt."""

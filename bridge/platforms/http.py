@@ -38,6 +38,7 @@ from bridge.events import Platform, thaw
 from bridge.metrics import Metrics
 from bridge.platforms.base import InvalidAction, MalformedResponse
 from bridge.platforms.errors import (
+    InDoubt,
     Permanent,
     RateLimited,
     Retryable,
@@ -317,18 +318,24 @@ class ApiTransport:
                 raw = await response.read()
                 status = response.status
                 response_headers = response.headers
-        except TimeoutError:
+        except TimeoutError as exc:
             self._count("timeout", started)
             self._log.debug("upstream.request.timeout", method=method.upper(), path=path)
             limits = f"connect {self._timeout.sock_connect}s, total {self._timeout.total}s"
-            raise Retryable(self.platform, f"{where}: timed out ({limits})") from None
+            # Past the connect timeout the request went out: it may still be applied.
+            sent = not isinstance(exc, aiohttp.ConnectionTimeoutError)
+            raise (InDoubt if sent else Retryable)(
+                self.platform, f"{where}: timed out ({limits})"
+            ) from None
         except aiohttp.ClientError as exc:
             self._count("connection_error", started)
             detail = _redact(f"{type(exc).__name__}: {exc}", secrets)
             self._log.debug(
                 "upstream.request.connection_error", method=method.upper(), path=path, error=detail
             )
-            raise Retryable(self.platform, f"{where}: {detail}") from None
+            # Refused or unreachable: nothing was sent. Dropped mid-request: it may land.
+            sent = not isinstance(exc, aiohttp.ClientConnectorError)
+            raise (InDoubt if sent else Retryable)(self.platform, f"{where}: {detail}") from None
         self._count(str(status), started)
         self._log.debug(
             "upstream.request.done",

@@ -77,11 +77,16 @@ INBOX_ACTIONS: Final = Sql("SELECT * FROM outbox WHERE inbox_id = :id ORDER BY i
 # a holder that died: it is taken over first), and none caused earlier still waits that
 # sets another aspect or is due now (bridge.ordering). The unique index on claimed rows
 # per object (migration 2) enforces the first half against races between replicas.
+# Nor while another action's request on the object went unanswered and may still land
+# (`in_doubt_until`): a "firing" that timed out must not reach incident.io after the
+# "resolved" sent behind it.
 _RUNNABLE: Final = (
     "NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.object_key = outbox.object_key"
     " AND p.id <> outbox.id AND (p.state = 'claimed' OR (p.state = 'pending'"
     " AND (p.cause_at < outbox.cause_at OR (p.cause_at = outbox.cause_at AND p.id < outbox.id))"
     " AND (p.aspect <> outbox.aspect OR p.next_attempt_at <= :now))))"
+    " AND NOT EXISTS (SELECT 1 FROM outbox AS d WHERE d.object_key = outbox.object_key"
+    " AND d.in_doubt_until > :now AND d.id <> outbox.id)"
 )
 _OUTBOX_DUE: Final = (
     "((state = 'pending' AND next_attempt_at <= :now)"
@@ -172,7 +177,8 @@ FINISH_ACTION: Final = Sql(
 RELEASE_ACTION: Final = Sql(
     "UPDATE outbox SET state = :state, last_error = :error, attempts = attempts + :added,"
     " updated_at = :now, lease_owner = NULL, lease_expires_at = NULL,"
-    " next_attempt_at = COALESCE(:retry_at, next_attempt_at), finished_at = :finished" + _HELD
+    " next_attempt_at = COALESCE(:retry_at, next_attempt_at), finished_at = :finished,"
+    " in_doubt_until = COALESCE(:in_doubt_until, in_doubt_until)" + _HELD
 )
 # `attempts` keeps counting across a replay; the budget restarts from here.
 REPLAY_ACTION: Final = Sql(

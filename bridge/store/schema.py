@@ -169,6 +169,17 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             " WHERE state IN ('pending', 'claimed') AND turn_at IS NOT NULL",
         ),
     ),
+    Migration(
+        6,
+        "an action whose request went unanswered holds its object while it may still land",
+        (
+            # Until then no other action on its object starts (`_RUNNABLE`); the index holds
+            # only the few rows with a request in doubt.
+            "ALTER TABLE outbox ADD COLUMN in_doubt_until {ts}",
+            "CREATE INDEX ix_outbox_in_doubt ON outbox (object_key, in_doubt_until)"
+            " WHERE in_doubt_until IS NOT NULL",
+        ),
+    ),
 )
 HEAD: Final = MIGRATIONS[-1].version
 

@@ -420,18 +420,31 @@ class Store(ReadQueries, LinkQueries, ReplicaQueries):
         next_attempt_at: datetime,
         error: str,
         count_attempt: bool,
+        *,
+        in_doubt_until: datetime | None = None,
     ) -> bool:
-        """Back to pending at `next_attempt_at`; `count_attempt` False for rate limits."""
+        """Back to pending at `next_attempt_at`; `count_attempt` False for rate limits.
+        `in_doubt_until`: the attempt's request went unanswered and may land until then,
+        so no other action on its object starts before it (`bridge.ordering`)."""
         return await self._release(
-            action_id, owner, "pending", error, count_attempt, next_attempt_at
+            action_id, owner, "pending", error, count_attempt, next_attempt_at, in_doubt_until
         )
 
     async def dead_letter(
-        self, action_id: ActionId, owner: str, error: str, *, count_attempt: bool = True
+        self,
+        action_id: ActionId,
+        owner: str,
+        error: str,
+        *,
+        count_attempt: bool = True,
+        in_doubt_until: datetime | None = None,
     ) -> bool:
         """To state ``dead``; counts the failed attempt that led here unless `count_attempt`
-        is false (an action given up on before trying it again)."""
-        return await self._release(action_id, owner, "dead", error, count_attempt, None)
+        is false (an action given up on before trying it again). `in_doubt_until` as for
+        `retry_action`."""
+        return await self._release(
+            action_id, owner, "dead", error, count_attempt, None, in_doubt_until
+        )
 
     async def _release(
         self,
@@ -441,6 +454,7 @@ class Store(ReadQueries, LinkQueries, ReplicaQueries):
         error: str,
         count_attempt: bool,
         retry_at: datetime | None,
+        in_doubt_until: datetime | None,
     ) -> bool:
         now = self._clock()
         params = {
@@ -452,6 +466,7 @@ class Store(ReadQueries, LinkQueries, ReplicaQueries):
             "now": now,
             "retry_at": retry_at,
             "finished": now if state == "dead" else None,
+            "in_doubt_until": in_doubt_until,
         }
         doing = "scheduling a retry" if state == "pending" else "dead-lettering an action"
         updated = await self.driver.transact(doing, lambda tx: tx.execute(q.RELEASE_ACTION, params))

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from bridge.metrics import Metrics
-from bridge.platforms.errors import Permanent, Retryable, UpstreamError
+from bridge.platforms.errors import InDoubt, Permanent, Retryable, UpstreamError
 from bridge.platforms.http import parse_error, retry_at_from
 from bridge.platforms.incident_io.client import IncidentIoClient
 from bridge.platforms.incident_io.limits import LIMITS as INCIDENT_IO_LIMITS
@@ -35,11 +35,13 @@ NOW = 1_750_000_000.0
 async def test_5xx_is_retryable_and_counted(
     server: RecordingServer, rootly: RootlyClient, metrics: Metrics
 ) -> None:
-    """A 500 is Retryable, and the request is counted by status with its latency."""
+    """A 500 is Retryable, and the request is counted by status with its latency. It is an
+    answer: the request is not in doubt."""
     server.reply(500, {"errors": [{"title": "Internal error", "status": "500"}]})
     with pytest.raises(Retryable, match="Internal error") as caught:
         await rootly.get_incident("i1")
     assert caught.value.status == 500
+    assert caught.value.in_doubt is False
     assert (
         counter_value(metrics, "bridge_upstream_requests_total", platform="rootly", status="500")
         == 1
@@ -76,7 +78,8 @@ async def test_non_json_error_body_is_quoted(
 
 
 async def test_timeout_is_retryable_and_counted(server: RecordingServer, metrics: Metrics) -> None:
-    """A server slower than the client's total timeout gives Retryable, counted as timeout."""
+    """A server slower than the client's total timeout gives Retryable, counted as timeout,
+    and in doubt: the server has the request and may still apply it."""
     release = asyncio.Event()
 
     async def stall(_: Recorded) -> web.StreamResponse:
@@ -99,6 +102,7 @@ async def test_timeout_is_retryable_and_counted(server: RecordingServer, metrics
         release.set()
         await client.close()
     assert caught.value.status is None
+    assert caught.value.in_doubt is True
     assert (
         counter_value(
             metrics, "bridge_upstream_requests_total", platform="rootly", status="timeout"
@@ -107,11 +111,9 @@ async def test_timeout_is_retryable_and_counted(server: RecordingServer, metrics
     )
 
 
-async def test_connection_refused_is_retryable_and_counted(metrics: Metrics) -> None:
-    """Nothing listening: Retryable, counted as connection_error, no token in the message."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+async def _cancel_on_port(port: int, metrics: Metrics) -> Retryable:
+    """What an incident.io cancel sent to 127.0.0.1:`port` raises; checks it was counted
+    as a connection error."""
     client = IncidentIoClient(
         token=INCIDENT_IO_TOKEN,
         limiter=fast_limiter(INCIDENT_IO_LIMITS),
@@ -124,7 +126,6 @@ async def test_connection_refused_is_retryable_and_counted(metrics: Metrics) -> 
             await client.cancel_escalation("e1")
     finally:
         await client.close()
-    assert INCIDENT_IO_TOKEN not in str(caught.value)
     assert (
         counter_value(
             metrics,
@@ -134,6 +135,38 @@ async def test_connection_refused_is_retryable_and_counted(metrics: Metrics) -> 
         )
         == 1
     )
+    return caught.value
+
+
+async def test_connection_refused_is_retryable_and_counted(metrics: Metrics) -> None:
+    """Nothing listening: Retryable, counted as connection_error, no token in the message;
+    nothing was sent, so nothing is in doubt."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    error = await _cancel_on_port(port, metrics)
+    assert INCIDENT_IO_TOKEN not in str(error)
+    assert error.in_doubt is False
+
+
+async def test_a_connection_dropped_mid_request_is_in_doubt(metrics: Metrics) -> None:
+    """A server that reads the whole request and closes the connection without answering
+    gives Retryable, counted as connection_error, and in doubt: it may have applied it."""
+    received = asyncio.Event()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        received.set()
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    try:
+        error = await _cancel_on_port(server.sockets[0].getsockname()[1], metrics)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert received.is_set()
+    assert isinstance(error, InDoubt)
 
 
 async def test_secrets_never_reach_exceptions_or_logs(

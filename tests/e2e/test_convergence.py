@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from bridge.events import DeliveryId
 from bridge.sandbox.stack import SandboxStack
@@ -116,3 +117,43 @@ async def test_a_firing_retried_after_its_resolved_never_pages_again(
     assert "resolved" in accepted
     assert "firing" not in accepted[accepted.index("resolved") :]
     assert (mine == []) == ("firing" not in accepted)
+
+
+async def test_a_firing_that_lands_after_its_timeout_is_resolved_after_it(
+    tmp_path: Path,
+) -> None:
+    """incident.io applies a "firing" alert event two seconds after it was sent, a second
+    after the bridge gave up waiting (its request timeout), and Rootly resolves the alert
+    in between. The request is in doubt, so the "resolved" waits for the alert's hold
+    (`incident_io.in_doubt_seconds`) to pass instead of going at once and being overtaken
+    by the late "firing": incident.io accepts no "firing" after the "resolved", opens one
+    alert and ends with it resolved. Without the hold, the late "firing" opens a second
+    alert after the first was resolved, and pages again."""
+    async with SandboxStack(
+        store_url=f"sqlite:///{tmp_path}/bridge.db",
+        overrides={"incident_io": {"request_timeout_seconds": 1.0, "in_doubt_seconds": 3.0}},
+    ) as stack:
+        rootly, iio = stack.sandbox.rootly, stack.sandbox.incident_io
+        store = _store(stack)
+        iio.faults.latency_seconds = 2.0
+        alert = await rootly.create_alert("Error rate above 5%")
+        key = f"rootly-alert-{alert['id']}"
+
+        async def firing_timed_out() -> bool:
+            rows = await store.list_outbox(["pending"], 100)
+            return any(r.attempts >= 1 and "timed out" in (r.last_error or "") for r in rows)
+
+        await _until(firing_timed_out, "the firing's first request timed out")
+        iio.faults.latency_seconds = 0.0  # the first request is still on its way
+        await rootly.resolve_alert(alert["id"])
+        await stack.settle(timeout=30)
+        await asyncio.sleep(2.5)  # anything still on its way has landed by now
+        accepted = [
+            r.body["status"]
+            for r in iio.calls("POST", "/v2/alert_events/http/*")
+            if r.status < 300 and r.body["deduplication_key"] == key
+        ]
+        assert accepted.count("resolved") >= 1
+        assert "firing" not in accepted[accepted.index("resolved") :], accepted
+        mine = [a for a in iio.state()["alerts"] if a["deduplication_key"] == key]
+        assert [a["status"] for a in mine] == ["resolved"]

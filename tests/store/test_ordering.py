@@ -71,6 +71,54 @@ async def test_a_later_cause_of_the_same_aspect_does_not_wait_for_a_retry(
     assert retried.id == ack.id
 
 
+async def test_a_request_in_doubt_holds_its_object_until_it_can_no_longer_land(
+    store: Store, clock: FakeClock
+) -> None:
+    """An acknowledgement whose request timed out (it may still be applied upstream) holds
+    its escalation for the window it was given: a cancel caused later, which would not
+    wait for a retry after a 503, waits out that window, through the ack's own retry and
+    completion, so the late request cannot land after it. The fast path (actions claimed
+    as they are inserted) keeps the hold too; other objects are not held."""
+    t0 = clock()
+    (ack,) = await _queue(store, t0, [_op("k-ack")], t0, 1)
+    (claimed,) = await store.claim_outbox("w", 10, 60)
+    doubt = t0 + timedelta(seconds=15)
+    retry = t0 + timedelta(seconds=2)
+    assert await store.retry_action(claimed.id, "w", retry, "timed out", True, in_doubt_until=doubt)
+    inbox_id = await inbox_event(store, t0, "d-2")
+    other = action(
+        "k-other",
+        operation="incident_io.cancel_escalation",
+        params={},
+        target=ObjectRef.parse("incident_io:escalation:e-2"),
+    )
+    (rows,) = await store.complete_inboxes(
+        [
+            InboxCompletion(
+                inbox_id,
+                [_op("k-cancel"), other],
+                [],
+                {},
+                owner="w",
+                cause_at=t0 + timedelta(seconds=1),
+            )
+        ]
+    )
+    assert not isinstance(rows, StoreError)
+    by_key = {str(row.action.idempotency_key): row for row in rows}
+    assert by_key["k-cancel"].state == "pending"  # not claimed by the fast path
+    assert by_key["k-other"].state == "claimed"
+    assert await store.claim_outbox("w", 10, 60) == []  # the ack's retry is not due yet
+    clock.advance(3)
+    (retried,) = await store.claim_outbox("w", 10, 60)
+    assert retried.id == ack.id
+    assert await finish(store, ack.id, "w", "done", {})
+    assert await store.claim_outbox("w", 10, 60) == []  # done, but its first try may land
+    clock.advance(12)
+    (cancel,) = await store.claim_outbox("w", 10, 60)
+    assert cancel.id == by_key["k-cancel"].id
+
+
 async def test_due_earlier_cause_of_the_same_aspect_goes_first(
     store: Store, clock: FakeClock
 ) -> None:

@@ -395,7 +395,7 @@ class Dispatcher:
         # The echo verdict, the links around the event and the last state seen of its
         # subject are independent reads: together.
         echo, links, last = await asyncio.gather(
-            self._echo.verdict(event, now),
+            self._echo.verdict(event, now, durable=is_check),
             self._links_around(refs_to_resolve(event)),
             self._last_seen(event, is_check),
         )

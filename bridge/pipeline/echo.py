@@ -84,13 +84,9 @@ def echo_keys(event: Event) -> tuple[ObjectRef | str, ...]:
     return keys
 
 
-def echo_records_for(
-    action: Action, result: ActionResult, now: datetime, ttl_seconds: float
-) -> list[EchoRecord]:
-    """The echo records to write after `action` succeeded."""
-    target: ObjectRef | None = action.target
-    expires = now + timedelta(seconds=ttl_seconds)
-    if target is None:
+def changes_of_action(action: Action) -> tuple[str, ...]:
+    """The change vocabulary entries `action` makes on its object (`object_key`)."""
+    if action.target is None:
         # A resolved alert event resolves the incident.io alert of its deduplication key;
         # a firing one creates it, whose webhook must not be taken for an echo (it is what
         # links the new alert, default flow 10).
@@ -98,9 +94,19 @@ def echo_records_for(
             action.operation == "incident_io.send_alert_event"
             and action.params.get("status") == "resolved"
         ):
-            return [EchoRecord(object_key(action), "status=resolved", expires)]
-        return []
-    return [EchoRecord(target, change, expires) for change in _ACTION_CHANGES[action.operation]]
+            return ("status=resolved",)
+        return ()
+    return _ACTION_CHANGES[action.operation]
+
+
+def echo_records_for(
+    action: Action, result: ActionResult, now: datetime, ttl_seconds: float
+) -> list[EchoRecord]:
+    """The echo records to write after `action` succeeded."""
+    del result  # what an action changes follows from the action alone
+    expires = now + timedelta(seconds=ttl_seconds)
+    key: ObjectRef | str = action.target if action.target is not None else object_key(action)
+    return [EchoRecord(key, change, expires) for change in changes_of_action(action)]
 
 
 class EchoGuard:
@@ -108,8 +114,14 @@ class EchoGuard:
         self._store = store
         self._key_id = incident_io_api_key_id
 
-    async def verdict(self, event: Event, now: datetime) -> str | None:
-        """Why `event` is an echo of the bridge's own write, or None if it is not."""
+    async def verdict(self, event: Event, now: datetime, *, durable: bool = False) -> str | None:
+        """Why `event` is an echo of the bridge's own write, or None if it is not.
+
+        `durable` (a link check's delivery: a state read at any time after the write, long
+        after its echo record expired) also asks the outbox: the state is the bridge's own
+        when the last action done on the object made that change. So a check mirrors what
+        a person did and the webhook would have, not what the bridge did (an incident.io
+        alert the bridge resolved with its Rootly incident resolves no Rootly alert)."""
         if (
             event.source == "incident_io"
             and self._key_id
@@ -121,4 +133,18 @@ class EchoGuard:
             for key in echo_keys(event):
                 if await self._store.find_echo(key, change, now):
                     return f"the bridge itself made '{change}' on {key}"
+        if durable:
+            return await self._made_by_bridge(event)
+        return None
+
+    async def _made_by_bridge(self, event: Event) -> str | None:
+        changes = set(changes_of_event(event))
+        for key in echo_keys(event) if changes else ():
+            done = [r for r in await self._store.attempted_actions(str(key)) if r.state == "done"]
+            if not done:
+                continue
+            last = max(done, key=lambda r: (r.finished_at or r.updated_at, r.id))
+            made = changes.intersection(changes_of_action(last.action))
+            if made:
+                return f"the bridge itself made '{min(made)}' on {key} (action {last.id})"
         return None

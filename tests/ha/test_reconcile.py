@@ -143,6 +143,41 @@ async def test_a_drift_is_dated_when_its_object_was_read(stack: SandboxStack) ->
     assert {a["status"] for a in iio.state()["alerts"]} == {"resolved"}
 
 
+async def test_a_check_long_after_the_bridge_resolved_an_alert_mirrors_nothing(
+    stack: SandboxStack,
+) -> None:
+    """Resolving a Rootly incident resolves the incident.io alert of its Rootly alert (rule
+    4), whose webhook comes back as the bridge's echo, so the Rootly alert is left as it
+    is. A link check long after (past `executor.echo_ttl_seconds`, when no echo record is
+    left) reads the incident.io alert resolved and does the same as the webhook did: the
+    last action done on it was the bridge's own resolve, so it mirrors nothing, and the
+    Rootly alert is not resolved by the bridge."""
+    rootly, iio = stack.sandbox.rootly, stack.sandbox.incident_io
+    incident = await rootly.create_incident("Checkout is down", severity="sev1")
+    await stack.settle()
+    alert = await rootly.create_alert("Error rate above 5%", incident_id=incident["id"])
+    await stack.settle()
+    await check(stack)
+    await stack.settle()
+    await rootly.resolve_incident(incident["id"])
+    await stack.settle()
+    assert [a["status"] for a in iio.state()["alerts"]] == ["resolved"]
+    assert rootly.get_alert(alert["id"])["status"] == "triggered"
+
+    assert stack.bridge is not None
+    stack.clock.advance(stack.bridge.settings.executor.echo_ttl_seconds + 1)
+    stack.advance_checks()
+    await check(stack)
+    await stack.settle()
+    assert rootly.calls("POST", f"/v1/alerts/{alert['id']}/resolve") == []
+    assert rootly.get_alert(alert["id"])["status"] == "triggered"
+    (delivery,) = await synthetic(stack)  # the drift the rules see, dispatched as an echo
+    assert delivery.startswith("check:incident_io:alert:")
+    row = await stack.bridge.store.find_inbox("incident_io", DeliveryId(delivery))
+    assert row is not None and row.trace is not None
+    assert "the bridge itself made 'status=resolved'" in row.trace["echo"]
+
+
 async def test_new_links_are_checked_before_many_older_ones(stack: SandboxStack) -> None:
     """With many links checked long ago (all due) and a new one just recorded, the new
     link is checked first, in the next round: drift on it is healed however many older

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from bridge.events import Action, ActionResult, Event, ObjectRef, Operation
+from bridge.events import Action, Event, ObjectRef, Operation
 from bridge.operations import keyed_object, object_key
 from bridge.store.base import EchoRecord
 from bridge.store.store import Store
@@ -99,11 +99,8 @@ def changes_of_action(action: Action) -> tuple[str, ...]:
     return _ACTION_CHANGES[action.operation]
 
 
-def echo_records_for(
-    action: Action, result: ActionResult, now: datetime, ttl_seconds: float
-) -> list[EchoRecord]:
+def echo_records_for(action: Action, now: datetime, ttl_seconds: float) -> list[EchoRecord]:
     """The echo records to write after `action` succeeded."""
-    del result  # what an action changes follows from the action alone
     expires = now + timedelta(seconds=ttl_seconds)
     key: ObjectRef | str = action.target if action.target is not None else object_key(action)
     return [EchoRecord(key, change, expires) for change in changes_of_action(action)]

@@ -344,7 +344,7 @@ class Executor:
             outcome["noop"] = True
         if result.detail:
             outcome["detail"] = result.detail
-        echoes = echo_records_for(action, result, now, self._settings.echo_ttl_seconds)
+        echoes = echo_records_for(action, now, self._settings.echo_ttl_seconds)
         await self._finish(row, "done", outcome, result_link_changes(action, result), echoes)
         self._metrics.actions.labels(*labels, "done").inc()
         if row.event_received_at is not None:
